@@ -1,0 +1,52 @@
+# fedbt-bench: `make reproduce` runs the default study, `make test` runs the test suite.
+# Both create .venv and install the project first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install test test-fast lint format smoke minilm reproduce bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/ruff check fedbt baselines tests benchmarks
+	$(BIN)/pytest -n 2 --durations=10
+
+test-fast: $(STAMP)
+	$(BIN)/pytest -n 2 -m "not e2e"
+
+lint: $(STAMP)
+	$(BIN)/ruff check fedbt baselines tests benchmarks
+	$(BIN)/ruff format --check fedbt baselines tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff format fedbt baselines tests benchmarks
+	$(BIN)/ruff check --fix fedbt baselines tests benchmarks
+
+smoke: $(STAMP)
+	$(BIN)/fedbt run config/runs/smoke.yaml
+
+minilm: $(STAMP)
+	$(BIN)/fedbt run config/runs/fedavg-minilm.yaml
+
+reproduce: $(STAMP)
+	$(BIN)/fedbt run config/runs/fedavg-minilm.yaml
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/simulator_overhead.py
+	$(BIN)/python benchmarks/mlm_decoder.py
+
+clean:
+	rm -rf results/runs results/partitions results/mlflow.db results/mlartifacts

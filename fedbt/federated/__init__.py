@@ -1,0 +1,1 @@
+"""The federated simulator: methods, client plans, aggregation, rounds."""

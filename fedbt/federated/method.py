@@ -1,0 +1,195 @@
+"""The interface a federated method implements, and the registry that finds methods by name.
+
+A method decides, for every round and client, *which* local model the client builds out of global layers
+and *which* global tensors it trains and uploads (a :class:`ClientPlan`). Everything else, loading the
+local model, training, counting bytes and FLOPs, aggregating, checkpointing, tracking, is done by the
+generic simulator, so one method is one small class. The same plans drive the weight-free cost tables.
+
+Registering::
+
+    @register
+    class MyMethod(Method):
+        name = "my-method"
+        description = "one line shown by `fedbt methods`"
+        scenarios = ("pretrain", "finetune")
+
+        @dataclass
+        class Options:
+            top_k: int = 2
+
+        def plan(self, round_idx, client_id):
+            ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import pkgutil
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from fedbt.config import from_dict
+from fedbt.errors import ConfigError
+from fedbt.models import ModelArch
+
+
+@dataclass(frozen=True)
+class ClientPlan:
+    """What one client does in one round.
+
+    ``layer_map[j]`` is the global layer at local position ``j`` (so ``len(layer_map)`` is the local
+    depth ``L_k``). ``trainable`` holds the *global* parameter names the client trains; exactly those are
+    uploaded. The client downloads every global tensor its local model holds.
+    """
+
+    layer_map: tuple[int, ...]
+    trainable: frozenset[str]
+
+    def download_names(self, arch: ModelArch) -> list[str]:
+        """Global parameter names the local model is built from (each counted once)."""
+        layers = set(self.layer_map)
+        return [n for n in arch.names if arch.layer_of(n) is None or arch.layer_of(n) in layers]
+
+    def trained_layers(self, arch: ModelArch) -> list[int]:
+        """Sorted global layer indices with at least one trained tensor."""
+        return sorted({arch.layer_of(n) for n in self.trainable} - {None})
+
+
+class Method:
+    """Base class of federated methods; subclasses set the class attributes and implement :meth:`plan`."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    scenarios: ClassVar[tuple[str, ...]] = ("pretrain", "finetune")
+
+    @dataclass
+    class Options:
+        """Method options (``method.options`` in the config); a subclass declares its own dataclass."""
+
+    def __init__(self, arch: ModelArch, rounds: int, seed: int, options: Mapping[str, Any] | None = None):
+        self.arch = arch
+        self.rounds = rounds
+        self.seed = seed
+        self.options = from_dict(self.Options, dict(options or {}), "method.options")
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for impossible settings; called before any training."""
+
+    def plan(self, round_idx: int, client_id: int) -> ClientPlan:
+        """The plan of ``client_id`` in round ``round_idx`` (0-based). Must be deterministic."""
+        raise NotImplementedError
+
+    def aggregate(
+        self, global_params: Mapping[str, torch.Tensor], averaged: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Turn the weighted average of the uploads into the new global tensors (default: take it)."""
+        return dict(averaged)
+
+    def deployed_layers(self) -> list[int] | None:
+        """Global layers kept by the model that is deployed after training (None: all of them)."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable method state saved with each round's checkpoint (default: none)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned, when a run resumes."""
+
+    def generator(self, *keys: int) -> torch.Generator:
+        """A torch generator seeded from the run seed and ``keys`` (e.g. round, client): repeatable."""
+        return torch.Generator().manual_seed(derive_seed(self.seed, *keys))
+
+    def options_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.options)
+
+
+def derive_seed(seed: int, *keys: int) -> int:
+    """A 63-bit seed from a base seed and integer keys, stable across runs and platforms."""
+    import hashlib
+
+    text = ":".join(str(k) for k in (seed, *keys))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & ((1 << 63) - 1)
+
+
+# ------------------------------------------------------------------------------------- registry
+
+_REGISTRY: dict[str, type[Method]] = {}
+_BUILTIN_PACKAGES = ("baselines", "fedbt.methods")
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make ``cls`` available under ``cls.name``."""
+    name = getattr(cls, "name", None)
+    if not name:
+        raise TypeError(f"{cls.__name__} needs a class attribute 'name'")
+    if name in _REGISTRY and _REGISTRY[name] is not cls:
+        existing = _REGISTRY[name]
+        if (existing.__module__, existing.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise ValueError(f"method name {name!r} is already registered by {existing.__module__}")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def _load_builtin() -> None:
+    for package_name in _BUILTIN_PACKAGES:
+        try:
+            package = importlib.import_module(package_name)
+        except ModuleNotFoundError:
+            continue
+        for info in pkgutil.iter_modules(package.__path__):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{package_name}.{info.name}")
+
+
+def load_plugins(plugins: list[str]) -> None:
+    """Import plugin modules (dotted names or ``.py`` paths) so that their methods register."""
+    for index, plugin in enumerate(plugins):
+        if plugin.endswith(".py"):
+            path = Path(plugin)
+            if not path.is_file():
+                raise ConfigError(f"plugins[{index}]", f"file not found: {plugin}")
+            spec = importlib.util.spec_from_file_location(f"fedbt_plugin_{path.stem}", path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            spec.loader.exec_module(module)
+        else:
+            try:
+                importlib.import_module(plugin)
+            except ModuleNotFoundError as error:
+                raise ConfigError(f"plugins[{index}]", f"cannot import {plugin!r}: {error}") from error
+
+
+def available_methods() -> dict[str, type[Method]]:
+    """Every registered method by name (built-in baselines and FedBT methods included)."""
+    _load_builtin()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get_method(name: str) -> type[Method]:
+    """The method class registered as ``name``; an unknown name lists the known ones."""
+    methods = available_methods()
+    if name not in methods:
+        raise ConfigError("method.name", f"unknown method {name!r}; known methods: {', '.join(methods)}")
+    return methods[name]
+
+
+def create_method(
+    name: str, arch: ModelArch, rounds: int, seed: int, options: Mapping[str, Any] | None, scenario: str
+) -> Method:
+    """Instantiate and validate a method for a scenario, before any training."""
+    cls = get_method(name)
+    if scenario not in cls.scenarios:
+        raise ConfigError(
+            "method.name",
+            f"{name} does not support scenario {scenario!r}; it supports: {', '.join(cls.scenarios)}",
+        )
+    return cls(arch, rounds, seed, options)

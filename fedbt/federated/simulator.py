@@ -1,0 +1,231 @@
+"""The generic round loop of the in-process federated simulation.
+
+Per round: select clients; for each client ask the method for its :class:`ClientPlan`, load the local
+model (one instance per local depth, reused across clients) from the global tensors it names, mark the
+planned tensors trainable, train locally, take the trained tensors as the upload, and record bytes, FLOPs,
+seconds and memory in the ledger. Uploads stream into a weighted average; the method turns the average into
+new global tensors; the round is checkpointed. Nothing here knows a method by name.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fedbt.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fedbt.config import LocalConfig
+from fedbt.costs import analytic_train_flops
+from fedbt.federated.aggregate import WeightedAverage, client_weight
+from fedbt.federated.method import ClientPlan, Method, derive_seed
+from fedbt.ledger import Ledger, LedgerRow, format_layers, payload_nbytes
+from fedbt.models import (
+    ModelArch,
+    build_local_model,
+    extract_to_global,
+    load_from_global,
+    local_to_global_names,
+)
+from fedbt.progress import progress
+from fedbt.training import loop
+from fedbt.training.objectives import Objective
+
+log = logging.getLogger(__name__)
+
+# Tags that keep the derived random streams apart.
+SELECT, DATA, DROPOUT = 1, 2, 3
+
+
+@dataclass
+class SimulationSetup:
+    """Everything a simulation needs besides the method and the global model."""
+
+    clients: Sequence[Sequence[dict]]
+    objective: Objective
+    local: LocalConfig
+    rounds: int
+    fraction: float
+    aggregation: str
+    seed: int
+    device: torch.device
+    seq_len: int
+
+
+class Simulator:
+    """Runs the rounds of one method on one global model, resuming from the last completed round."""
+
+    def __init__(
+        self,
+        global_model: nn.Module,
+        method: Method,
+        setup: SimulationSetup,
+        ledger: Ledger,
+        checkpoint_dir: Path,
+        fingerprint: str,
+        round_eval: Callable[[nn.Module], dict[str, float]] | None = None,
+    ):
+        self.global_model = global_model
+        self.method = method
+        self.setup = setup
+        self.ledger = ledger
+        self.checkpoint_dir = checkpoint_dir
+        self.fingerprint = fingerprint
+        self.round_eval = round_eval
+        self.arch = ModelArch.from_model(global_model)
+        self.global_params = dict(global_model.named_parameters())
+        self._local_models: dict[int, nn.Module] = {}
+        self.records: list[dict] = []
+
+    # ------------------------------------------------------------------------------------ rounds
+
+    def run(self) -> list[dict]:
+        """Run (or finish) all rounds; returns one record per round."""
+        start = self._resume()
+        rounds = progress(range(start, self.setup.rounds), "rounds", total=self.setup.rounds, initial=start)
+        for round_idx in rounds:
+            self.records.append(self._run_round(round_idx))
+            self._checkpoint(round_idx)
+        return self.records
+
+    def selected_clients(self, round_idx: int) -> list[int]:
+        """All clients, or a seeded sample of ``fraction`` of them (at least one), in id order."""
+        n = len(self.setup.clients)
+        if self.setup.fraction >= 1.0:
+            return list(range(n))
+        k = max(1, round(self.setup.fraction * n))
+        generator = torch.Generator().manual_seed(derive_seed(self.setup.seed, SELECT, round_idx))
+        return sorted(torch.randperm(n, generator=generator)[:k].tolist())
+
+    def _run_round(self, round_idx: int) -> dict:
+        started = time.perf_counter()
+        average = WeightedAverage()
+        rows: list[LedgerRow] = []
+        clients = self.selected_clients(round_idx)
+        for client_id in progress(clients, f"round {round_idx} clients", leave=False):
+            payload, row = self._train_client(round_idx, client_id)
+            average.add(payload, client_weight(row.examples, self.setup.aggregation))
+            rows.append(row)
+            del payload
+        new_tensors = self.method.aggregate(self.global_params, average.result())
+        self._write_global(new_tensors)
+        self.ledger.append(rows)
+        total_examples = sum(r.examples for r in rows)
+        record = {
+            "round": round_idx,
+            "clients": len(rows),
+            "train_loss": sum(r.train_loss * r.examples for r in rows) / total_examples,
+            "upload_bytes": sum(r.upload_bytes for r in rows),
+            "download_bytes": sum(r.download_bytes for r in rows),
+            "client_seconds": sum(r.seconds for r in rows),
+            "measured_flops": sum(r.measured_flops for r in rows),
+            "analytic_flops": sum(r.analytic_flops for r in rows),
+        }
+        if self.round_eval is not None:
+            record.update(self.round_eval(self.global_model))
+        record["round_seconds"] = time.perf_counter() - started
+        log.info(
+            "round %d: %s",
+            round_idx,
+            {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()},
+        )
+        return record
+
+    def _train_client(self, round_idx: int, client_id: int) -> tuple[dict[str, torch.Tensor], LedgerRow]:
+        setup, local = self.setup, self.setup.local
+        plan = self.method.plan(round_idx, client_id)
+        model, name_map = self._prepare_local_model(plan)
+        download = {n: self.global_params[n] for n in plan.download_names(self.arch)}
+        examples = setup.clients[client_id]
+        steps = loop.steps_for(len(examples), local.batch_size, local.epochs, local.steps)
+        torch.manual_seed(derive_seed(setup.seed, DROPOUT, round_idx, client_id))
+        result = loop.train(
+            model,
+            setup.objective,
+            examples,
+            steps=steps,
+            batch_size=local.batch_size,
+            lr=local.lr,
+            weight_decay=local.weight_decay,
+            generator=torch.Generator().manual_seed(derive_seed(setup.seed, DATA, round_idx, client_id)),
+            device=setup.device,
+            precision=local.precision,
+            max_grad_norm=local.max_grad_norm,
+            flop_count_steps=local.flop_count_steps,
+        )
+        payload = extract_to_global(model, name_map, plan.trainable)
+        up_params, up_bytes = payload_nbytes(payload)
+        down_params, down_bytes = payload_nbytes(download)
+        row = LedgerRow(
+            round=round_idx,
+            client=client_id,
+            examples=len(examples),
+            steps=result.steps,
+            tokens=result.tokens,
+            trained_layers=format_layers(plan.trained_layers(self.arch)),
+            upload_params=up_params,
+            upload_bytes=up_bytes,
+            download_params=down_params,
+            download_bytes=down_bytes,
+            measured_flops=result.measured_flops,
+            analytic_flops=analytic_train_flops(
+                self.arch,
+                plan,
+                sequences=result.examples,
+                seq_len=setup.seq_len,
+                predicted_tokens=result.predicted_tokens,
+                head=setup.objective.head,
+            ),
+            seconds=result.seconds,
+            peak_memory_bytes=result.peak_memory_bytes,
+            train_loss=result.mean_loss,
+        )
+        return payload, row
+
+    def _prepare_local_model(self, plan: ClientPlan) -> tuple[nn.Module, dict[str, str]]:
+        """The cached local model of the plan's depth, loaded from the global tensors, grads set."""
+        depth = len(plan.layer_map)
+        if depth not in self._local_models:
+            self._local_models[depth] = build_local_model(self.global_model, depth)
+        model = self._local_models[depth]
+        name_map = local_to_global_names(self.arch, plan.layer_map)
+        load_from_global(model, self.global_params, name_map)
+        for local_name, param in model.named_parameters():
+            param.requires_grad_(name_map[local_name] in plan.trainable)
+        return model, name_map
+
+    def _write_global(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, value in tensors.items():
+                self.global_params[name].copy_(value)
+
+    # -------------------------------------------------------------------------------- checkpoints
+
+    def _checkpoint(self, round_idx: int) -> None:
+        save_checkpoint(
+            self.checkpoint_dir,
+            Checkpoint(
+                completed_round=round_idx,
+                fingerprint=self.fingerprint,
+                method_state=self.method.state_dict(),
+                records=self.records,
+                params=self.global_params,
+            ),
+        )
+
+    def _resume(self) -> int:
+        """Load the last checkpoint if any; returns the first round still to run."""
+        checkpoint = load_checkpoint(self.checkpoint_dir, self.fingerprint)
+        if checkpoint is None:
+            self.ledger.truncate_after(-1)
+            return 0
+        self._write_global(checkpoint.params)
+        self.method.load_state_dict(checkpoint.method_state)
+        self.records = checkpoint.records
+        self.ledger.truncate_after(checkpoint.completed_round)
+        log.info("resuming after round %d from %s", checkpoint.completed_round, self.checkpoint_dir)
+        return checkpoint.completed_round + 1

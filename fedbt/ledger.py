@@ -1,0 +1,158 @@
+"""The cost ledger of a run: one CSV row per client per round (``ledger.csv`` in the run directory).
+
+Rows are appended one round at a time and flushed to disk, so a crashed run keeps every finished round;
+on resume :meth:`Ledger.truncate_after` drops the rows of rounds that will be run again.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+MIB = 2**20
+MB = 10**6
+
+
+@dataclass
+class LedgerRow:
+    """What one client cost in one round (communication counted from the payload tensors)."""
+
+    round: int
+    client: int
+    examples: int
+    steps: int
+    tokens: int
+    trained_layers: str
+    upload_params: int
+    upload_bytes: int
+    download_params: int
+    download_bytes: int
+    measured_flops: int
+    analytic_flops: int
+    seconds: float
+    peak_memory_bytes: int
+    train_loss: float
+
+
+FIELDS = [f.name for f in dataclasses.fields(LedgerRow)]
+_TYPES = {f.name: {"int": int, "float": float, "str": str}[f.type] for f in dataclasses.fields(LedgerRow)}
+
+
+def format_layers(layers: Iterable[int]) -> str:
+    """Global layer indices as a compact string: ``[0..11]`` -> ``"0-11"``, ``[0, 3]`` -> ``"0;3"``."""
+    runs: list[list[int]] = []
+    for layer in sorted(set(layers)):
+        if runs and layer == runs[-1][1] + 1:
+            runs[-1][1] = layer
+        else:
+            runs.append([layer, layer])
+    return ";".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def payload_nbytes(tensors: Mapping[str, torch.Tensor]) -> tuple[int, int]:
+    """``(parameters, bytes)`` of a payload in the dtypes actually held; a tensor whose storage is shared
+    by several names (tied weights) counts once."""
+    seen: set[tuple[int, int, int, tuple[int, ...]]] = set()
+    params = nbytes = 0
+    for tensor in tensors.values():
+        ptr = tensor.untyped_storage().data_ptr()
+        key = (ptr or id(tensor), tensor.storage_offset(), tensor.element_size(), tuple(tensor.shape))
+        if key in seen:
+            continue
+        seen.add(key)
+        params += tensor.numel()
+        nbytes += tensor.numel() * tensor.element_size()
+    return params, nbytes
+
+
+class Ledger:
+    """Append-only CSV of :class:`LedgerRow` (header = field names)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def append(self, rows: list[LedgerRow]) -> None:
+        """Append ``rows`` (normally one round) and flush them to disk."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.is_file() or self.path.stat().st_size == 0
+        with self.path.open("a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerows(dataclasses.asdict(row) for row in rows)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def rows(self) -> list[LedgerRow]:
+        """Every row in file order (empty when the file does not exist yet)."""
+        if not self.path.is_file():
+            return []
+        with self.path.open(newline="") as handle:
+            return [LedgerRow(**{k: _TYPES[k](v) for k, v in record.items()}) for record in csv.DictReader(handle)]
+
+    def truncate_after(self, round_idx: int) -> None:
+        """Keep only the rows with ``round <= round_idx``; the file is replaced atomically."""
+        kept = [row for row in self.rows() if row.round <= round_idx]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=FIELDS)
+                writer.writeheader()
+                writer.writerows(dataclasses.asdict(row) for row in kept)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def summary(self) -> dict[str, float]:
+        """Totals over all rows, and means per round (all clients of a round summed) and per client-round.
+
+        ``last_round_train_loss`` is the example-weighted mean loss of the clients of the last round.
+        """
+        rows = self.rows()
+        rounds = sorted({row.round for row in rows})
+        n_rounds, n_rows = max(len(rounds), 1), max(len(rows), 1)
+        totals = {
+            name: sum(getattr(row, name) for row in rows)
+            for name in (
+                "examples",
+                "steps",
+                "tokens",
+                "upload_params",
+                "upload_bytes",
+                "download_params",
+                "download_bytes",
+                "measured_flops",
+                "analytic_flops",
+            )
+        }
+        summary: dict[str, float] = {"rounds": len(rounds), "client_rounds": len(rows)}
+        summary.update({f"total_{name}": value for name, value in totals.items()})
+        summary["total_client_seconds"] = sum(row.seconds for row in rows)
+        summary["max_peak_memory_bytes"] = max((row.peak_memory_bytes for row in rows), default=0)
+        for direction in ("upload", "download"):
+            nbytes = totals[f"{direction}_bytes"]
+            for unit, size in (("bytes", 1), ("mib", MIB), ("mb", MB)):
+                summary[f"{direction}_{unit}_per_round"] = nbytes / size / n_rounds
+                summary[f"{direction}_{unit}_per_client_round"] = nbytes / size / n_rows
+        for name in ("measured_flops", "analytic_flops"):
+            summary[f"{name}_per_client_round"] = totals[name] / n_rows
+        summary["client_seconds_per_round"] = summary["total_client_seconds"] / n_rounds
+        last = [row for row in rows if rounds and row.round == rounds[-1]]
+        weight = sum(row.examples for row in last)
+        summary["last_round_train_loss"] = (
+            sum(row.train_loss * row.examples for row in last) / weight if weight else float("nan")
+        )
+        return summary

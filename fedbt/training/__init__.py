@@ -1,0 +1,1 @@
+"""Local training: objectives and the training loop."""

@@ -1,0 +1,59 @@
+"""Shared fixtures: offline environment, tiny model configs, a run config factory."""
+
+from __future__ import annotations
+
+import os
+
+for _key, _value in {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
+    os.environ[_key] = _value
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from fedbt.config import load_config  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+torch.set_num_threads(1)
+
+
+def tiny_overrides(tmp_path: Path) -> list[str]:
+    """Overrides that make any run config tiny and keep its outputs in ``tmp_path``."""
+    return [
+        "model.source=tiny",
+        "model.max_length=32",
+        "model.tiny_layers=4",
+        "model.tiny_hidden=32",
+        "model.tiny_heads=2",
+        "model.tiny_ffn=64",
+        "data.max_examples=96",
+        "data.heldout_examples=16",
+        f"data.data_dir={REPO / 'data'}",
+        f"data.partition_dir={tmp_path / 'partitions'}",
+        "federation.clients=3",
+        "federation.rounds=3",
+        "local.steps=2",
+        "local.batch_size=8",
+        "local.lr=0.001",
+        "evaluation.task=null",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "tracking.enabled=false",
+        f"out_dir={tmp_path / 'run'}",
+    ]
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    """A factory: the smoke config made tiny, plus extra ``key=value`` overrides."""
+
+    def make(*extra: str):
+        return load_config(REPO / "config/runs/smoke.yaml", tiny_overrides(tmp_path) + list(extra))
+
+    return make
