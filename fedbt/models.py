@@ -265,13 +265,18 @@ class ModelArch:
             raise ConfigError("layer", f"layer index {index} out of range 0..{self.num_layers - 1}")
         return [n for n in self.param_numel if self.layer_of(n) == index]
 
+    def is_head(self, name: str) -> bool:
+        """True for output-head parameters: everything outside the base model, plus its pooler."""
+        return not name.startswith(self.base_prefix) or name.startswith(self.base_prefix + "pooler.")
+
     def embedding_params(self) -> list[str]:
-        """Parameters of the base model that are not in a Transformer layer (embeddings, pooler, ...)."""
-        return [n for n in self.param_numel if n.startswith(self.base_prefix) and self.layer_of(n) is None]
+        """Base-model parameters outside the Transformer layers and the pooler (the embedding block)."""
+        return [n for n in self.param_numel if self.layer_of(n) is None and not self.is_head(n)]
 
     def head_params(self) -> list[str]:
-        """Parameters outside the base model: the MLM head or the task head."""
-        return [n for n in self.param_numel if not n.startswith(self.base_prefix)]
+        """The output block: the MLM head's own tensors (transform, bias; the tied decoder weight is the
+        word embedding and is not here) or the task head (pooler + classifier)."""
+        return [n for n in self.param_numel if self.is_head(n)]
 
     def numel(self, names: Iterable[str]) -> int:
         return sum(self.param_numel[n] for n in set(names))
@@ -305,10 +310,11 @@ def local_to_global_names(arch: ModelArch, layer_map: Sequence[int]) -> dict[str
 def load_from_global(
     local_model: nn.Module, global_params: Mapping[str, torch.Tensor], name_map: Mapping[str, str]
 ) -> None:
-    """Copy the global tensors into the local model in place (no new allocation)."""
+    """Copy the global tensors named by ``name_map`` (local -> global) into the local model in place."""
     with torch.no_grad():
         for local_name, param in local_model.named_parameters():
-            param.copy_(global_params[name_map[local_name]])
+            if local_name in name_map:
+                param.copy_(global_params[name_map[local_name]])
 
 
 def extract_to_global(

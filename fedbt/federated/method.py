@@ -51,10 +51,13 @@ class ClientPlan:
 
     layer_map: tuple[int, ...]
     trainable: frozenset[str]
+    stale_positions: frozenset[int] = frozenset()
+    """Local positions that keep the copy of their global layer the client made from the *starting*
+    model (not refreshed from the current global model, nothing downloaded for them)."""
 
     def download_names(self, arch: ModelArch) -> list[str]:
-        """Global parameter names the local model is built from (each counted once)."""
-        layers = set(self.layer_map)
+        """Global parameter names the client downloads to build its local model (each counted once)."""
+        layers = {g for j, g in enumerate(self.layer_map) if j not in self.stale_positions}
         return [n for n in arch.names if arch.layer_of(n) is None or arch.layer_of(n) in layers]
 
     def trained_layers(self, arch: ModelArch) -> list[int]:
@@ -68,6 +71,8 @@ class Method:
     name: ClassVar[str]
     description: ClassVar[str]
     scenarios: ClassVar[tuple[str, ...]] = ("pretrain", "finetune")
+    uses_stale_layers: ClassVar[bool] = False
+    """Set when plans use ``stale_positions``: the simulator then keeps a copy of the starting model."""
 
     @dataclass
     class Options:

@@ -78,6 +78,9 @@ class Simulator:
         self.round_eval = round_eval
         self.arch = ModelArch.from_model(global_model)
         self.global_params = dict(global_model.named_parameters())
+        self.initial_params = (
+            {n: p.detach().clone() for n, p in self.global_params.items()} if method.uses_stale_layers else {}
+        )
         self._local_models: dict[int, nn.Module] = {}
         self.records: list[dict] = []
 
@@ -107,7 +110,7 @@ class Simulator:
         rows: list[LedgerRow] = []
         clients = self.selected_clients(round_idx)
         for client_id in progress(clients, f"round {round_idx} clients", leave=False):
-            payload, row = self._train_client(round_idx, client_id)
+            payload, row = self.train_client(round_idx, client_id)
             average.add(payload, client_weight(row.examples, self.setup.aggregation))
             rows.append(row)
             del payload
@@ -135,7 +138,8 @@ class Simulator:
         )
         return record
 
-    def _train_client(self, round_idx: int, client_id: int) -> tuple[dict[str, torch.Tensor], LedgerRow]:
+    def train_client(self, round_idx: int, client_id: int) -> tuple[dict[str, torch.Tensor], LedgerRow]:
+        """Train one client in one round from the current global model: its upload and ledger row."""
         setup, local = self.setup, self.setup.local
         plan = self.method.plan(round_idx, client_id)
         model, name_map = self._prepare_local_model(plan)
@@ -194,6 +198,9 @@ class Simulator:
         model = self._local_models[depth]
         name_map = local_to_global_names(self.arch, plan.layer_map)
         load_from_global(model, self.global_params, name_map)
+        if plan.stale_positions:
+            stale = {n: g for n, g in name_map.items() if self.arch.layer_of(n) in plan.stale_positions}
+            load_from_global(model, self.initial_params, stale)
         for local_name, param in model.named_parameters():
             param.requires_grad_(name_map[local_name] in plan.trainable)
         return model, name_map

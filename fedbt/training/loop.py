@@ -1,7 +1,7 @@
 """The one training loop: local training on a client and centralised fine-tuning both run through it.
 
 It also owns the measurements of a training pass: wall seconds, FLOPs counted by torch's
-``FlopCounterMode`` over the first ``flop_count_steps`` real steps (extrapolated to all steps), and peak
+``FlopCounterMode`` over the first ``flop_count_steps`` real steps (extrapolated per sequence), and peak
 memory (CUDA: ``max_memory_allocated``; CPU: the process's peak RSS, reset before the pass on Linux).
 """
 
@@ -123,7 +123,7 @@ def train(
     trainable = [p for p in model.parameters() if p.requires_grad]
     amp_dtype = autocast_dtype(device, precision)
     peak = PeakMemory(device)
-    total_loss, counted_flops, counted_steps = 0.0, 0, 0
+    total_loss, counted_flops, counted_examples = 0.0, 0, 0
     examples_seen = tokens = predicted = 0
     start = time.perf_counter()
     for step, batch_examples in enumerate(batches(examples, batch_size, steps, generator)):
@@ -135,7 +135,7 @@ def train(
             loss.backward()
         if counter is not None:
             counted_flops += counter.get_total_flops()
-            counted_steps += 1
+            counted_examples += len(batch_examples)
         if max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
         optimizer.step()
@@ -147,7 +147,8 @@ def train(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    measured = round(counted_flops * steps / counted_steps) if counted_steps else 0
+    # Sequences are padded to one length, so FLOPs scale with the number of sequences (a short last batch too).
+    measured = round(counted_flops * examples_seen / counted_examples) if counted_examples else 0
     return TrainResult(
         steps=steps,
         examples=examples_seen,
