@@ -19,7 +19,7 @@ import yaml
 from fedbt.errors import ConfigError
 
 Scenario = Literal["pretrain", "finetune"]
-Objective = Literal["mlm", "classification"]
+Objective = Literal["mlm", "classification", "token_classification"]
 
 
 @dataclass

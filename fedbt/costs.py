@@ -13,13 +13,15 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from torch import nn
+
 from fedbt.errors import ConfigError, FedBTError
 from fedbt.federated.method import ClientPlan, Method, available_methods, create_method
 from fedbt.models import ModelArch
 
 MIB = 2**20
 MB = 10**6
-SCENARIO_OF_HEAD = {"mlm": "pretrain", "classification": "finetune"}
+SCENARIO_OF_HEAD = {"mlm": "pretrain", "classification": "finetune", "token_classification": "finetune"}
 
 
 # ---------------------------------------------------------------------------------- analytic FLOPs
@@ -56,7 +58,12 @@ def _head_stages(arch: ModelArch, head: str, sequences: int, predicted_tokens: i
             stages.append((sequences * 2 * H * H, pooler, [n for n in arch.names if ".pooler." in n]))
         stages.append((sequences * 2 * arch.param_numel[classifier], classifier, [classifier]))
         return stages
-    raise FedBTError(f"unknown head {head!r}; allowed: mlm, classification")
+    if head == "token_classification":  # the classifier runs at every (padded) position
+        classifier = _named(arch, "classifier.weight", head_names)
+        if classifier is None:
+            raise FedBTError("no token-classification head (classifier.weight) found")
+        return [(predicted_tokens * 2 * arch.param_numel[classifier], classifier, [classifier])]
+    raise FedBTError(f"unknown head {head!r}; allowed: mlm, classification, token_classification")
 
 
 def analytic_train_flops(
@@ -148,9 +155,9 @@ def _totals(rows: list[dict[str, Any]], dtype_bytes: int) -> dict[str, int | flo
 
 
 @cache
-def meta_arch(arch_name: str, head: str, num_labels: int = 2) -> tuple[ModelArch, int]:
-    """The :class:`ModelArch` of ``arch_name`` with ``head`` (built on the meta device, no weights) and its
-    number of attention heads."""
+def meta_arch(arch_name: str, head: str, num_labels: int = 2) -> tuple[nn.Module, int]:
+    """``arch_name`` with ``head`` built on the meta device (shapes and names, no weights) and its number of
+    attention heads."""
     from fedbt.models import arch_config, meta_model
 
     config = arch_config(arch_name)
@@ -160,7 +167,7 @@ def meta_arch(arch_name: str, head: str, num_labels: int = 2) -> tuple[ModelArch
         model = meta_model(config, head)
     except ValueError as error:  # e.g. hidden size not a multiple of the number of heads
         raise ConfigError("arch", f"{arch_name!r}: {error}") from error
-    return ModelArch.from_model(model), config.num_attention_heads
+    return model, config.num_attention_heads
 
 
 def cost_table(
@@ -199,7 +206,8 @@ def cost_table(
             raise ConfigError(key, f"got {value}, must be >= 1")
     if not 0 < mlm_probability < 1:
         raise ConfigError("mlm_probability", f"got {mlm_probability}, must be in (0, 1)")
-    arch, attention_heads = meta_arch(arch_name, head, num_labels)
+    model, attention_heads = meta_arch(arch_name, head, num_labels)
+    arch = ModelArch.from_model(model)
     tokens = sequences * seq_len
     flops_args = {
         "sequences": sequences,
@@ -210,8 +218,8 @@ def cost_table(
     scenario = SCENARIO_OF_HEAD[head]
 
     def rows_of(name: str, method_options: Mapping[str, Any], n_clients: int):
-        instance = create_method(name, arch, rounds, seed, method_options, scenario)
-        rows = [_round_costs(instance, arch, i, n_clients, flops_args, dtype_bytes) for i in range(rounds)]
+        instance = create_method(name, model, rounds, seed, method_options, scenario)
+        rows = [_round_costs(instance, instance.arch, i, n_clients, flops_args, dtype_bytes) for i in range(rounds)]
         return instance, rows
 
     instance, rows = rows_of(method, options, clients)

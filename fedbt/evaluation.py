@@ -1,4 +1,4 @@
-"""Downstream evaluation: centralised fine-tuning of a (global) model on a classification task.
+"""Downstream evaluation: centralised fine-tuning of a (global) model on a task (classification or NER).
 
 For each seed the whole model is fine-tuned on the task's train split; after every epoch the dev and test
 splits are scored, and the seed reports the test scores of the epoch with the best dev score on the task's
@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from fedbt.config import EvaluationConfig, ModelConfig
 from fedbt.data.tasks import TaskSpec, get_task, load_task
@@ -22,7 +21,8 @@ from fedbt.federated.method import derive_seed
 from fedbt.metrics import compute_metrics
 from fedbt.models import load_model, load_model_from_dir, load_tokenizer
 from fedbt.training.loop import adamw, predict, resolve_device, steps_for, train
-from fedbt.training.objectives import SequenceClassification
+from fedbt.training.objectives import make_objective
+from fedbt.training.token_classification import decode_predictions, tokenize_ner
 
 SOURCE = "source"
 """``model_dir`` value meaning "the model config's source, without further training" (the reference)."""
@@ -33,9 +33,15 @@ SUBSET_SEED = 0
 WEIGHT_DECAY = 0.01
 
 
-def tokenize_task(dataset_split, tokenizer, max_length: int) -> list[dict]:
-    """``[{"input_ids": [...], "label": int}, ...]`` for a split with ``text``/``label`` columns, in order,
-    truncated to ``max_length`` tokens (special tokens included) and unpadded."""
+HEAD_OF_KIND = {"classification": "classification", "ner": "token_classification"}
+"""The model head (and training objective) that fine-tunes a task of each kind."""
+
+
+def tokenize_task(dataset_split, tokenizer, max_length: int, kind: str = "classification") -> list[dict]:
+    """Training examples of a task split, in order, truncated to ``max_length`` tokens and unpadded:
+    ``{"input_ids", "label"}`` for classification, ``{"input_ids", "labels"}`` (first-subword tags) for NER."""
+    if kind == "ner":
+        return tokenize_ner(dataset_split["tokens"], dataset_split["tags"], tokenizer, max_length)
     encoded = tokenizer(list(dataset_split["text"]), truncation=True, max_length=max_length)
     return [
         {"input_ids": ids, "label": int(label)}
@@ -43,23 +49,19 @@ def tokenize_task(dataset_split, tokenizer, max_length: int) -> list[dict]:
     ]
 
 
+def score(spec: TaskSpec, examples: Sequence[dict], predictions: Sequence) -> dict[str, float]:
+    """The task's metrics for ``predictions`` (from :func:`~fedbt.training.loop.predict`) of ``examples``."""
+    if spec.kind == "ner":
+        predicted, gold = decode_predictions(predictions, [e["labels"] for e in examples], spec.labels)
+        return compute_metrics(spec.metrics, predicted, gold)
+    return compute_metrics(spec.metrics, list(predictions), [e["label"] for e in examples])
+
+
 def _subset(dataset_split, limit: int | None):
     """The first ``limit`` rows after a fixed seeded shuffle, or the whole split when ``limit`` is None."""
     if limit is None or limit >= len(dataset_split):
         return dataset_split
     return dataset_split.shuffle(seed=SUBSET_SEED).select(range(limit))
-
-
-def _score(
-    model: nn.Module,
-    objective: SequenceClassification,
-    examples: Sequence[dict],
-    spec: TaskSpec,
-    batch_size: int,
-    device: torch.device,
-) -> dict[str, float]:
-    predictions = predict(model, objective, examples, batch_size, device).tolist()
-    return compute_metrics(spec.metrics, predictions, [e["label"] for e in examples])
 
 
 def finetune_and_score(
@@ -87,10 +89,11 @@ def finetune_and_score(
         "test": eval_config.max_eval_examples,
     }
     examples = {
-        split: tokenize_task(_subset(splits[split], limit), tokenizer, model_config.max_length)
+        split: tokenize_task(_subset(splits[split], limit), tokenizer, model_config.max_length, spec.kind)
         for split, limit in limits.items()
     }
-    objective = SequenceClassification(pad_id=tokenizer.pad_token_id, pad_to=None)
+    head = HEAD_OF_KIND[spec.kind]
+    objective = make_objective(head, tokenizer, mlm_probability=0.15, masked_only=True, pad_to=None)
     torch_device = resolve_device(device)
     primary = spec.metrics[0]
     steps_per_epoch = steps_for(len(examples["train"]), eval_config.batch_size, 1, None)
@@ -99,9 +102,9 @@ def finetune_and_score(
     for seed in eval_config.seeds:
         start = time.perf_counter()
         if str(model_dir) == SOURCE:
-            model = load_model(model_config, "classification", seed, num_labels=len(spec.labels))
+            model = load_model(model_config, head, seed, num_labels=len(spec.labels))
         else:
-            model = load_model_from_dir(model_dir, "classification", seed, num_labels=len(spec.labels))
+            model = load_model_from_dir(model_dir, head, seed, num_labels=len(spec.labels))
         model.to(torch_device)
         generator = torch.Generator().manual_seed(seed)
         optimizer = adamw(model, eval_config.lr, WEIGHT_DECAY)  # one optimizer across all epochs
@@ -121,7 +124,11 @@ def finetune_and_score(
                 optimizer=optimizer,
             )
             scores = {
-                split: _score(model, objective, examples[split], spec, eval_config.batch_size, torch_device)
+                split: score(
+                    spec,
+                    examples[split],
+                    predict(model, objective, examples[split], eval_config.batch_size, torch_device),
+                )
                 for split in ("dev", "test")
             }
             per_epoch.append({"epoch": epoch, **scores})

@@ -29,18 +29,18 @@ class LedgerRow:
     round: int
     client: int
     examples: int
-    steps: int
-    tokens: int
-    trained_layers: str
-    upload_params: int
-    upload_bytes: int
-    download_params: int
-    download_bytes: int
-    measured_flops: int
-    analytic_flops: int
-    seconds: float
-    peak_memory_bytes: int
-    train_loss: float
+    steps: int = 0
+    tokens: int = 0
+    trained_layers: str = ""
+    upload_params: int = 0
+    upload_bytes: int = 0
+    download_params: int = 0
+    download_bytes: int = 0
+    measured_flops: int = 0
+    analytic_flops: int = 0
+    seconds: float = 0.0
+    peak_memory_bytes: int = 0
+    train_loss: float = 0.0
 
 
 FIELDS = [f.name for f in dataclasses.fields(LedgerRow)]
@@ -119,7 +119,7 @@ class Ledger:
     def summary(self) -> dict[str, float]:
         """Totals over all rows, and means per round (all clients of a round summed) and per client-round.
 
-        ``last_round_train_loss`` is the example-weighted mean loss of the clients of the last round.
+        ``last_round_train_loss`` is the example-weighted mean loss of the clients that trained in the last round.
         """
         rows = self.rows()
         rounds = sorted({row.round for row in rows})
@@ -150,9 +150,8 @@ class Ledger:
         for name in ("measured_flops", "analytic_flops"):
             summary[f"{name}_per_client_round"] = totals[name] / n_rows
         summary["client_seconds_per_round"] = summary["total_client_seconds"] / n_rounds
-        last = [row for row in rows if rounds and row.round == rounds[-1]]
+        last = [row for row in rows if rounds and row.round == rounds[-1] and row.steps]
         weight = sum(row.examples for row in last)
-        summary["last_round_train_loss"] = (
-            sum(row.train_loss * row.examples for row in last) / weight if weight else float("nan")
-        )
+        if weight:  # absent when nobody trained (e.g. the no-training reference)
+            summary["last_round_train_loss"] = sum(row.train_loss * row.examples for row in last) / weight
         return summary

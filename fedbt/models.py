@@ -30,7 +30,6 @@ from fedbt.errors import ConfigError, FedBTError
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 ARCH_CONFIG_DIR = Path(__file__).parent / "arch_configs"
 ARCH_ALIASES = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
-HEADS = ("mlm", "classification")
 
 
 # -------------------------------------------------------------------------------------- sources
@@ -69,6 +68,7 @@ def _auto_class(head: str):
     classes = {
         "mlm": transformers.AutoModelForMaskedLM,
         "classification": transformers.AutoModelForSequenceClassification,
+        "token_classification": transformers.AutoModelForTokenClassification,
     }
     if head not in classes:
         raise ConfigError("local.objective", f"unknown head {head!r}; allowed: {', '.join(classes)}")

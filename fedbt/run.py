@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from fedbt.config import RunConfig, to_flat_dict, to_yaml
-from fedbt.federated.method import Method, create_method, load_plugins
-from fedbt.models import ModelArch, load_model, load_tokenizer, meta_model, model_config_for
+from fedbt.config import ModelConfig, RunConfig, to_flat_dict, to_yaml
+from fedbt.federated.method import Method, create_method, get_method, load_plugins
+from fedbt.models import load_model, load_tokenizer, meta_model, model_config_for
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +37,28 @@ class PreparedRun:
     method: Method
     head: str
     num_labels: int | None
+    model_config: ModelConfig
     out_dir: Path
 
 
 def _task_labels(config: RunConfig) -> int | None:
+    """Check the task names; for fine-tuning, the number of labels (and that the objective fits the task)."""
     from fedbt.data.tasks import get_task
+    from fedbt.errors import ConfigError
 
     if config.evaluation.task is not None:
         get_task(config.evaluation.task, key="evaluation.task")
-    if config.scenario == "finetune":
-        return len(get_task(config.data.task, key="data.task").labels)
-    return None
+    if config.scenario != "finetune":
+        return None
+    from fedbt.evaluation import HEAD_OF_KIND
+
+    task = get_task(config.data.task, key="data.task")
+    if config.local.objective != HEAD_OF_KIND[task.kind]:
+        raise ConfigError(
+            "local.objective",
+            f"task {task.name!r} is a {task.kind} task: set local.objective={HEAD_OF_KIND[task.kind]}",
+        )
+    return len(task.labels)
 
 
 def prepare(config: RunConfig) -> PreparedRun:
@@ -60,16 +71,17 @@ def prepare(config: RunConfig) -> PreparedRun:
         raise ConfigError("data.corpus", f"unknown corpus {config.data.corpus!r}; known corpora: {', '.join(CORPORA)}")
     num_labels = _task_labels(config)
     head = config.local.objective  # the objective names the model head
-    arch = ModelArch.from_model(meta_model(model_config_for(config.model, num_labels), head))
+    source = get_method(config.method.name).starting_model(config.method.options, config.model.source)
+    model_config = dataclasses.replace(config.model, source=source)
     method = create_method(
         config.method.name,
-        arch,
+        meta_model(model_config_for(model_config, num_labels), head),
         config.federation.rounds,
         config.seed,
         config.method.options,
         config.scenario,
     )
-    return PreparedRun(config, method, head, num_labels, config.resolved_out_dir())
+    return PreparedRun(config, method, head, num_labels, model_config, config.resolved_out_dir())
 
 
 def fingerprint(config: RunConfig) -> str:
@@ -89,40 +101,39 @@ def run_key(config: RunConfig) -> str:
 # ----------------------------------------------------------------------------------------- data
 
 
-def _training_texts(
-    config: RunConfig,
-) -> tuple[list[str], list[int] | None, list[str], list[int] | None, str]:
-    """(train texts, train labels, held-out texts, held-out labels, dataset id) for the scenario."""
-    data = config.data
+def _examples(config: RunConfig, tokenizer) -> tuple[list[dict], list[dict], list[int] | None, str]:
+    """Tokenised (training pool, held-out set, labels for label-skew partitions, dataset id).
+
+    Pre-training: the corpus's sentences, the last ``heldout_examples`` held out for the per-round MLM loss.
+    Fine-tuning: the task's train split, and its dev split (first ``heldout_examples``) for per-round scores.
+    """
+    data, max_length = config.data, config.model.max_length
     if config.scenario == "pretrain":
         from fedbt.data.corpus import load_corpus
 
         limit = None if data.max_examples is None else data.max_examples + data.heldout_examples
         sentences = load_corpus(data.corpus, data.data_dir, max_examples=limit)
-        heldout = sentences[len(sentences) - data.heldout_examples :] if data.heldout_examples else []
-        train = sentences[: len(sentences) - data.heldout_examples]
-        return train, None, heldout, None, f"corpus-{data.corpus}"
-    from fedbt.data.tasks import load_task
+        cut = len(sentences) - data.heldout_examples
+        encoded = [
+            {"input_ids": ids} for ids in tokenizer(sentences, truncation=True, max_length=max_length)["input_ids"]
+        ]
+        return encoded[:cut], encoded[cut:], None, f"corpus-{data.corpus}"
+    from fedbt.data.tasks import get_task, load_task
+    from fedbt.evaluation import tokenize_task
 
+    spec = get_task(data.task)
     splits = load_task(data.task, data.data_dir)
-    train = splits["train"]
+    train, dev = splits["train"], splits["dev"]
     if data.max_examples is not None:
         train = train.select(range(min(data.max_examples, len(train))))
-    dev = splits["dev"].select(range(min(data.heldout_examples or len(splits["dev"]), len(splits["dev"]))))
+    dev = dev.select(range(min(data.heldout_examples, len(dev))))
+    labels = list(train["label"]) if spec.kind == "classification" else None
     return (
-        list(train["text"]),
-        list(train["label"]),
-        list(dev["text"]),
-        list(dev["label"]),
+        tokenize_task(train, tokenizer, max_length, spec.kind),
+        tokenize_task(dev, tokenizer, max_length, spec.kind),
+        labels,
         f"task-{data.task}",
     )
-
-
-def _tokenize(tokenizer, texts: list[str], labels: list[int] | None, max_length: int) -> list[dict]:
-    encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-    if labels is None:
-        return [{"input_ids": ids} for ids in encoded]
-    return [{"input_ids": ids, "label": label} for ids, label in zip(encoded, labels, strict=True)]
 
 
 # ------------------------------------------------------------------------------------------ run
@@ -143,22 +154,20 @@ def execute(prepared: PreparedRun, fresh: bool = False) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(to_yaml(config))
 
-    train_texts, train_labels, heldout_texts, heldout_labels, dataset_id = _training_texts(config)
+    tokenizer = load_tokenizer(prepared.model_config)
+    examples, heldout, labels, dataset_id = _examples(config, tokenizer)
     fed = config.federation
     partition = load_or_create_partition(
         dataset_id,
-        len(train_texts),
+        len(examples),
         fed.clients,
         fed.partition.scheme,
         config.seed,
         config.data.partition_dir,
-        labels=train_labels,
+        labels=labels,
         alpha=fed.partition.alpha,
         min_size=fed.partition.min_size,
     )
-    tokenizer = load_tokenizer(config.model)
-    examples = _tokenize(tokenizer, train_texts, train_labels, config.model.max_length)
-    heldout = _tokenize(tokenizer, heldout_texts, heldout_labels, config.model.max_length)
     clients = [[examples[i] for i in indices] for indices in partition.clients]
 
     device = loop.resolve_device(config.local.device)
@@ -171,7 +180,9 @@ def execute(prepared: PreparedRun, fresh: bool = False) -> dict[str, Any]:
         masked_only=local.masked_only_logits,
         pad_to=config.model.max_length,
     )
-    global_model = load_model(config.model, prepared.head, config.seed, prepared.num_labels).to(device)
+    method = prepared.method
+    global_model = load_model(prepared.model_config, prepared.head, config.seed, prepared.num_labels)
+    global_model = method.prepare_model(global_model).to(device)
     round_eval = _round_evaluator(config, tokenizer, heldout, device, prepared.num_labels)
     setup = SimulationSetup(
         clients=clients,
@@ -185,12 +196,10 @@ def execute(prepared: PreparedRun, fresh: bool = False) -> dict[str, Any]:
         seq_len=config.model.max_length,
     )
     ledger = Ledger(out_dir / "ledger.csv")
-    simulator = Simulator(
-        global_model, prepared.method, setup, ledger, out_dir / "checkpoint", fingerprint(config), round_eval
-    )
+    simulator = Simulator(global_model, method, setup, ledger, out_dir / "checkpoint", fingerprint(config), round_eval)
     records = simulator.run()
     model_dir = out_dir / "model"
-    global_model.save_pretrained(model_dir)
+    method.deploy(global_model).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     federated_seconds = time.perf_counter() - started
 
@@ -202,7 +211,7 @@ def execute(prepared: PreparedRun, fresh: bool = False) -> dict[str, Any]:
             model_dir,
             config.evaluation.task,
             config.evaluation,
-            config.model,
+            prepared.model_config,
             config.data.data_dir,
             local.device,
         )
@@ -212,7 +221,8 @@ def execute(prepared: PreparedRun, fresh: bool = False) -> dict[str, Any]:
         "study": config.study,
         "scenario": config.scenario,
         "method": config.method.name,
-        "method_options": prepared.method.options_dict(),
+        "method_options": method.options_dict(),
+        "method_report": method.report(),
         "data": config.data.corpus if config.scenario == "pretrain" else config.data.task,
         "seed": config.seed,
         "device": str(device),
@@ -247,6 +257,7 @@ def execute(prepared: PreparedRun, fresh: bool = False) -> dict[str, Any]:
 def final_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """Flat scalar summary of a run (for MLflow and tables): costs, last round, downstream scores."""
     final = {f"cost.{k}": float(v) for k, v in metrics["costs"].items() if isinstance(v, int | float)}
+    final.update({f"method.{k}": float(v) for k, v in metrics["method_report"].items()})
     last = metrics["rounds"][-1]
     final.update({f"last.{k}": float(v) for k, v in last.items() if k != "round" and isinstance(v, int | float)})
     evaluation = metrics.get("evaluation")
@@ -279,13 +290,12 @@ def _round_evaluator(config: RunConfig, tokenizer, heldout: list[dict], device: 
         return heldout_loss
 
     from fedbt.data.tasks import get_task
-    from fedbt.metrics import compute_metrics
+    from fedbt.evaluation import score
 
     task = get_task(config.data.task)
-    references = [e["label"] for e in heldout]
 
     def dev_scores(model) -> dict[str, float]:
-        predictions = loop.predict(model, objective, heldout, batch_size, device).tolist()
-        return {f"dev_{k}": v for k, v in compute_metrics(task.metrics, predictions, references).items()}
+        predictions = loop.predict(model, objective, heldout, batch_size, device)
+        return {f"dev_{k}": v for k, v in score(task, heldout, predictions).items()}
 
     return dev_scores

@@ -16,10 +16,15 @@ from fedbt.costs import PAPER_COMM, analytic_train_flops, compare_paper, cost_ta
 from fedbt.errors import ConfigError
 from fedbt.federated import method as method_module
 from fedbt.federated.method import ClientPlan, Method, available_methods
-from fedbt.models import arch_config, meta_model
+from fedbt.models import ModelArch, arch_config, meta_model
 
 TINY = "bert:layers=2,hidden=8,heads=2,ffn=16,vocab=10"
 BERT_BASE_MLM_PARAMS = 109_514_298
+
+
+def arch_of(*args) -> ModelArch:
+    """The ModelArch of a weight-free (meta device) model."""
+    return ModelArch.from_model(meta_arch(*args)[0])
 
 
 class _Layer0AndHead(Method):
@@ -59,7 +64,7 @@ def _plan(arch, layers=None, head=True, layer_map=None) -> ClientPlan:
 
 @pytest.mark.parametrize("head", ["mlm", "classification"])
 def test_full_training_costs_three_forward_passes(head):
-    arch, _ = meta_arch("bert-base-uncased", head)
+    arch = arch_of("bert-base-uncased", head)
     full = ClientPlan(tuple(range(arch.num_layers)), frozenset(arch.names))
     frozen = ClientPlan(full.layer_map, frozenset())  # forward only
     args = {"sequences": 4, "seq_len": 128, "predicted_tokens": 77, "head": head}
@@ -67,7 +72,7 @@ def test_full_training_costs_three_forward_passes(head):
 
 
 def test_freezing_lower_layers_strictly_reduces_flops():
-    arch, _ = meta_arch("bert-base-uncased", "mlm")
+    arch = arch_of("bert-base-uncased", "mlm")
     args = {"sequences": 8, "seq_len": 128, "predicted_tokens": 154}
     full = analytic_train_flops(arch, ClientPlan(tuple(range(12)), frozenset(arch.names)), **args)
     costs = [analytic_train_flops(arch, _plan(arch, range(low, 12)), **args) for low in range(12)]
@@ -78,7 +83,7 @@ def test_freezing_lower_layers_strictly_reduces_flops():
 
 
 def test_analytic_flops_hand_computed():
-    arch, _ = meta_arch(TINY, "mlm")
+    arch = arch_of(TINY, "mlm")
     plan = ClientPlan((0, 1), frozenset(arch.layer_params(1)) | {"cls.predictions.transform.dense.weight"})
     H, F, V, S, sequences, P = 8, 16, 10, 4, 3, 5  # F: FFN width
     T = sequences * S  # 12 tokens
@@ -112,7 +117,7 @@ def test_analytic_flops_equal_flop_counter_of_a_real_training_step():
     )
     for head, cls in (("mlm", BertForMaskedLM), ("classification", BertForSequenceClassification)):
         model = cls(config).eval()
-        arch, _ = meta_arch("bert:layers=3,hidden=16,heads=2,ffn=24,vocab=50", head, 3)
+        arch = arch_of("bert:layers=3,hidden=16,heads=2,ffn=24,vocab=50", head, 3)
         for plan in (
             ClientPlan((0, 1, 2), frozenset(arch.names)),
             _plan(arch, [0]),

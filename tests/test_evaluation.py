@@ -113,7 +113,7 @@ def test_selects_on_dev_never_on_test(monkeypatch, model_dir, tokenizer):
     seen = {"train": [], "eval": []}
     real_train = evaluation.train
 
-    def scripted_score(model, objective, examples, spec, batch_size, device):
+    def scripted_score(spec, examples, predictions):
         seen["eval"].append(len(examples))
         value = next(dev) if len(seen["eval"]) % 2 else next(test)
         return {"accuracy": value, "macro_f1": 1 - value}
@@ -122,7 +122,7 @@ def test_selects_on_dev_never_on_test(monkeypatch, model_dir, tokenizer):
         seen["train"].append((len(examples), kwargs["steps"]))
         return real_train(model, objective, examples, **kwargs)
 
-    monkeypatch.setattr(evaluation, "_score", scripted_score)
+    monkeypatch.setattr(evaluation, "score", scripted_score)
     monkeypatch.setattr(evaluation, "train", counting_train)
     config = EvaluationConfig(epochs=4, seeds=[0], batch_size=8, max_train_examples=20, max_eval_examples=6)
     result = finetune_and_score(model_dir, TASK, config, TINY, data_dir=DATA, device="cpu", tokenizer=tokenizer)

@@ -109,3 +109,36 @@ def test_finetune_scenario_end_to_end(tiny_config, variant):
         assert int(row["upload_bytes"]) == 4 * arch.numel(plan.trainable)
     if variant == "fedbt-ft":
         assert [r["trained_layers"] for r in rows[::3]] == ["3", "2-3", "3"]
+
+
+@pytest.mark.parametrize("variant", ["fedavg", "fedbt-ft"])
+def test_ner_finetune_end_to_end(tiny_config, variant):
+    config = tiny_config(
+        "scenario=finetune",
+        "local.objective=token_classification",
+        "data.task=ncbi_disease",
+        "data.corpus=null",
+        f"method.name={variant}",
+        "federation.rounds=2",
+        "evaluation.task=ncbi_disease",
+        "evaluation.epochs=1",
+        "evaluation.max_train_examples=32",
+        "evaluation.max_eval_examples=16",
+    )
+    prepared = prepare(config)
+    assert prepared.head == "token_classification"
+    metrics = execute(prepared)
+    assert all(0.0 <= r["dev_ner_f1"] <= 1.0 for r in metrics["rounds"])
+    assert set(metrics["evaluation"]["mean"]) == {"ner_f1", "ner_precision", "ner_recall"}
+    trained = [r["trained_layers"] for r in metrics_rows(prepared.out_dir)]
+    assert trained[0] == ("0-3" if variant == "fedavg" else "3")
+
+
+def test_objective_must_fit_the_task(tiny_config):
+    with pytest.raises(ConfigError, match="'ncbi_disease' is a ner task: set local.objective=token_classification"):
+        prepare(tiny_config("scenario=finetune", "local.objective=classification", "data.task=ncbi_disease"))
+
+
+def metrics_rows(run_dir):
+    with open(run_dir / "ledger.csv") as handle:
+        return list(csv.DictReader(handle))

@@ -1,25 +1,35 @@
-"""Registry and offline loader of the downstream classification tasks shipped under ``data/``.
+"""Registry and offline loader of the downstream tasks shipped under ``data/``.
 
-Each task is a folder of JSON-lines files (``{"text": ..., "label": ...}`` per line). :func:`load_task`
-parses them line by line, checks every row against the task's :class:`TaskSpec` (row counts, label set)
-and returns a :class:`datasets.DatasetDict` with splits ``train``/``dev``/``test`` and columns ``text``
-(str) and ``label`` (int class id, a ``ClassLabel`` whose names are ``TaskSpec.labels``).
+Classification tasks (``kind="classification"``) are folders of JSON-lines files (``{"text": ..., "label": ...}``
+per line); NER tasks (``kind="ner"``) are CoNLL-style BIO files (or, for JNLPBA train, standoff documents
+converted to BIO at load time, see :mod:`fedbt.data.ner`). :func:`load_task` parses them line by line, checks
+every row against the task's :class:`TaskSpec` (row or sentence counts, label or tag set) and returns a
+:class:`datasets.DatasetDict` with splits ``train``/``dev``/``test`` and columns
+
+* classification: ``text`` (str) and ``label`` (int class id, a ``ClassLabel`` named by ``TaskSpec.labels``);
+* NER: ``tokens`` (list of str) and ``tags`` (list of int tag ids, ``ClassLabel`` named by ``TaskSpec.labels``,
+  ``"O"`` = 0). A tag ``I-X`` that does not continue an ``X`` entity is read as ``B-X`` (the conlleval rule,
+  see :func:`fedbt.data.ner.validate_bio`); the number of such repairs per file is logged and kept in the
+  split's ``info.description``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fedbt.data.ner import TaggedSentence, bio_labels, read_conll, read_standoff, validate_bio
 from fedbt.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     import datasets
 
 SPLITS = ("train", "dev", "test")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -28,6 +38,10 @@ class TaskSpec:
 
     ``split_pattern`` is set only for tasks shipped as one file (``rct``): the file's rows, whose count
     must be the sum of ``split_sizes``, are dealt into splits by :func:`deal_splits`.
+
+    NER tasks: ``labels`` are the BIO tags (index = tag id, ``"O"`` first), ``split_sizes`` count sentences,
+    a ``.txt`` file has ``columns`` fields per line separated by ``delimiter`` (token first, tag last) and a
+    ``.jsonl`` file holds standoff documents (:func:`fedbt.data.ner.read_standoff`).
     """
 
     name: str
@@ -40,9 +54,14 @@ class TaskSpec:
     domain: str
     description: str
     split_pattern: tuple[tuple[str, int], ...] | None = None
+    columns: int = 4
+    delimiter: str = "\t"
 
 
 _JSONL_SPLITS = {split: f"{split}.jsonl" for split in SPLITS}
+_TXT_SPLITS = {split: f"{split}.txt" for split in SPLITS}
+NER_METRICS = ("ner_f1", "ner_precision", "ner_recall")
+"""Entity-level micro F1 / precision / recall (seqeval, conlleval rules; see fedbt/metrics/seqeval)."""
 
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
@@ -117,6 +136,61 @@ TASKS: dict[str, TaskSpec] = {
             ),
             split_pattern=(("train", 3), ("dev", 1), ("test", 1)),
         ),
+        TaskSpec(
+            name="bc5cdr",
+            kind="ner",
+            folder="ner_bc5cdr",
+            files=_TXT_SPLITS,
+            labels=bio_labels(["Entity"]),
+            metrics=NER_METRICS,
+            split_sizes={"train": 2580, "dev": 1263, "test": 1316},
+            domain="biomed",
+            description=(
+                "BC5CDR chemical and disease mentions as one type 'Entity' (SciBERT/FedBFPT version); shipped: "
+                "the first 338 / 158 / 159 of 500 abstracts per split"
+            ),
+        ),
+        TaskSpec(
+            name="ncbi_disease",
+            kind="ner",
+            folder="ner_ncbi_disease",
+            files=_TXT_SPLITS,
+            labels=bio_labels(["Disease"]),
+            metrics=NER_METRICS,
+            split_sizes={"train": 3000, "dev": 923, "test": 940},
+            domain="biomed",
+            description=(
+                "NCBI-disease disease mentions (SciBERT/FedBFPT version); shipped: the first 3,000 of 5,424 "
+                "train sentences, dev and test whole"
+            ),
+        ),
+        TaskSpec(
+            name="jnlpba",
+            kind="ner",
+            folder="ner_jnlpba",
+            files={"train": "train_official_standoff.jsonl", "dev": "dev.txt", "test": "test.txt"},
+            labels=bio_labels(["DNA", "RNA", "cell_line", "cell_type", "protein"]),
+            metrics=NER_METRICS,
+            split_sizes={"train": 6649, "dev": 883, "test": 1962},
+            domain="biology",
+            description=(
+                "JNLPBA bio-entities, 5 types; train converted from standoff at load time (the first 715 of "
+                "SciBERT's 1,800 train abstracts), dev / test the first 106 of 200 / 210 of 404 abstracts"
+            ),
+        ),
+        TaskSpec(
+            name="scierc_ner",
+            kind="ner",
+            folder="ner_scierc",
+            files=_TXT_SPLITS,
+            labels=bio_labels(["Task", "Method", "Metric", "Material", "OtherScientificTerm", "Generic"]),
+            metrics=NER_METRICS,
+            split_sizes={"train": 1861, "dev": 275, "test": 551},
+            domain="cs",
+            description="SciERC scientific entities, 6 types (FedBFPT's BIO files, whole)",
+            columns=2,
+            delimiter=" ",
+        ),
     )
 }
 
@@ -131,13 +205,16 @@ def get_task(name: str, key: str = "data.task") -> TaskSpec:
 def load_task(name: str, data_dir: str | Path = "data", key: str = "data.task") -> datasets.DatasetDict:
     """Load and check task ``name`` from ``data_dir/<folder>`` as a DatasetDict (train/dev/test).
 
-    Raises :class:`DataError` naming the file for a missing file, a malformed JSON line, a label outside
-    the task's label set, or a row count that differs from the spec.
+    Raises :class:`DataError` naming the file for a missing file, a malformed line, a label or tag outside
+    the task's set (with the line), a malformed BIO tag (with the line), or a row or sentence count that
+    differs from the spec.
     """
     import datasets
 
     spec = get_task(name, key)
     folder = Path(data_dir) / spec.folder
+    if spec.kind == "ner":
+        return _load_ner(spec, folder)
     if spec.split_pattern:
         (file_name,) = spec.files.values()
         texts, label_ids = _read_rows(spec, folder / file_name, sum(spec.split_sizes.values()))
@@ -177,13 +254,17 @@ def deal_splits(texts: list[str], label_ids: list[int], pattern: tuple[tuple[str
     return {split: sorted(indices) for split, indices in dealt.items()}
 
 
-def _read_rows(spec: TaskSpec, path: Path, expected_rows: int) -> tuple[list[str], list[int]]:
-    """Parse a JSON-lines file of ``spec`` into (texts, label ids), checking each line; skips blank lines."""
+def _check_exists(spec: TaskSpec, path: Path) -> None:
     if not path.is_file():
         raise DataError(
             f"{path}: file not found; task '{spec.name}' needs {spec.folder}/{path.name} under the data "
             "directory (the repository's data/ folder ships it)"
         )
+
+
+def _read_rows(spec: TaskSpec, path: Path, expected_rows: int) -> tuple[list[str], list[int]]:
+    """Parse a JSON-lines file of ``spec`` into (texts, label ids), checking each line; skips blank lines."""
+    _check_exists(spec, path)
     label_ids = {label: i for i, label in enumerate(spec.labels)}
     texts: list[str] = []
     ids: list[int] = []
@@ -208,3 +289,47 @@ def _read_rows(spec: TaskSpec, path: Path, expected_rows: int) -> tuple[list[str
     if len(texts) != expected_rows:
         raise DataError(f"{path}: expected {expected_rows} rows, found {len(texts)}")
     return texts, ids
+
+
+def _load_ner(spec: TaskSpec, folder: Path) -> datasets.DatasetDict:
+    """The NER task ``spec`` from ``folder``: ``tokens``/``tags`` per sentence, every split checked."""
+    import datasets
+
+    features = datasets.Features(
+        {
+            "tokens": datasets.List(datasets.Value("string")),
+            "tags": datasets.List(datasets.ClassLabel(names=list(spec.labels))),
+        }
+    )
+    tag_ids = {tag: i for i, tag in enumerate(spec.labels)}
+    splits = {}
+    for split in SPLITS:
+        path = folder / spec.files[split]
+        sentences, repairs = _read_sentences(spec, path, spec.split_sizes[split])
+        columns = {
+            "tokens": [sentence.tokens for sentence in sentences],
+            "tags": [[tag_ids[tag] for tag in sentence.tags] for sentence in sentences],
+        }
+        summary = f"{path.name}: {len(sentences)} sentences, {repairs} BIO repairs (I-X not continuing X -> B-X)"
+        logger.info("task '%s' %s", spec.name, summary)
+        info = datasets.DatasetInfo(description=summary, features=features)
+        splits[split] = datasets.Dataset.from_dict(columns, features=features, info=info)
+    return datasets.DatasetDict(splits)
+
+
+def _read_sentences(spec: TaskSpec, path: Path, expected: int) -> tuple[list[TaggedSentence], int]:
+    """The checked sentences of one NER file (BIO repaired) and the number of repairs."""
+    _check_exists(spec, path)
+    sentences = read_standoff(path) if path.suffix == ".jsonl" else read_conll(path, spec.delimiter, spec.columns)
+    known = set(spec.labels)
+    for sentence in sentences:
+        for tag, line in zip(sentence.tags, sentence.lines, strict=True):
+            if tag not in known:
+                raise DataError(
+                    f"{path}: line {line}: tag {tag!r} is not in the tag set of task '{spec.name}': "
+                    f"{', '.join(spec.labels)}"
+                )
+    repairs = validate_bio(sentences, path)
+    if len(sentences) != expected:
+        raise DataError(f"{path}: expected {expected} sentences, found {len(sentences)}")
+    return sentences, repairs

@@ -23,17 +23,19 @@ Registering::
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import importlib.util
 import pkgutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
 
 from fedbt.config import from_dict
 from fedbt.errors import ConfigError
@@ -73,6 +75,8 @@ class Method:
     scenarios: ClassVar[tuple[str, ...]] = ("pretrain", "finetune")
     uses_stale_layers: ClassVar[bool] = False
     """Set when plans use ``stale_positions``: the simulator then keeps a copy of the starting model."""
+    transmits: ClassVar[bool] = True
+    """False for training in one place (no communication): the ledger records no bytes."""
 
     @dataclass
     class Options:
@@ -92,15 +96,43 @@ class Method:
         """The plan of ``client_id`` in round ``round_idx`` (0-based). Must be deterministic."""
         raise NotImplementedError
 
+    @classmethod
+    def starting_model(cls, options: Mapping[str, Any], source: str) -> str:
+        """The model source the federation starts from (default: the config's ``model.source``). A
+        distillation baseline returns its student here."""
+        return source
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Adapt a freshly built model before use, in place or by returning another one: called once on the
+        global model and once on each local model instance (e.g. inject LoRA adapters, apply a mask)."""
+        return model
+
+    def arrange_clients(self, clients: Sequence[Sequence[dict]]) -> list[Sequence[dict]]:
+        """The clients' data as the method trains it (default: the partition; centralised: one pool). With a
+        fixed ``local.steps`` budget, a client's steps scale with the share of the partition it holds."""
+        return list(clients)
+
+    def encode(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What travels for ``tensors`` in either direction; its bytes are what the ledger counts."""
+        return dict(tensors)
+
+    def decode(self, encoded: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The tensors an :meth:`encode`-d message stands for."""
+        return dict(encoded)
+
     def aggregate(
         self, global_params: Mapping[str, torch.Tensor], averaged: Mapping[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         """Turn the weighted average of the uploads into the new global tensors (default: take it)."""
         return dict(averaged)
 
-    def deployed_layers(self) -> list[int] | None:
-        """Global layers kept by the model that is deployed after training (None: all of them)."""
-        return None
+    def deploy(self, global_model: nn.Module) -> nn.Module:
+        """The model saved and evaluated after training (default: the global model itself)."""
+        return global_model
+
+    def report(self) -> dict[str, float]:
+        """Extra scalar results of the method, merged into the run's final metrics (default: none)."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable method state saved with each round's checkpoint (default: none)."""
@@ -188,13 +220,29 @@ def get_method(name: str) -> type[Method]:
 
 
 def create_method(
-    name: str, arch: ModelArch, rounds: int, seed: int, options: Mapping[str, Any] | None, scenario: str
+    name: str,
+    model: ModelArch | nn.Module,
+    rounds: int,
+    seed: int,
+    options: Mapping[str, Any] | None,
+    scenario: str,
 ) -> Method:
-    """Instantiate and validate a method for a scenario, before any training."""
+    """Instantiate and validate a method for a scenario, before any training.
+
+    Given a model (a meta-device one is enough), the method's arch is that of the model as the method
+    prepares it (e.g. with LoRA adapters), computed on a copy.
+    """
     cls = get_method(name)
     if scenario not in cls.scenarios:
         raise ConfigError(
             "method.name",
             f"{name} does not support scenario {scenario!r}; it supports: {', '.join(cls.scenarios)}",
         )
-    return cls(arch, rounds, seed, options)
+    if isinstance(model, ModelArch):
+        return cls(model, rounds, seed, options)
+    method = cls(ModelArch.from_model(model), rounds, seed, options)
+    prepared = ModelArch.from_model(method.prepare_model(copy.deepcopy(model)))
+    if prepared != method.arch:
+        method.arch = prepared
+        method.validate()
+    return method

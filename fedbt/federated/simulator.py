@@ -21,6 +21,7 @@ from torch import nn
 from fedbt.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedbt.config import LocalConfig
 from fedbt.costs import analytic_train_flops
+from fedbt.errors import FedBTError
 from fedbt.federated.aggregate import WeightedAverage, client_weight
 from fedbt.federated.method import ClientPlan, Method, derive_seed
 from fedbt.ledger import Ledger, LedgerRow, format_layers, payload_nbytes
@@ -77,6 +78,10 @@ class Simulator:
         self.fingerprint = fingerprint
         self.round_eval = round_eval
         self.arch = ModelArch.from_model(global_model)
+        if self.arch != method.arch:
+            raise FedBTError(f"{method.name}: the global model's parameters differ from those the method planned for")
+        self.clients = method.arrange_clients(setup.clients)
+        self.steps_scale = len(setup.clients) / len(self.clients)
         self.global_params = dict(global_model.named_parameters())
         self.initial_params = (
             {n: p.detach().clone() for n, p in self.global_params.items()} if method.uses_stale_layers else {}
@@ -97,7 +102,7 @@ class Simulator:
 
     def selected_clients(self, round_idx: int) -> list[int]:
         """All clients, or a seeded sample of ``fraction`` of them (at least one), in id order."""
-        n = len(self.setup.clients)
+        n = len(self.clients)
         if self.setup.fraction >= 1.0:
             return list(range(n))
         k = max(1, round(self.setup.fraction * n))
@@ -111,17 +116,19 @@ class Simulator:
         clients = self.selected_clients(round_idx)
         for client_id in progress(clients, f"round {round_idx} clients", leave=False):
             payload, row = self.train_client(round_idx, client_id)
-            average.add(payload, client_weight(row.examples, self.setup.aggregation))
+            if payload:
+                average.add(payload, client_weight(row.examples, self.setup.aggregation))
             rows.append(row)
             del payload
-        new_tensors = self.method.aggregate(self.global_params, average.result())
-        self._write_global(new_tensors)
+        if len(average):
+            self._write_global(self.method.aggregate(self.global_params, average.result()))
         self.ledger.append(rows)
-        total_examples = sum(r.examples for r in rows)
+        trained = [r for r in rows if r.steps]
+        total_examples = sum(r.examples for r in trained)
         record = {
             "round": round_idx,
             "clients": len(rows),
-            "train_loss": sum(r.train_loss * r.examples for r in rows) / total_examples,
+            "train_loss": sum(r.train_loss * r.examples for r in trained) / total_examples if trained else None,
             "upload_bytes": sum(r.upload_bytes for r in rows),
             "download_bytes": sum(r.download_bytes for r in rows),
             "client_seconds": sum(r.seconds for r in rows),
@@ -139,13 +146,20 @@ class Simulator:
         return record
 
     def train_client(self, round_idx: int, client_id: int) -> tuple[dict[str, torch.Tensor], LedgerRow]:
-        """Train one client in one round from the current global model: its upload and ledger row."""
-        setup, local = self.setup, self.setup.local
-        plan = self.method.plan(round_idx, client_id)
+        """Train one client in one round from the current global model: its (decoded) upload and ledger row.
+
+        A plan with nothing to train is a client that sits the round out (no transfer, no compute).
+        """
+        setup, local, method = self.setup, self.setup.local, self.method
+        plan = method.plan(round_idx, client_id)
+        examples = self.clients[client_id]
+        row = LedgerRow(round=round_idx, client=client_id, examples=len(examples))
+        if not plan.trainable:
+            return {}, row
         model, name_map = self._prepare_local_model(plan)
-        download = {n: self.global_params[n] for n in plan.download_names(self.arch)}
-        examples = setup.clients[client_id]
         steps = loop.steps_for(len(examples), local.batch_size, local.epochs, local.steps)
+        if local.steps is not None:
+            steps = max(1, round(steps * self.steps_scale))
         torch.manual_seed(derive_seed(setup.seed, DROPOUT, round_idx, client_id))
         result = loop.train(
             model,
@@ -161,40 +175,30 @@ class Simulator:
             max_grad_norm=local.max_grad_norm,
             flop_count_steps=local.flop_count_steps,
         )
-        payload = extract_to_global(model, name_map, plan.trainable)
-        up_params, up_bytes = payload_nbytes(payload)
-        down_params, down_bytes = payload_nbytes(download)
-        row = LedgerRow(
-            round=round_idx,
-            client=client_id,
-            examples=len(examples),
-            steps=result.steps,
-            tokens=result.tokens,
-            trained_layers=format_layers(plan.trained_layers(self.arch)),
-            upload_params=up_params,
-            upload_bytes=up_bytes,
-            download_params=down_params,
-            download_bytes=down_bytes,
-            measured_flops=result.measured_flops,
-            analytic_flops=analytic_train_flops(
-                self.arch,
-                plan,
-                sequences=result.examples,
-                seq_len=setup.seq_len,
-                predicted_tokens=result.predicted_tokens,
-                head=setup.objective.head,
-            ),
-            seconds=result.seconds,
-            peak_memory_bytes=result.peak_memory_bytes,
-            train_loss=result.mean_loss,
+        upload = method.encode(extract_to_global(model, name_map, plan.trainable))
+        if method.transmits:
+            row.upload_params, row.upload_bytes = payload_nbytes(upload)
+            download = method.encode({n: self.global_params[n] for n in plan.download_names(self.arch)})
+            row.download_params, row.download_bytes = payload_nbytes(download)
+        row.steps, row.tokens = result.steps, result.tokens
+        row.trained_layers = format_layers(plan.trained_layers(self.arch))
+        row.measured_flops = result.measured_flops
+        row.analytic_flops = analytic_train_flops(
+            self.arch,
+            plan,
+            sequences=result.examples,
+            seq_len=setup.seq_len,
+            predicted_tokens=result.predicted_tokens,
+            head=setup.objective.head,
         )
-        return payload, row
+        row.seconds, row.peak_memory_bytes, row.train_loss = result.seconds, result.peak_memory_bytes, result.mean_loss
+        return method.decode(upload), row
 
     def _prepare_local_model(self, plan: ClientPlan) -> tuple[nn.Module, dict[str, str]]:
         """The cached local model of the plan's depth, loaded from the global tensors, grads set."""
         depth = len(plan.layer_map)
         if depth not in self._local_models:
-            self._local_models[depth] = build_local_model(self.global_model, depth)
+            self._local_models[depth] = self.method.prepare_model(build_local_model(self.global_model, depth))
         model = self._local_models[depth]
         name_map = local_to_global_names(self.arch, plan.layer_map)
         load_from_global(model, self.global_params, name_map)

@@ -2,7 +2,8 @@
 
 Each metric ``<name>`` is an evaluate module script at ``fedbt/metrics/<name>/<name>.py``;
 :func:`load_metric` loads it by its local path, which never consults the Hugging Face Hub. A new metric
-(e.g. ``seqeval`` for NER) is one more such folder.
+is one more such folder. A module may return several scores: ``seqeval`` (NER, on lists of BIO tag strings)
+gives ``ner_f1``, ``ner_precision`` and ``ner_recall``, which :func:`compute_metrics` accepts by those names.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pathlib import Path
 import evaluate
 
 METRICS_DIR = Path(__file__).parent
+SCORE_MODULES = {"ner_f1": "seqeval", "ner_precision": "seqeval", "ner_recall": "seqeval"}
+"""Scores computed by a module of another name; every other score ``name`` comes from module ``name``."""
 
 
 def known_metrics() -> list[str]:
@@ -32,11 +35,17 @@ def load_metric(name: str) -> evaluate.EvaluationModule:
 def compute_metrics(names: Sequence[str], predictions, references) -> dict[str, float]:
     """``{name: value}`` for each metric in ``names`` on the same predictions and references.
 
-    Each metric returns a mapping; its value under the metric's own name is the score.
+    Each module (``SCORE_MODULES.get(name, name)``) runs once and returns a mapping; the value under the
+    metric's own name is the score.
     """
     predictions, references = list(predictions), list(references)
+    results: dict[str, dict] = {}
     scores = {}
     for name in names:
-        result = load_metric(name).compute(predictions=predictions, references=references)
-        scores[name] = float(result[name])
+        module = SCORE_MODULES.get(name, name)
+        if module not in results:
+            results[module] = load_metric(module).compute(predictions=predictions, references=references)
+        if name not in results[module]:
+            raise ValueError(f"metric module {module!r} gives the scores {', '.join(results[module])}; ask for those")
+        scores[name] = float(results[module][name])
     return scores

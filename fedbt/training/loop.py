@@ -192,19 +192,23 @@ class PeakMemory:
 @torch.no_grad()
 def predict(
     model: nn.Module, objective: Objective, examples: Sequence[dict], batch_size: int, device: torch.device
-) -> torch.Tensor:
-    """Class predictions (argmax of the logits) of a classification model for ``examples``, in order."""
+) -> list[int] | list[list[int]]:
+    """Argmax predictions for ``examples`` in order: one class per example (sequence classification) or
+    one class per input token (token classification, trimmed to the example's length)."""
     model.eval()
-    predictions = []
-    generator = torch.Generator().manual_seed(0)
+    predictions: list = []
     amp_dtype = autocast_dtype(device, "auto")
     for start in range(0, len(examples), batch_size):
-        batch = objective.collate(examples[start : start + batch_size], generator)
+        chunk = examples[start : start + batch_size]
+        batch = objective.collate(chunk, None)
         batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(**batch).logits
-        predictions.append(logits.argmax(-1).cpu())
-    return torch.cat(predictions) if predictions else torch.empty(0, dtype=torch.long)
+            argmax = model(**batch).logits.argmax(-1).cpu()
+        if argmax.dim() == 1:
+            predictions += argmax.tolist()
+        else:
+            predictions += [row[: len(e["input_ids"])].tolist() for row, e in zip(argmax, chunk, strict=True)]
+    return predictions
 
 
 @torch.no_grad()

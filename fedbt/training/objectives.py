@@ -136,4 +136,8 @@ def make_objective(objective: str, tokenizer, *, mlm_probability: float, masked_
         )
     if objective == "classification":
         return SequenceClassification(pad_id=tokenizer.pad_token_id, pad_to=pad_to)
-    raise ValueError(f"unknown objective {objective!r}")
+    if objective == "token_classification":
+        from fedbt.training.token_classification import TokenClassification
+
+        return TokenClassification(pad_id=tokenizer.pad_token_id, pad_to=pad_to)
+    raise ValueError(f"unknown objective {objective!r}; allowed: mlm, classification, token_classification")
