@@ -101,11 +101,12 @@ def run_key(config: RunConfig) -> str:
 # ----------------------------------------------------------------------------------------- data
 
 
-def _examples(config: RunConfig, tokenizer) -> tuple[list[dict], list[dict], list[int] | None, str]:
-    """Tokenised (training pool, held-out set, labels for label-skew partitions, dataset id).
+def _examples(config: RunConfig, tokenizer) -> tuple[list[dict], dict[str, list[dict]], list[int] | None, str]:
+    """Tokenised (training pool, per-round evaluation sets, labels for label-skew partitions, dataset id).
 
     Pre-training: the corpus's sentences, the last ``heldout_examples`` held out for the per-round MLM loss.
-    Fine-tuning: the task's train split, and its dev split (first ``heldout_examples``) for per-round scores.
+    Fine-tuning: the task's train split; its dev split (first ``heldout_examples``) and test split (first
+    ``evaluation.max_eval_examples``, all by default) are scored every round.
     """
     data, max_length = config.data, config.model.max_length
     if config.scenario == "pretrain":
@@ -117,23 +118,21 @@ def _examples(config: RunConfig, tokenizer) -> tuple[list[dict], list[dict], lis
         encoded = [
             {"input_ids": ids} for ids in tokenizer(sentences, truncation=True, max_length=max_length)["input_ids"]
         ]
-        return encoded[:cut], encoded[cut:], None, f"corpus-{data.corpus}"
+        return encoded[:cut], {"heldout": encoded[cut:]}, None, f"corpus-{data.corpus}"
     from fedbt.data.tasks import get_task, load_task
     from fedbt.evaluation import tokenize_task
 
     spec = get_task(data.task)
     splits = load_task(data.task, data.data_dir)
-    train, dev = splits["train"], splits["dev"]
-    if data.max_examples is not None:
-        train = train.select(range(min(data.max_examples, len(train))))
-    dev = dev.select(range(min(data.heldout_examples, len(dev))))
-    labels = list(train["label"]) if spec.kind == "classification" else None
-    return (
-        tokenize_task(train, tokenizer, max_length, spec.kind),
-        tokenize_task(dev, tokenizer, max_length, spec.kind),
-        labels,
-        f"task-{data.task}",
-    )
+    limits = {"train": data.max_examples, "dev": data.heldout_examples, "test": config.evaluation.max_eval_examples}
+    subsets = {
+        split: splits[split].select(range(min(limit, len(splits[split])))) if limit is not None else splits[split]
+        for split, limit in limits.items()
+    }
+    labels = list(subsets["train"]["label"]) if spec.kind == "classification" else None
+    tokenized = {split: tokenize_task(subset, tokenizer, max_length, spec.kind) for split, subset in subsets.items()}
+    train = tokenized.pop("train")
+    return train, tokenized, labels, f"task-{data.task}"
 
 
 # ------------------------------------------------------------------------------------------ run
@@ -155,7 +154,7 @@ def execute(prepared: PreparedRun, fresh: bool = False) -> dict[str, Any]:
     (out_dir / "config.yaml").write_text(to_yaml(config))
 
     tokenizer = load_tokenizer(prepared.model_config)
-    examples, heldout, labels, dataset_id = _examples(config, tokenizer)
+    examples, eval_sets, labels, dataset_id = _examples(config, tokenizer)
     fed = config.federation
     partition = load_or_create_partition(
         dataset_id,
@@ -183,7 +182,7 @@ def execute(prepared: PreparedRun, fresh: bool = False) -> dict[str, Any]:
     method = prepared.method
     global_model = load_model(prepared.model_config, prepared.head, config.seed, prepared.num_labels)
     global_model = method.prepare_model(global_model).to(device)
-    round_eval = _round_evaluator(config, tokenizer, heldout, device, prepared.num_labels)
+    round_eval = _round_evaluator(config, tokenizer, eval_sets, device)
     setup = SimulationSetup(
         clients=clients,
         objective=objective,
@@ -233,6 +232,10 @@ def execute(prepared: PreparedRun, fresh: bool = False) -> dict[str, Any]:
         "federated_seconds": federated_seconds,
         "total_seconds": time.perf_counter() - started,
     }
+    if config.scenario == "finetune":
+        from fedbt.data.tasks import get_task
+
+        metrics["selection"] = best_round(records, get_task(config.data.task).metrics[0])
     metrics["final"] = final_metrics(metrics)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     shutil.rmtree(out_dir / "checkpoint", ignore_errors=True)  # the run is complete; model/ holds its state
@@ -260,6 +263,10 @@ def final_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     final.update({f"method.{k}": float(v) for k, v in metrics["method_report"].items()})
     last = metrics["rounds"][-1]
     final.update({f"last.{k}": float(v) for k, v in last.items() if k != "round" and isinstance(v, int | float)})
+    selection = metrics.get("selection")
+    if selection:
+        final["finetune.best_round"] = float(selection["round"])
+        final.update({f"finetune.test_{k}": float(v) for k, v in selection["test"].items()})
     evaluation = metrics.get("evaluation")
     if evaluation:
         for stat in ("mean", "std"):
@@ -267,12 +274,14 @@ def final_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return final
 
 
-def _round_evaluator(config: RunConfig, tokenizer, heldout: list[dict], device: torch.device, num_labels):
-    """Per-round score of the global model: held-out MLM loss (pre-training) or dev metrics (fine-tuning)."""
+def _round_evaluator(config: RunConfig, tokenizer, eval_sets: dict[str, list[dict]], device: torch.device):
+    """Per-round scores of the global model: held-out MLM loss (pre-training), or dev and test metrics
+    (fine-tuning; the final test score is taken at the best dev round, see :func:`best_round`)."""
     from fedbt.training import loop
     from fedbt.training.objectives import make_objective
 
-    if not heldout:
+    eval_sets = {name: examples for name, examples in eval_sets.items() if examples}
+    if not eval_sets:
         return None
     objective = make_objective(
         config.local.objective,
@@ -285,7 +294,8 @@ def _round_evaluator(config: RunConfig, tokenizer, heldout: list[dict], device: 
     if config.scenario == "pretrain":
 
         def heldout_loss(model) -> dict[str, float]:
-            return {"heldout_mlm_loss": loop.eval_loss(model, objective, heldout, batch_size, device, config.seed)}
+            loss = loop.eval_loss(model, objective, eval_sets["heldout"], batch_size, device, config.seed)
+            return {"heldout_mlm_loss": loss}
 
         return heldout_loss
 
@@ -294,8 +304,25 @@ def _round_evaluator(config: RunConfig, tokenizer, heldout: list[dict], device: 
 
     task = get_task(config.data.task)
 
-    def dev_scores(model) -> dict[str, float]:
-        predictions = loop.predict(model, objective, heldout, batch_size, device)
-        return {f"dev_{k}": v for k, v in score(task, heldout, predictions).items()}
+    def task_scores(model) -> dict[str, float]:
+        scores = {}
+        for split, examples in eval_sets.items():
+            predictions = loop.predict(model, objective, examples, batch_size, device)
+            scores.update({f"{split}_{k}": v for k, v in score(task, examples, predictions).items()})
+        return scores
 
-    return dev_scores
+    return task_scores
+
+
+def best_round(records: list[dict[str, Any]], primary: str) -> dict[str, Any] | None:
+    """Federated fine-tuning's result: the test scores of the round with the best dev ``primary`` metric
+    (earliest on ties; test never takes part in the choice)."""
+    key = f"dev_{primary}"
+    scored = [r for r in records if key in r]
+    if not scored:
+        return None
+    best = max(scored, key=lambda r: r[key])  # max keeps the earliest of equal scores
+    pick = {"round": best["round"], "primary": primary}
+    for split in ("dev", "test"):
+        pick[split] = {k.removeprefix(f"{split}_"): v for k, v in best.items() if k.startswith(f"{split}_")}
+    return pick

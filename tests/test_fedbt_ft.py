@@ -100,7 +100,12 @@ def test_finetune_scenario_end_to_end(tiny_config, variant):
     )
     prepared = prepare(config)
     metrics = execute(prepared)
-    assert all("dev_accuracy" in r for r in metrics["rounds"])
+    assert all("dev_accuracy" in r and "test_accuracy" in r for r in metrics["rounds"])
+    selection = metrics["selection"]
+    best = max(metrics["rounds"], key=lambda r: r["dev_accuracy"])
+    assert selection["round"] == best["round"]
+    assert selection["test"]["accuracy"] == best["test_accuracy"]
+    assert metrics["final"]["finetune.test_accuracy"] == best["test_accuracy"]
     arch = prepared.method.arch
     with open(prepared.out_dir / "ledger.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -142,3 +147,16 @@ def test_objective_must_fit_the_task(tiny_config):
 def metrics_rows(run_dir):
     with open(run_dir / "ledger.csv") as handle:
         return list(csv.DictReader(handle))
+
+
+def test_best_round_selects_on_dev_earliest_on_ties():
+    from fedbt.run import best_round
+
+    records = [
+        {"round": 0, "dev_accuracy": 0.5, "test_accuracy": 0.9},
+        {"round": 1, "dev_accuracy": 0.7, "test_accuracy": 0.1},
+        {"round": 2, "dev_accuracy": 0.7, "test_accuracy": 0.8},
+    ]
+    pick = best_round(records, "accuracy")
+    assert pick == {"round": 1, "primary": "accuracy", "dev": {"accuracy": 0.7}, "test": {"accuracy": 0.1}}
+    assert best_round([{"round": 0, "heldout_mlm_loss": 3.0}], "accuracy") is None
