@@ -33,6 +33,21 @@ def minilm_and_corpus(max_length: int, examples: int, threads: int | None = None
     return load_model(model_config, "mlm", seed=0), tokenizer, [{"input_ids": ids} for ids in encoded]
 
 
+def minilm_and_task(task: str, max_length: int, examples: int, threads: int | None = None):
+    """(MiniLM sequence-classification model, tokenizer, tokenised first ``examples`` train rows of ``task``)."""
+    from fedbt.data.tasks import get_task, load_task
+    from fedbt.evaluation import tokenize_task
+
+    if threads:
+        torch.set_num_threads(threads)
+    model_config = ModelConfig(source="minilm", max_length=max_length)
+    tokenizer = load_tokenizer(model_config)
+    spec = get_task(task)
+    train = load_task(task, "data")["train"].select(range(examples))
+    model = load_model(model_config, "classification", seed=0, num_labels=len(spec.labels))
+    return model, tokenizer, tokenize_task(train, tokenizer, max_length, spec.kind)
+
+
 def median_seconds(action: Callable[[], object], repeats: int) -> float:
     """Median wall seconds of ``repeats`` calls."""
     times = []

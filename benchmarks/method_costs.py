@@ -3,9 +3,10 @@
 For each round of the schedule, one client trains the same data for the same steps under each method's
 plan (methods alternate within a round so machine noise hits all equally). Reports measured seconds,
 measured FLOPs (torch FlopCounterMode) and the analytic prediction, and the ratios against ``fedavg``.
+Pre-training trains masked LM on the CS corpus; fine-tuning trains ChemProt classification.
 
     .venv/bin/python benchmarks/method_costs.py --methods fedavg fedbt [--rounds 5 --steps 6]
-    .venv/bin/python benchmarks/method_costs.py --scenario finetune --methods fedavg fedbt-ft
+    .venv/bin/python benchmarks/method_costs.py --scenario finetune --methods fedavg fedbt-ft --rounds 6
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from _common import minilm_and_corpus
+from _common import minilm_and_corpus, minilm_and_task
 
 from fedbt.config import LocalConfig
 from fedbt.federated.method import create_method
@@ -28,6 +29,7 @@ from fedbt.training.objectives import make_objective
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", choices=["pretrain", "finetune"], default="pretrain")
     parser.add_argument("--methods", nargs="+", default=["fedavg", "fedbt"])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=6)
@@ -37,8 +39,13 @@ def main() -> None:
     args = parser.parse_args()
     options = {k: int(v) for k, v in (o.split("=", 1) for o in args.option)}
 
-    model, tokenizer, examples = minilm_and_corpus(args.max_length, args.steps * args.batch_size)
-    objective = make_objective("mlm", tokenizer, mlm_probability=0.15, masked_only=True, pad_to=args.max_length)
+    if args.scenario == "pretrain":
+        model, tokenizer, examples = minilm_and_corpus(args.max_length, args.steps * args.batch_size)
+        head = "mlm"
+    else:
+        model, tokenizer, examples = minilm_and_task("chemprot", args.max_length, args.steps * args.batch_size)
+        head = "classification"
+    objective = make_objective(head, tokenizer, mlm_probability=0.15, masked_only=True, pad_to=args.max_length)
     local = LocalConfig(steps=args.steps, batch_size=args.batch_size, lr=5e-5, flop_count_steps=1)
     setup = SimulationSetup([examples], objective, local, args.rounds, 1.0, "weighted", 0, torch.device("cpu"), 128)
     arch = ModelArch.from_model(model)
@@ -47,7 +54,7 @@ def main() -> None:
         simulators = {}
         for name in args.methods:
             method_options = options if name != "fedavg" else {}
-            method = create_method(name, arch, args.rounds, 0, method_options, "pretrain")
+            method = create_method(name, arch, args.rounds, 0, method_options, args.scenario)
             ledger = Ledger(Path(tmp) / f"{name}.csv")
             simulators[name] = Simulator(copy.deepcopy(model), method, setup, ledger, Path(tmp) / name, name)
         simulators[args.methods[0]].train_client(0, 0)  # warm-up
@@ -63,7 +70,7 @@ def main() -> None:
                     totals[name][key] += value
     base = totals.get("fedavg")
     print(
-        f"MiniLM masked LM, one client, {args.rounds} rounds x {args.steps} steps, batch {args.batch_size} x "
+        f"MiniLM {head}, one client, {args.rounds} rounds x {args.steps} steps, batch {args.batch_size} x "
         f"{args.max_length} tokens, {torch.get_num_threads()} threads, options {options or 'default'}"
     )
     print(f"{'method':14s} {'seconds':>9s} {'meas. TFLOP':>12s} {'anal. TFLOP':>12s} {'upload MiB':>11s}", end="")

@@ -17,9 +17,9 @@ import torch
 
 from fedbt.config import EvaluationConfig, ModelConfig
 from fedbt.data.tasks import TaskSpec, get_task, load_task
-from fedbt.federated.method import derive_seed
 from fedbt.metrics import compute_metrics
 from fedbt.models import load_model, load_model_from_dir, load_tokenizer
+from fedbt.seeding import derive_seed
 from fedbt.training.loop import adamw, predict, resolve_device, steps_for, train
 from fedbt.training.objectives import make_objective
 from fedbt.training.token_classification import decode_predictions, tokenize_ner

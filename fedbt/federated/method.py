@@ -40,6 +40,7 @@ from torch import nn
 from fedbt.config import from_dict
 from fedbt.errors import ConfigError
 from fedbt.models import ModelArch
+from fedbt.seeding import derive_seed
 
 
 @dataclass(frozen=True)
@@ -147,14 +148,6 @@ class Method:
 
     def options_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.options)
-
-
-def derive_seed(seed: int, *keys: int) -> int:
-    """A 63-bit seed from a base seed and integer keys, stable across runs and platforms."""
-    import hashlib
-
-    text = ":".join(str(k) for k in (seed, *keys))
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & ((1 << 63) - 1)
 
 
 # ------------------------------------------------------------------------------------- registry

@@ -23,7 +23,7 @@ from fedbt.config import LocalConfig
 from fedbt.costs import analytic_train_flops
 from fedbt.errors import FedBTError
 from fedbt.federated.aggregate import WeightedAverage, client_weight
-from fedbt.federated.method import ClientPlan, Method, derive_seed
+from fedbt.federated.method import ClientPlan, Method
 from fedbt.ledger import Ledger, LedgerRow, format_layers, payload_nbytes
 from fedbt.models import (
     ModelArch,
@@ -33,6 +33,7 @@ from fedbt.models import (
     local_to_global_names,
 )
 from fedbt.progress import progress
+from fedbt.seeding import derive_seed
 from fedbt.training import loop
 from fedbt.training.objectives import Objective
 
