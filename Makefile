@@ -42,7 +42,8 @@ minilm: $(STAMP)
 	$(BIN)/fedbt run config/runs/fedavg-minilm.yaml
 
 reproduce: $(STAMP)
-	$(BIN)/fedbt run config/runs/fedavg-minilm.yaml
+	$(BIN)/snakemake --profile workflow/profiles/default
+	$(BIN)/snakemake --report results/report.html
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/simulator_overhead.py

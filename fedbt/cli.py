@@ -1,4 +1,4 @@
-"""The ``fedbt`` command line: ``run``, ``costs``, ``methods``.
+"""The ``fedbt`` command line: ``run``, ``costs``, ``methods``, ``distill``, ``report``, ``track-init``.
 
 Heavy imports (torch, transformers, mlflow) happen inside the subcommands so that ``--help`` is fast.
 Offline by default: the hub and datasets are set offline unless the environment says otherwise.
@@ -57,7 +57,7 @@ def _methods(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fedbt`` command."""
-    from fedbt import cli_costs
+    from fedbt import cli_costs, cli_distill, cli_report
 
     parser = argparse.ArgumentParser(prog="fedbt", description="FedBT benchmark suite: federated runs and cost tables.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     methods.set_defaults(handler=_methods)
 
     cli_costs.add_parser(sub)
+    cli_distill.add_parser(sub)
+    cli_report.add_parser(sub)
     return parser
 
 
@@ -84,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fedbt`` command."""
     for key, value in OFFLINE_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    from fedbt.gpu import claim_from_env
+
+    claim_from_env()  # before torch starts: take a free GPU slot when FEDBT_GPUS is set (Snakemake jobs)
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -33,7 +33,9 @@ def add_parser(subparsers) -> None:
         "shape bert:layers=8,hidden=512,heads=8,ffn=2048,vocab=30522",
     )
     parser.add_argument("--method", required=True, help="registered method name (see `fedbt methods`)")
-    parser.add_argument("--rounds", type=int, required=True, help="number of federated rounds I")
+    parser.add_argument(
+        "--rounds", type=int, help="number of federated rounds I (default: the paper's, 5 pre-training, 10 fine-tuning)"
+    )
     parser.add_argument("--json", action="store_true", help="print the cost table as JSON only")
     parser.add_argument(
         "--head",
@@ -55,6 +57,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--dtype-bytes", type=int, default=4, help="bytes per transmitted value (4: fp32)")
     parser.add_argument("--local-layers", type=int, help="local depth L_k (sets the option local_layers)")
     parser.add_argument(
+        "--student",
+        metavar="ARCH",
+        help="the student's shape for distill (sets the option student; same forms as --arch)",
+    )
+    parser.add_argument(
         "--option",
         action="append",
         default=[],
@@ -66,8 +73,9 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(handler=main)
 
 
-def parse_options(items: list[str], local_layers: int | None = None) -> dict[str, Any]:
-    """``["k=v", ...]`` to a mapping with YAML-parsed values; ``local_layers`` overrides its option."""
+def parse_options(items: list[str], local_layers: int | None = None, student: str | None = None) -> dict[str, Any]:
+    """``["k=v", ...]`` to a mapping with YAML-parsed values; ``local_layers`` and ``student`` override their
+    options."""
     import yaml
 
     options: dict[str, Any] = {}
@@ -78,6 +86,8 @@ def parse_options(items: list[str], local_layers: int | None = None) -> dict[str
         options[key.strip()] = yaml.safe_load(value)
     if local_layers is not None:
         options["local_layers"] = local_layers
+    if student is not None:
+        options["student"] = student
     return options
 
 
@@ -105,9 +115,10 @@ def format_table(table: dict[str, Any]) -> str:
             f"{row['upload_mib']:>10.2f}  {row['download_mib']:>12.2f}  "
             f"{row['analytic_flops'] / 1e9:>12,.1f}{union}"
         )
+    reference = f" of {table['fedavg_reference_arch']}" if "fedavg_reference_arch" in table else ""
     lines += [
         "",
-        f"vs fedavg: upload {table['upload_ratio_vs_fedavg']:.2%}, download "
+        f"vs fedavg{reference}: upload {table['upload_ratio_vs_fedavg']:.2%}, download "
         f"{table['download_ratio_vs_fedavg']:.2%}, FLOPs {table['flops_ratio_vs_fedavg']:.2%}",
     ]
     if "paper" in table:
@@ -120,7 +131,7 @@ def format_table(table: dict[str, Any]) -> str:
 
 def main(args: argparse.Namespace) -> int:
     """Print the cost table (text, or JSON with ``--json``); errors go to stderr with exit status 2."""
-    from fedbt.costs import SCENARIO_OF_HEAD, compare_paper, cost_table
+    from fedbt.costs import PAPER_ROUNDS, SCENARIO_OF_HEAD, compare_paper, cost_table
     from fedbt.federated.method import load_plugins
 
     try:
@@ -137,8 +148,8 @@ def main(args: argparse.Namespace) -> int:
         table = cost_table(
             args.arch,
             args.method,
-            args.rounds,
-            parse_options(args.option, args.local_layers),
+            PAPER_ROUNDS[SCENARIO_OF_HEAD[args.head]] if args.rounds is None else args.rounds,
+            parse_options(args.option, args.local_layers, args.student),
             head=args.head,
             clients=args.clients,
             **common,

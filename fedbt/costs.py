@@ -8,15 +8,17 @@ machine without downloading weights. The measured per-client costs of real runs 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+import torch
 from torch import nn
 
 from fedbt.errors import ConfigError, FedBTError
-from fedbt.federated.method import ClientPlan, Method, available_methods, create_method
+from fedbt.federated.method import ClientPlan, Method, available_methods, create_method, get_method
 from fedbt.models import ModelArch
 
 MIB = 2**20
@@ -116,8 +118,7 @@ def analytic_train_flops(
 # ------------------------------------------------------------------------------------ cost tables
 
 
-def _sizes(prefix: str, params: int, dtype_bytes: int) -> dict[str, int | float]:
-    nbytes = params * dtype_bytes
+def _sizes(prefix: str, params: int, nbytes: int) -> dict[str, int | float]:
     return {
         f"{prefix}_params": params,
         f"{prefix}_bytes": nbytes,
@@ -126,17 +127,37 @@ def _sizes(prefix: str, params: int, dtype_bytes: int) -> dict[str, int | float]
     }
 
 
+def _payload(method: Method, tensors: Mapping[str, torch.Tensor], dtype_bytes: int) -> tuple[int, int]:
+    """``(values, bytes)`` of what ``method.encode`` sends for the weight-free ``tensors``, as the ledger counts
+    them: floating-point values at ``dtype_bytes`` each, other dtypes (e.g. a packed bit mask) at their size."""
+    encoded = method.encode(tensors).values()
+    params = sum(t.numel() for t in encoded)
+    nbytes = sum(t.numel() * (dtype_bytes if t.is_floating_point() else t.element_size()) for t in encoded)
+    return params, nbytes
+
+
 def _round_costs(
-    method: Method, arch: ModelArch, round_idx: int, clients: int, flops_args: dict, dtype_bytes: int
+    method: Method,
+    tensors: Mapping[str, torch.Tensor],
+    round_idx: int,
+    clients: int,
+    flops_args: dict,
+    dtype_bytes: int,
 ) -> dict[str, Any]:
+    """Costs of client 0 in round ``round_idx``. An empty plan sits the round out (nothing sent or computed);
+    a method that does not transmit (centralised training) sends nothing."""
+    arch = method.arch
     plan = method.plan(round_idx, 0)
+    sends = bool(plan.trainable) and method.transmits
+    upload = _payload(method, {n: tensors[n] for n in plan.trainable}, dtype_bytes) if sends else (0, 0)
+    download = _payload(method, {n: tensors[n] for n in plan.download_names(arch)}, dtype_bytes) if sends else (0, 0)
     row: dict[str, Any] = {
         "round": round_idx,
         "trained_layers": plan.trained_layers(arch),
         "local_layers": list(plan.layer_map),
-        **_sizes("upload", arch.numel(plan.trainable), dtype_bytes),
-        **_sizes("download", arch.numel(plan.download_names(arch)), dtype_bytes),
-        "analytic_flops": analytic_train_flops(arch, plan, **flops_args),
+        **_sizes("upload", *upload),
+        **_sizes("download", *download),
+        "analytic_flops": analytic_train_flops(arch, plan, **flops_args) if plan.trainable else 0,
     }
     if clients > 1:
         union = set().union(*(method.plan(round_idx, k).trained_layers(arch) for k in range(clients)))
@@ -144,12 +165,10 @@ def _round_costs(
     return row
 
 
-def _totals(rows: list[dict[str, Any]], dtype_bytes: int) -> dict[str, int | float]:
-    upload = sum(r["upload_params"] for r in rows)
-    download = sum(r["download_params"] for r in rows)
+def _totals(rows: list[dict[str, Any]]) -> dict[str, int | float]:
     return {
-        **_sizes("upload", upload, dtype_bytes),
-        **_sizes("download", download, dtype_bytes),
+        **_sizes("upload", sum(r["upload_params"] for r in rows), sum(r["upload_bytes"] for r in rows)),
+        **_sizes("download", sum(r["download_params"] for r in rows), sum(r["download_bytes"] for r in rows)),
         "analytic_flops": sum(r["analytic_flops"] for r in rows),
     }
 
@@ -188,9 +207,13 @@ def cost_table(
     """Per-round and total upload, download and analytic FLOPs of ``method`` on ``arch_name``, weight-free.
 
     Client 0 is representative (``trained_layers_union`` adds the union over ``clients`` clients when
-    ``clients > 1``). FLOPs are one local pass over ``sequences`` sequences; the MLM decoder runs at
-    ``round(mlm_probability * tokens)`` masked positions when ``masked_only``, else at every token.
-    Ratios compare the totals with full-model FedAvg on the same architecture and rounds.
+    ``clients > 1``). FLOPs are one local pass over ``sequences`` sequences per client (a method that pools
+    the clients, like centralised training, passes over all of theirs); the MLM decoder runs at
+    ``round(mlm_probability * tokens)`` masked positions when ``masked_only``, else at every token. Bytes are
+    those of the method's encoded payloads, as in the ledger; a client with an empty plan, or a method that
+    does not transmit, sends nothing. A method may train another architecture than ``arch_name`` (the
+    distillation baseline's student, from its ``student`` option): ``arch`` describes that one, and the ratios
+    compare the totals (bytes, FLOPs) with full-model FedAvg of ``arch_name`` over the same rounds.
     """
     if head not in SCENARIO_OF_HEAD:
         raise ConfigError("head", f"unknown head {head!r}; allowed: {', '.join(SCENARIO_OF_HEAD)}")
@@ -206,28 +229,36 @@ def cost_table(
             raise ConfigError(key, f"got {value}, must be >= 1")
     if not 0 < mlm_probability < 1:
         raise ConfigError("mlm_probability", f"got {mlm_probability}, must be in (0, 1)")
-    model, attention_heads = meta_arch(arch_name, head, num_labels)
-    arch = ModelArch.from_model(model)
-    tokens = sequences * seq_len
-    flops_args = {
-        "sequences": sequences,
-        "seq_len": seq_len,
-        "predicted_tokens": round(mlm_probability * tokens) if masked_only else tokens,
-        "head": head,
-    }
     scenario = SCENARIO_OF_HEAD[head]
+    # The architecture the method trains: a distillation baseline names its student, others keep arch_name.
+    source = get_method(method).starting_model(options, arch_name)
 
-    def rows_of(name: str, method_options: Mapping[str, Any], n_clients: int):
+    def rows_of(name: str, model_name: str, method_options: Mapping[str, Any], n_clients: int):
+        model = meta_arch(model_name, head, num_labels)[0]
         instance = create_method(name, model, rounds, seed, method_options, scenario)
-        rows = [_round_costs(instance, instance.arch, i, n_clients, flops_args, dtype_bytes) for i in range(rounds)]
-        return instance, rows
+        tensors = dict(instance.prepare_model(copy.deepcopy(model)).named_parameters())
+        # e.g. centralised training pools every client's sequences into one trainer
+        arranged = instance.arrange_clients([[{}] * sequences for _ in range(n_clients)])
+        tokens = len(arranged[0]) * seq_len
+        flops_args = {
+            "sequences": len(arranged[0]),
+            "seq_len": seq_len,
+            "predicted_tokens": round(mlm_probability * tokens) if masked_only else tokens,
+            "head": head,
+        }
+        rounds_costs = [
+            _round_costs(instance, tensors, i, len(arranged), flops_args, dtype_bytes) for i in range(rounds)
+        ]
+        return instance, rounds_costs
 
-    instance, rows = rows_of(method, options, clients)
-    total = _totals(rows, dtype_bytes)
-    reference = _totals(rows_of("fedavg", {}, 1)[1], dtype_bytes)
-    return {
+    instance, rows = rows_of(method, source, options, clients)
+    total = _totals(rows)
+    reference = _totals(rows_of("fedavg", arch_name, {}, 1)[1])
+    model, attention_heads = meta_arch(source, head, num_labels)
+    arch = ModelArch.from_model(model)
+    table = {
         "arch": {
-            "name": arch_name,
+            "name": source,
             "layers": arch.num_layers,
             "hidden": arch.hidden_size,
             "heads": attention_heads,
@@ -239,10 +270,13 @@ def cost_table(
         "options": instance.options_dict(),
         "rounds": rows,
         "total": total,
-        "upload_ratio_vs_fedavg": total["upload_params"] / reference["upload_params"],
-        "download_ratio_vs_fedavg": total["download_params"] / reference["download_params"],
+        "upload_ratio_vs_fedavg": total["upload_bytes"] / reference["upload_bytes"],
+        "download_ratio_vs_fedavg": total["download_bytes"] / reference["download_bytes"],
         "flops_ratio_vs_fedavg": total["analytic_flops"] / reference["analytic_flops"],
     }
+    if source != arch_name:
+        table["fedavg_reference_arch"] = arch_name
+    return table
 
 
 # --------------------------------------------------------------------------------- paper numbers

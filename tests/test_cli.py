@@ -33,7 +33,7 @@ def test_methods_lists_fedavg(capsys):
     ("extra", "message"),
     [
         (["--set", "federation.clientz=3"], "config key 'federation.clientz': unknown key"),
-        (["--set", "method.name=fedsgd"], "unknown method 'fedsgd'; known methods: fedavg"),
+        (["--set", "method.name=fedsgd"], "unknown method 'fedsgd'; known methods: centralized"),
         (["--set", "evaluation.task=imdb"], "unknown task 'imdb'"),
         (["--set", "data.corpus=physics"], "unknown corpus 'physics'"),
         (["--set", "method.options={lr_scale: 2}"], "config key 'method.options.lr_scale': unknown key"),

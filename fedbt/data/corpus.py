@@ -49,6 +49,12 @@ CORPORA: dict[str, CorpusSpec] = {
             "pubmedqa_abstracts.txt",
             "PubMed abstracts from PubMedQA, first 879 abstracts",
         ),
+        CorpusSpec(
+            "sst2",
+            "sst2",
+            "sentences.txt",
+            "SST-2 movie-review sentences (GLUE train split): the general-domain corpus for distilling students",
+        ),
     )
 }
 

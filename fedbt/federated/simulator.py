@@ -137,7 +137,7 @@ class Simulator:
             "analytic_flops": sum(r.analytic_flops for r in rows),
         }
         if self.round_eval is not None:
-            record.update(self.round_eval(self.global_model))
+            record.update(self.round_eval(self.method.deploy(self.global_model)))
         record["round_seconds"] = time.perf_counter() - started
         log.info(
             "round %d: %s",

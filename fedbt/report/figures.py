@@ -1,0 +1,134 @@
+"""Figures (PNG and PDF): score per round, score against uplink bytes (Pareto), client compute per method,
+and the layer schedule of each FedBT variant."""
+
+from __future__ import annotations
+
+import statistics
+import textwrap
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from fedbt.report.runs import RunResult  # noqa: E402
+from fedbt.report.spec import Table  # noqa: E402
+
+
+def save(fig, stem: Path) -> list[Path]:
+    """Write ``stem.png`` and ``stem.pdf`` and close the figure."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    fig.tight_layout()
+    fig.savefig(paths[0], dpi=120)
+    fig.savefig(paths[1], metadata={"CreationDate": None})
+    plt.close(fig)
+    return paths
+
+
+def _runs(row, data: str, results: Mapping[str, RunResult]) -> list[RunResult]:
+    return [results[p] for p in row.runs.get(data, []) if p in results]
+
+
+def _title(column) -> str:
+    return column.label if column.label == column.data else f"{column.label} ({column.data})"
+
+
+def _panels(n: int, title: str, width: float = 4.2, height: float = 3.4):
+    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False)
+    fig.suptitle(textwrap.fill(title, width=int(55 * n)), fontsize=9)
+    return fig, list(axes[0])
+
+
+def rounds_figure(table: Table, results: Mapping[str, RunResult], stem: Path) -> list[Path]:
+    """Per column, the per-round curve (held-out MLM loss or dev score) of every row, mean over seeds."""
+    fig, axes = _panels(len(table.columns), table.title)
+    for ax, column in zip(axes, table.columns, strict=True):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ylabel = ""
+        for row in table.rows:
+            runs = [r for r in _runs(row, column.data, results) if r.curve]
+            if not runs:
+                continue
+            ylabel = runs[0].curve_name
+            rounds = sorted(set().union(*(r.curve for r in runs)))
+            means = [statistics.fmean(r.curve[i] for r in runs if i in r.curve) for i in rounds]
+            ax.plot([i + 1 for i in rounds], means, marker="o", label=row.variant)
+        ax.set(title=_title(column), xlabel="round", ylabel=ylabel)
+        ax.grid(alpha=0.3)
+    axes[-1].legend(fontsize=7, loc="best")
+    return save(fig, stem)
+
+
+def pareto_figure(table: Table, results: Mapping[str, RunResult], stem: Path) -> list[Path]:
+    """Per column, final test score against total uplink bytes; the Pareto front (less upload, higher score)
+    is drawn as a step line. Rows that upload nothing (centralised, no training) have no place on the axis."""
+    fig, axes = _panels(len(table.columns), table.title)
+    for ax, column in zip(axes, table.columns, strict=True):
+        points, metric = [], "score"
+        for row in table.rows:
+            runs = _runs(row, column.data, results)
+            scores = [s for r in runs for s in r.scores]
+            if not scores or not any(r.upload_bytes_total for r in runs):
+                continue
+            metric = runs[0].metric
+            x = statistics.fmean(r.upload_bytes_total for r in runs)
+            y, err = statistics.fmean(scores), statistics.stdev(scores) if len(scores) > 1 else 0.0
+            points.append((x, y))
+            ax.errorbar(x, y, yerr=err, fmt="o", capsize=3, label=row.variant)
+        front, best = [], -np.inf
+        for x, y in sorted(points):
+            if y > best:
+                front.append((x, y))
+                best = y
+        if front:
+            ax.step(*zip(*front, strict=True), where="post", color="grey", alpha=0.5, linestyle="--")
+        ax.set(title=_title(column), xlabel="total uplink bytes", ylabel=f"test {metric}")
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    axes[-1].legend(fontsize=7, loc="best")
+    return save(fig, stem)
+
+
+def compute_figure(table: Table, results: Mapping[str, RunResult], stem: Path) -> list[Path]:
+    """Measured client seconds per client and round, per row (mean over all the row's runs)."""
+    labels, values = [], []
+    for row in table.rows:
+        runs = [r for c in table.columns for r in _runs(row, c.data, results)]
+        if runs:
+            labels.append(row.variant)
+            values.append(statistics.fmean(r.client_seconds for r in runs))
+    fig, ax = plt.subplots(figsize=(6.0, 0.45 * max(len(labels), 2) + 1.2))
+    ax.barh(labels, values, color="tab:blue")
+    ax.invert_yaxis()
+    ax.set(xlabel="client seconds per client-round", title=textwrap.fill(table.title, width=60))
+    ax.grid(axis="x", alpha=0.3)
+    return save(fig, stem)
+
+
+def schedule_figure(schedules: Mapping[str, list[dict[str, Any]]], layers: int, stem: Path) -> list[Path]:
+    """One panel per variant: rounds x global layers, dark = trained and uploaded, light = in the local model
+    but frozen, white = not on the client."""
+    names = list(schedules)
+    cols = min(3, max(len(names), 1))
+    nrows = max(1, -(-len(names) // cols))
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.0 * cols, 2.6 * nrows), squeeze=False)
+    cmap = matplotlib.colors.ListedColormap(["white", "#9ecae1", "#08519c"])
+    for ax, name in zip(axes.flat, names, strict=False):
+        rows = schedules[name]
+        grid = np.zeros((len(rows), layers))
+        for i, row in enumerate(rows):
+            grid[i, list(row["local_layers"])] = 1
+            grid[i, list(row["trained_layers"])] = 2
+        ax.imshow(grid, cmap=cmap, vmin=0, vmax=2, aspect="auto")
+        ax.set(title=name, xlabel="global layer", ylabel="round", xticks=range(layers), yticks=range(len(rows)))
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    fig.suptitle("Layer schedule on bert-base-uncased (client 0): dark trained+uploaded, light frozen", fontsize=9)
+    return save(fig, stem)

@@ -1,0 +1,83 @@
+"""The report specification: which tables exist, their columns (data sets) and rows (method variants), and
+which run directories feed each cell. The pipeline writes it as JSON; the report reads nothing else."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PAPER_ROUNDS = {"pretrain": 5, "finetune": 10}
+PAPER_HEAD = {"pretrain": "mlm", "finetune": "token_classification"}
+FIGURE_KINDS = ("rounds", "pareto", "compute")
+SCHEDULE_FIGURE = "layer_schedule"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One data set of a table: the training data (corpus or task) and the label shown in the header."""
+
+    data: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Row:
+    """One method variant: its label, method and options, the paper row it corresponds to, the bert-base
+    configuration its exact cost ratio is computed for (None: not computable), and its runs per data set."""
+
+    variant: str
+    method: str
+    options: dict[str, Any]
+    runs: dict[str, list[str]]
+    paper_row: str | None = None
+    bert_base: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Table:
+    """One paper-style table."""
+
+    name: str
+    title: str
+    scenario: str
+    columns: list[Column]
+    rows: list[Row]
+    paper: str | None = None
+    reference: str = "fedavg"
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Every table of a study configuration."""
+
+    tables: list[Table] = field(default_factory=list)
+
+
+def load_spec(text_or_path: str) -> Spec:
+    """Parse a spec from a JSON string or a JSON file path."""
+    path = Path(text_or_path)
+    text = path.read_text() if not text_or_path.lstrip().startswith("{") and path.is_file() else text_or_path
+    return from_dict(json.loads(text))
+
+
+def from_dict(raw: dict[str, Any]) -> Spec:
+    """Build a :class:`Spec` from its JSON form."""
+    tables = []
+    for table in raw.get("tables", []):
+        columns = [Column(**c) for c in table["columns"]]
+        rows = [Row(**r) for r in table["rows"]]
+        rest = {k: v for k, v in table.items() if k not in ("columns", "rows")}
+        tables.append(Table(columns=columns, rows=rows, **rest))
+    return Spec(tables)
+
+
+def output_files(table_names: list[str], out: str = "results") -> dict[str, list[str]]:
+    """The files ``fedbt report`` writes for these tables, by kind (``tables``, ``figures``)."""
+    tables = [f"{out}/tables/{name}.{ext}" for name in table_names for ext in ("md", "tex")]
+    figures = [
+        f"{out}/figures/{name}_{kind}.{ext}" for name in table_names for kind in FIGURE_KINDS for ext in ("png", "pdf")
+    ]
+    figures += [f"{out}/figures/{SCHEDULE_FIGURE}.{ext}" for ext in ("png", "pdf")]
+    return {"tables": tables, "figures": figures}

@@ -1,0 +1,130 @@
+"""The Snakemake pipeline: config schema, dry-run plans of the shipped studies, reruns, a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
+def snakemake(workdir: Path, configfile: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run the pipeline in ``workdir`` (its own .snakemake and results) on a study config."""
+    command = [str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--configfile", str(configfile)]
+    command += ["--config", f"data_dir={ROOT / 'data'}", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((ROOT / "config" / name).read_text())
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "paper.yaml", "test.yaml"])
+def test_shipped_configs_pass_the_schema(name):
+    from snakemake.utils import validate
+
+    validate(load(name), str(SCHEMA))
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        (lambda c: c.update(thread=2), "thread"),
+        (lambda c: c.update(threads="two"), "threads"),
+        (lambda c: c["studies"]["pretrain"].update(scenario="pre"), "scenario"),
+        (lambda c: c["studies"]["pretrain"].pop("seeds"), "seeds"),
+        (lambda c: c["variants"]["fedbt"].update(optons={}), "optons"),
+    ],
+)
+def test_schema_rejects_bad_configs_naming_the_key(change, key):
+    from snakemake.utils import validate
+
+    config = load("test.yaml")
+    change(config)
+    with pytest.raises(Exception, match=key):
+        validate(config, str(SCHEMA))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c["defaults"].update({"federation.rouns": 2}), "federation.rouns"),
+        (lambda c: c["studies"]["pretrain"]["variants"].append("fedbt-x"), "studies.pretrain.variants"),
+        (lambda c: c["studies"]["finetune"]["data"].append("cs"), "studies.finetune.data"),
+    ],
+)
+def test_bad_config_fails_at_planning_naming_the_key(tmp_path, change, message):
+    config = load("test.yaml")
+    change(config)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, path, "-n")
+    assert result.returncode != 0
+    assert message in result.stderr + result.stdout
+    assert not (tmp_path / "results" / "runs").exists()
+
+
+@pytest.mark.parametrize(("name", "runs"), [("config.yaml", 69), ("paper.yaml", 477)])
+def test_shipped_studies_plan_offline(tmp_path, name, runs):
+    result = snakemake(tmp_path, ROOT / "config" / name, "-n", "--quiet", "rules")
+    assert result.returncode == 0, result.stderr
+    counts = planned_rules(result)
+    assert counts["run"] == runs
+    assert counts["report"] == 1
+
+
+def planned_rules(result: subprocess.CompletedProcess) -> dict[str, int]:
+    lines = result.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("job ")) + 2
+    counts = {}
+    for line in lines[start:]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+@pytest.mark.e2e
+def test_tiny_pipeline_end_to_end(tmp_path):
+    config = ROOT / "config" / "test.yaml"
+    result = snakemake(tmp_path, config, "--cores", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = tmp_path / "results"
+    for study in ("pretrain", "finetune"):
+        for suffix in ("md", "tex"):
+            assert (results / "tables" / f"{study}.{suffix}").stat().st_size > 0
+        for kind in ("rounds", "pareto", "compute"):
+            for suffix in ("png", "pdf"):
+                assert (results / "figures" / f"{study}_{kind}.{suffix}").stat().st_size > 0
+    assert (results / "figures" / "layer_schedule.png").is_file()
+    assert "| fedbt |" in (results / "tables" / "pretrain.md").read_text()
+
+    with sqlite3.connect(results / "mlflow.db") as db:
+        experiments = {name for (name,) in db.execute("select name from experiments")}
+        finished = db.execute("select count(*) from runs where status = 'FINISHED' and lifecycle_stage = 'active'")
+        assert {"pretrain", "finetune"} <= experiments
+        assert finished.fetchone()[0] == 4
+
+    html = snakemake(tmp_path, config, "--report", str(tmp_path / "report.html"))
+    assert html.returncode == 0, html.stderr[-2000:]
+    assert "pretrain_pareto.png" in (tmp_path / "report.html").read_text()
+
+    again = snakemake(tmp_path, config, "-n", "--quiet", "rules")
+    assert again.returncode == 0
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+    changed = config.read_text().replace("local_layers: 2", "local_layers: 3")
+    (tmp_path / "changed.yaml").write_text(changed)
+    plan = snakemake(tmp_path, tmp_path / "changed.yaml", "-n", "--quiet", "rules")
+    assert planned_rules(plan) == {"all": 1, "report": 1, "run": 1}
+    assert "pretrain/cs/fedbt/seed0" in snakemake(tmp_path, tmp_path / "changed.yaml", "-n").stdout

@@ -1,0 +1,62 @@
+# Training jobs: the MLflow store (at start), the distilled students, and one `fedbt run` per job.
+
+
+onstart:
+    # Create the MLflow store and one experiment per study before any job starts, so parallel jobs never race
+    # on the schema. A start hook, not a rule: a marker file in the DAG would rerun every job when it changes.
+    if TRACKING_ON:
+        experiments = " ".join(f"--experiment {shlex.quote(s)}" for s in sorted(config["studies"]))
+        shell(f"{FEDBT} track-init --uri {shlex.quote(TRACKING_URI)} {experiments} > /dev/null")
+
+
+rule distill_student:
+    """Build a distilled student once; every `distill` job of every study uses it."""
+    output:
+        student_flag("{student}"),
+    params:
+        flags=lambda wc: " ".join(
+            f"--{k} {shlex.quote(str(v))}" for k, v in config["students"][wc.student].items()
+        ),
+        out=lambda wc, output: str(Path(output[0]).parent),
+    threads: config.get("threads", 1)
+    resources:
+        gpu=1,
+    log:
+        f"{RESULTS}/runs/_students/{{student}}.log",
+    shell:
+        "{GPU_ENV} OMP_NUM_THREADS={threads} {FEDBT} distill {params.flags} --out {params.out} > {log} 2>&1"
+
+
+def _run_inputs(wildcards) -> list[str]:
+    job = JOBS[f"{RESULTS}/runs/{wildcards.study}/{wildcards.data}/{wildcards.variant}/seed{wildcards.seed}"]
+    student = variant_spec(job.variant, f"variants.{job.variant}").get("student")
+    return [student_flag(student)] if student else []
+
+
+def _run_sets(wildcards) -> str:
+    job = JOBS[f"{RESULTS}/runs/{wildcards.study}/{wildcards.data}/{wildcards.variant}/seed{wildcards.seed}"]
+    return " ".join(f"--set {shlex.quote(item)}" for item in job_overrides(job))
+
+
+rule run:
+    """One federated run; its output is metrics.json (a killed run resumes from its checkpoint on rerun)."""
+    input:
+        _run_inputs,
+    output:
+        f"{RESULTS}/runs/{{study}}/{{data}}/{{variant}}/seed{{seed}}/metrics.json",
+    wildcard_constraints:
+        study="[^/]+",
+        data="[^/]+",
+        variant="[^/]+",
+        seed=r"\d+",
+    params:
+        sets=_run_sets,
+        out=lambda wc, output: str(Path(output[0]).parent),
+    threads: config.get("threads", 1)
+    resources:
+        gpu=1,
+    log:
+        f"{RESULTS}/runs/{{study}}/{{data}}/{{variant}}/seed{{seed}}.log",
+    shell:
+        "{GPU_ENV} OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} "
+        "{FEDBT} run {BASE_CONFIG} --out {params.out} {params.sets} > {log} 2>&1"
