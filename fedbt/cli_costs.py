@@ -41,7 +41,7 @@ def add_parser(subparsers) -> None:
         "--head",
         "--task-head",
         dest="head",
-        choices=("mlm", "classification"),
+        choices=("mlm", "classification", "token_classification"),
         default="mlm",
         help="output head: mlm (pre-training) or classification (fine-tuning); default mlm",
     )
