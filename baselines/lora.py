@@ -18,7 +18,7 @@ gradients); the measured FLOPs are those actually run.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -26,6 +26,12 @@ from fedbt.errors import ConfigError
 from fedbt.federated.method import ClientPlan, Method, register
 
 ADAPTER_TAG = ".lora_"
+
+
+def default_targets(model: nn.Module) -> list[str]:
+    """The attention query and value projections: ``query``/``value`` (BERT) or ``q_proj``/``v_proj`` (ViT)."""
+    leaves = {name.rpartition(".")[2] for name, _ in model.named_modules()}
+    return ["q_proj", "v_proj"] if {"q_proj", "v_proj"} <= leaves else ["query", "value"]
 
 
 @register
@@ -39,7 +45,9 @@ class LoRA(Method):
         rank: int = 8
         alpha: float = 16.0
         dropout: float = 0.0
-        target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+        target_modules: list[str] | None = None
+        """Module names to adapt; default: the attention query and value projections of the model
+        (``query``/``value`` in BERT, ``q_proj``/``v_proj`` in ViT)."""
         train_head: bool = True
 
     def validate(self) -> None:
@@ -50,7 +58,7 @@ class LoRA(Method):
             raise ConfigError("method.options.alpha", f"got {options.alpha}, must be > 0")
         if not 0.0 <= options.dropout < 1.0:
             raise ConfigError("method.options.dropout", f"got {options.dropout}, must be in [0, 1)")
-        if not options.target_modules:
+        if options.target_modules is not None and not options.target_modules:
             raise ConfigError("method.options.target_modules", "must name at least one module, e.g. [query, value]")
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
@@ -60,7 +68,7 @@ class LoRA(Method):
             r=self.options.rank,
             lora_alpha=self.options.alpha,
             lora_dropout=self.options.dropout,
-            target_modules=list(self.options.target_modules),
+            target_modules=list(self.options.target_modules or default_targets(model)),
         )
         try:
             return inject_adapter_in_model(config, model)

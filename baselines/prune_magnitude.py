@@ -148,7 +148,10 @@ class PruneMagnitude(FedAvg):
                 module.register_forward_pre_hook(linear_hook)
 
         def attention_hook(module, args, kwargs):
-            batch, length = (kwargs["input_ids"] if "input_ids" in kwargs else args[0]).shape
+            inputs = kwargs.get("input_ids", kwargs.get("pixel_values", args[0] if args else None))
+            batch = inputs.shape[0]
+            # text: tokens per sequence; images: patches + [CLS]
+            length = self.arch.num_patches + 1 if self.arch.vision else inputs.shape[1]
             flops = self.arch.num_layers * 4 * batch * length * length * self.arch.hidden_size
             count(flops, flops)
 

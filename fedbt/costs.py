@@ -23,7 +23,15 @@ from fedbt.models import ModelArch
 
 MIB = 2**20
 MB = 10**6
-SCENARIO_OF_HEAD = {"mlm": "pretrain", "classification": "finetune", "token_classification": "finetune"}
+SCENARIO_OF_HEAD = {
+    "mlm": "pretrain",
+    "classification": "finetune",
+    "token_classification": "finetune",
+    "mim": "pretrain",
+    "image_classification": "finetune",
+}
+VISION_HEADS = {"mlm": "mim", "mim": "mim", "classification": "image_classification"}
+"""The head an image model takes for a requested head: its pre-training head, or image classification."""
 
 
 # ---------------------------------------------------------------------------------- analytic FLOPs
@@ -39,6 +47,14 @@ def _head_stages(arch: ModelArch, head: str, sequences: int, predicted_tokens: i
     gradient)``."""
     H = arch.hidden_size
     head_names = arch.head_params()
+    if head in ("mim", "image_classification"):  # ViT: final LayerNorm (0 FLOPs), then the head's matmul
+        norm = [n for n in head_names if ".layernorm." in n]
+        out = _named(arch, "decoder.0.weight" if head == "mim" else "classifier.weight", head_names)
+        if out is None or not norm:
+            raise FedBTError(f"no {head} head (final layernorm and decoder.0 / classifier) found")
+        rows = predicted_tokens if head == "mim" else sequences  # MIM reconstructs every patch; [CLS] only
+        group = [n for n in head_names if n not in norm]
+        return [(0, norm[0], norm), (rows * 2 * arch.param_numel[out], out, group)]
     if head == "mlm":
         transform = _named(arch, "transform.dense.weight", head_names)
         # The decoder weight is usually tied to the word embeddings and then listed under that name only.
@@ -65,7 +81,7 @@ def _head_stages(arch: ModelArch, head: str, sequences: int, predicted_tokens: i
         if classifier is None:
             raise FedBTError("no token-classification head (classifier.weight) found")
         return [(predicted_tokens * 2 * arch.param_numel[classifier], classifier, [classifier])]
-    raise FedBTError(f"unknown head {head!r}; allowed: mlm, classification, token_classification")
+    raise FedBTError(f"unknown head {head!r}; allowed: {', '.join(SCENARIO_OF_HEAD)}")
 
 
 def analytic_train_flops(
@@ -78,7 +94,10 @@ def analytic_train_flops(
     attention-output and two FFN matmuls) and ``A = 4*S*H`` (the weight-free ``Q K^T`` and ``P V``).
     Heads: MLM ``2*H^2`` (transform) + ``2*H*V`` (decoder) per *predicted* token (masked positions, or all
     ``T`` tokens for full logits: the caller decides); classification ``2*H^2`` (pooler) +
-    ``2*H*num_labels`` (classifier) per sequence. Embedding lookups, norms and activations count 0.
+    ``2*H*num_labels`` (classifier) per sequence. Image models (``S`` = patches + 1): the patch-embedding
+    projection ``2*p^2*C*H`` per patch (its weight gradient too when the embeddings train; it needs no input
+    gradient), MIM ``2*H*p^2*C`` per patch (the decoder reconstructs every patch: ``predicted_tokens``),
+    image classification ``2*H*num_labels`` per image. Embedding lookups, norms and activations count 0.
 
     Backward, walking the local positions bottom-up (position ``j`` trains if a parameter of global layer
     ``plan.layer_map[j]`` is in ``plan.trainable``; the input needs a gradient once anything below trains):
@@ -100,6 +119,10 @@ def analytic_train_flops(
     embeddings = [n for n in arch.names if n.startswith(arch.base_prefix + "embeddings.")]
     grad = any(n in trainable for n in embeddings)
     forward = backward = 0
+    if arch.vision:
+        projection = sequences * arch.num_patches * 2 * arch.patch_size**2 * arch.num_channels * H
+        forward += projection
+        backward += projection if grad else 0
     for global_layer in plan.layer_map:
         trains = any(n in trainable for n in arch.layer_params(global_layer))
         forward += tokens * (weights + attention)
@@ -173,6 +196,21 @@ def _totals(rows: list[dict[str, Any]]) -> dict[str, int | float]:
     }
 
 
+def head_for(arch_name: str, head: str) -> str:
+    """``head`` for a text architecture; for an image architecture its counterpart (:data:`VISION_HEADS`).
+    A head of the other modality is a :class:`ConfigError`."""
+    from fedbt.models import arch_config, is_vision
+
+    vision = is_vision(arch_config(arch_name))
+    if vision and head not in VISION_HEADS:
+        raise ConfigError("head", f"{arch_name!r} is an image model; allowed heads: mim, image_classification")
+    if not vision and head in ("mim", "image_classification"):
+        raise ConfigError(
+            "head", f"{arch_name!r} is a text model; allowed heads: mlm, classification, token_classification"
+        )
+    return VISION_HEADS[head] if vision else head
+
+
 @cache
 def meta_arch(arch_name: str, head: str, num_labels: int = 2) -> tuple[nn.Module, int]:
     """``arch_name`` with ``head`` built on the meta device (shapes and names, no weights) and its number of
@@ -180,7 +218,7 @@ def meta_arch(arch_name: str, head: str, num_labels: int = 2) -> tuple[nn.Module
     from fedbt.models import arch_config, meta_model
 
     config = arch_config(arch_name)
-    if head == "classification":
+    if head in ("classification", "image_classification"):
         config.num_labels = num_labels
     try:
         model = meta_model(config, head)
@@ -230,6 +268,7 @@ def cost_table(
     if not 0 < mlm_probability < 1:
         raise ConfigError("mlm_probability", f"got {mlm_probability}, must be in (0, 1)")
     scenario = SCENARIO_OF_HEAD[head]
+    head = head_for(arch_name, head)
     # The architecture the method trains: a distillation baseline names its student, others keep arch_name.
     source = get_method(method).starting_model(options, arch_name)
 
@@ -239,13 +278,14 @@ def cost_table(
         tensors = dict(instance.prepare_model(copy.deepcopy(model)).named_parameters())
         # e.g. centralised training pools every client's sequences into one trainer
         arranged = instance.arrange_clients([[{}] * sequences for _ in range(n_clients)])
-        tokens = len(arranged[0]) * seq_len
-        flops_args = {
-            "sequences": len(arranged[0]),
-            "seq_len": seq_len,
-            "predicted_tokens": round(mlm_probability * tokens) if masked_only else tokens,
-            "head": head,
-        }
+        arch = instance.arch
+        length = arch.num_patches + 1 if arch.vision else seq_len
+        tokens = len(arranged[0]) * length
+        if arch.vision:
+            predicted = len(arranged[0]) * arch.num_patches
+        else:
+            predicted = round(mlm_probability * tokens) if masked_only else tokens
+        flops_args = {"sequences": len(arranged[0]), "seq_len": length, "predicted_tokens": predicted, "head": head}
         rounds_costs = [
             _round_costs(instance, tensors, i, len(arranged), flops_args, dtype_bytes) for i in range(rounds)
         ]
@@ -265,7 +305,13 @@ def cost_table(
             "ffn": arch.intermediate_size,
             "vocab": arch.vocab_size,
             "params": arch.numel(arch.names),
+            **(
+                {"image": arch.image_size, "patch": arch.patch_size, "seq_len": arch.num_patches + 1}
+                if arch.vision
+                else {}
+            ),
         },
+        "head": head,
         "method": method,
         "options": instance.options_dict(),
         "rounds": rows,

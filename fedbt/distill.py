@@ -92,6 +92,9 @@ class DistillationLoss:
         hidden = squared / (len(pairs) * real.sum() * student.last_hidden_state.shape[-1])
         return soft + self.hidden_weight * hidden
 
+    def input_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        return self.masking.input_tokens(batch)
+
     def predicted_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         return self.masking.predicted_tokens(batch)
 

@@ -18,7 +18,7 @@ import torch
 from fedbt.config import EvaluationConfig, ModelConfig
 from fedbt.data.tasks import TaskSpec, get_task, load_task
 from fedbt.metrics import compute_metrics
-from fedbt.models import load_model, load_model_from_dir, load_tokenizer
+from fedbt.models import load_model, load_model_from_dir, load_processor, sequence_length
 from fedbt.seeding import derive_seed
 from fedbt.training.loop import adamw, predict, resolve_device, steps_for, train
 from fedbt.training.objectives import make_objective
@@ -33,13 +33,23 @@ SUBSET_SEED = 0
 WEIGHT_DECAY = 0.01
 
 
-HEAD_OF_KIND = {"classification": "classification", "ner": "token_classification"}
+HEAD_OF_KIND = {
+    "classification": "classification",
+    "ner": "token_classification",
+    "image_classification": "image_classification",
+}
 """The model head (and training objective) that fine-tunes a task of each kind."""
 
 
 def tokenize_task(dataset_split, tokenizer, max_length: int, kind: str = "classification") -> list[dict]:
     """Training examples of a task split, in order, truncated to ``max_length`` tokens and unpadded:
-    ``{"input_ids", "label"}`` for classification, ``{"input_ids", "labels"}`` (first-subword tags) for NER."""
+    ``{"input_ids", "label"}`` for classification, ``{"input_ids", "labels"}`` (first-subword tags) for NER;
+    ``{"image", "label"}`` (uint8 pixels, prepared per batch by the objective) for image classification."""
+    if kind == "image_classification":
+        from fedbt.training.vision import image_examples
+
+        rows = dataset_split.with_format("numpy")[:]
+        return image_examples(rows["image"].astype("uint8"), rows["label"].tolist())
     if kind == "ner":
         return tokenize_ner(dataset_split["tokens"], dataset_split["tags"], tokenizer, max_length)
     encoded = tokenizer(list(dataset_split["text"]), truncation=True, max_length=max_length)
@@ -78,11 +88,12 @@ def finetune_and_score(
 
     Returns ``{"task", "metrics", "primary", "seeds": [{"seed", "best_epoch", "dev", "test", "per_epoch",
     "seconds"}, ...], "mean", "std"}``; epochs count from 1, ``mean``/``std`` are over the seeds' test
-    scores (sample std, 0.0 for a single seed).
+    scores (sample std, 0.0 for a single seed). ``tokenizer`` is the text tokenizer or image processor (default:
+    that of ``model_config``).
     """
     spec = get_task(task, key="evaluation.task")
     splits = load_task(task, data_dir, key="evaluation.task")
-    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_config)
+    tokenizer = tokenizer if tokenizer is not None else load_processor(model_config)
     limits = {
         "train": eval_config.max_train_examples,
         "dev": eval_config.max_eval_examples,
@@ -93,7 +104,6 @@ def finetune_and_score(
         for split, limit in limits.items()
     }
     head = HEAD_OF_KIND[spec.kind]
-    objective = make_objective(head, tokenizer, mlm_probability=0.15, masked_only=True, pad_to=None)
     torch_device = resolve_device(device)
     primary = spec.metrics[0]
     steps_per_epoch = steps_for(len(examples["train"]), eval_config.batch_size, 1, None)
@@ -106,6 +116,8 @@ def finetune_and_score(
         else:
             model = load_model_from_dir(model_dir, head, seed, num_labels=len(spec.labels))
         model.to(torch_device)
+        patches = sequence_length(model.config, model_config.max_length) - 1
+        objective = make_objective(head, tokenizer, pad_to=None, patches=patches)
         generator = torch.Generator().manual_seed(seed)
         optimizer = adamw(model, eval_config.lr, WEIGHT_DECAY)  # one optimizer across all epochs
         per_epoch = []

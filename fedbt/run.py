@@ -16,15 +16,16 @@ import json
 import logging
 import shutil
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fedbt.config import ModelConfig, RunConfig, to_flat_dict, to_yaml
+from fedbt.config import ModelConfig, Objective, RunConfig, to_flat_dict, to_yaml
 from fedbt.federated.method import Method, create_method, get_method, load_plugins
-from fedbt.models import load_model, load_tokenizer, meta_model, model_config_for
+from fedbt.models import is_vision, load_model, load_processor, meta_model, model_config_for, sequence_length
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +62,46 @@ def _task_labels(config: RunConfig) -> int | None:
     return len(task.labels)
 
 
+IMAGE_OBJECTIVES = ("mim", "image_classification")
+
+
+def _check_modality(config: RunConfig, hf_config) -> None:
+    """Text models train text objectives on text data, image models image objectives on image data."""
+    from fedbt.data.images import IMAGE_CORPORA
+    from fedbt.errors import ConfigError
+
+    vision = is_vision(hf_config)
+    kind = "an image" if vision else "a text"
+    allowed = IMAGE_OBJECTIVES if vision else tuple(o for o in typing.get_args(Objective) if o not in IMAGE_OBJECTIVES)
+    if config.local.objective not in allowed:
+        raise ConfigError(
+            "local.objective",
+            f"model.source {config.model.source!r} is {kind} model; allowed objectives: {', '.join(allowed)}",
+        )
+    if config.scenario == "pretrain" and (config.data.corpus in IMAGE_CORPORA) != vision:
+        raise ConfigError("data.corpus", f"corpus {config.data.corpus!r} does not suit {kind} model")
+
+
 def prepare(config: RunConfig) -> PreparedRun:
-    """Validate everything that does not need weights or data: plugins, names, method options."""
+    """Validate everything that does not need weights or data: plugins, names, method options, and that the
+    model, the objective and the data are of one modality (text or image)."""
     from fedbt.data.corpus import CORPORA
+    from fedbt.data.images import IMAGE_CORPORA
     from fedbt.errors import ConfigError
 
     load_plugins(config.plugins)
-    if config.scenario == "pretrain" and config.data.corpus not in CORPORA:
-        raise ConfigError("data.corpus", f"unknown corpus {config.data.corpus!r}; known corpora: {', '.join(CORPORA)}")
+    corpora = [*CORPORA, *IMAGE_CORPORA]
+    if config.scenario == "pretrain" and config.data.corpus not in corpora:
+        raise ConfigError("data.corpus", f"unknown corpus {config.data.corpus!r}; known corpora: {', '.join(corpora)}")
     num_labels = _task_labels(config)
     head = config.local.objective  # the objective names the model head
     source = get_method(config.method.name).starting_model(config.method.options, config.model.source)
     model_config = dataclasses.replace(config.model, source=source)
+    hf_config = model_config_for(model_config, num_labels)
+    _check_modality(config, hf_config)
     method = create_method(
         config.method.name,
-        meta_model(model_config_for(model_config, num_labels), head),
+        meta_model(hf_config, head),
         config.federation.rounds,
         config.seed,
         config.method.options,
@@ -104,11 +130,27 @@ def run_key(config: RunConfig) -> str:
 def _examples(config: RunConfig, tokenizer) -> tuple[list[dict], dict[str, list[dict]], list[int] | None, str]:
     """Tokenised (training pool, per-round evaluation sets, labels for label-skew partitions, dataset id).
 
-    Pre-training: the corpus's sentences, the last ``heldout_examples`` held out for the per-round MLM loss.
-    Fine-tuning: the task's train split; its dev split (first ``heldout_examples``) and test split (first
-    ``evaluation.max_eval_examples``, all by default) are scored every round.
+    Pre-training: the corpus's sentences, the last ``heldout_examples`` held out for the per-round MLM loss;
+    an image corpus's images (with their labels, for label-skew partitions), the first ``heldout_examples``
+    dev images held out for the per-round MIM loss. Fine-tuning: the task's train split; its dev split (first
+    ``heldout_examples``) and test split (first ``evaluation.max_eval_examples``, all by default) are scored
+    every round.
     """
     data, max_length = config.data, config.model.max_length
+    if config.scenario == "pretrain" and config.local.objective == "mim":
+        from fedbt.data.images import IMAGE_CORPORA, load_image_corpus, load_image_splits
+        from fedbt.training.vision import image_examples
+
+        pool = load_image_corpus(data.corpus, data.data_dir)
+        count = len(pool) if data.max_examples is None else min(data.max_examples, len(pool))
+        heldout = load_image_splits(IMAGE_CORPORA[data.corpus][0], data.data_dir)["dev"]
+        labels = pool.labels[:count].tolist()
+        return (
+            image_examples(pool.images[:count]),
+            {"heldout": image_examples(heldout.images[: data.heldout_examples])},
+            labels,
+            f"corpus-{data.corpus}",
+        )
     if config.scenario == "pretrain":
         from fedbt.data.corpus import load_corpus
 
@@ -129,7 +171,7 @@ def _examples(config: RunConfig, tokenizer) -> tuple[list[dict], dict[str, list[
         split: splits[split].select(range(min(limit, len(splits[split])))) if limit is not None else splits[split]
         for split, limit in limits.items()
     }
-    labels = list(subsets["train"]["label"]) if spec.kind == "classification" else None
+    labels = list(subsets["train"]["label"]) if spec.kind != "ner" else None
     tokenized = {split: tokenize_task(subset, tokenizer, max_length, spec.kind) for split, subset in subsets.items()}
     train = tokenized.pop("train")
     return train, tokenized, labels, f"task-{data.task}"
@@ -153,8 +195,8 @@ def execute(prepared: PreparedRun, fresh: bool = False) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(to_yaml(config))
 
-    tokenizer = load_tokenizer(prepared.model_config)
-    examples, eval_sets, labels, dataset_id = _examples(config, tokenizer)
+    processor = load_processor(prepared.model_config)  # tokenizer or image processor
+    examples, eval_sets, labels, dataset_id = _examples(config, processor)
     fed = config.federation
     partition = load_or_create_partition(
         dataset_id,
@@ -172,17 +214,20 @@ def execute(prepared: PreparedRun, fresh: bool = False) -> dict[str, Any]:
     device = loop.resolve_device(config.local.device)
     torch.set_float32_matmul_precision("high")  # TF32 on CUDA; no effect on CPU
     local = config.local
-    objective = make_objective(
-        local.objective,
-        tokenizer,
-        mlm_probability=local.mlm_probability,
-        masked_only=local.masked_only_logits,
-        pad_to=config.model.max_length,
-    )
     method = prepared.method
     global_model = load_model(prepared.model_config, prepared.head, config.seed, prepared.num_labels)
     global_model = method.prepare_model(global_model).to(device)
-    round_eval = _round_evaluator(config, tokenizer, eval_sets, device)
+    patches = sequence_length(global_model.config, config.model.max_length) - 1
+    objective = make_objective(
+        local.objective,
+        processor,
+        mlm_probability=local.mlm_probability,
+        masked_only=local.masked_only_logits,
+        pad_to=config.model.max_length,
+        mask_ratio=local.mim_mask_ratio,
+        patches=patches,
+    )
+    round_eval = _round_evaluator(config, processor, eval_sets, device, patches)
     setup = SimulationSetup(
         clients=clients,
         objective=objective,
@@ -192,14 +237,14 @@ def execute(prepared: PreparedRun, fresh: bool = False) -> dict[str, Any]:
         aggregation=fed.aggregation,
         seed=config.seed,
         device=device,
-        seq_len=config.model.max_length,
+        seq_len=sequence_length(global_model.config, config.model.max_length),
     )
     ledger = Ledger(out_dir / "ledger.csv")
     simulator = Simulator(global_model, method, setup, ledger, out_dir / "checkpoint", fingerprint(config), round_eval)
     records = simulator.run()
     model_dir = out_dir / "model"
     method.deploy(global_model).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    processor.save_pretrained(model_dir)
     federated_seconds = time.perf_counter() - started
 
     evaluation = None
@@ -274,8 +319,10 @@ def final_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return final
 
 
-def _round_evaluator(config: RunConfig, tokenizer, eval_sets: dict[str, list[dict]], device: torch.device):
-    """Per-round scores of the global model: held-out MLM loss (pre-training), or dev and test metrics
+def _round_evaluator(
+    config: RunConfig, processor, eval_sets: dict[str, list[dict]], device: torch.device, patches: int
+):
+    """Per-round scores of the global model: held-out MLM (MIM) loss (pre-training), or dev and test metrics
     (fine-tuning; the final test score is taken at the best dev round, see :func:`best_round`)."""
     from fedbt.training import loop
     from fedbt.training.objectives import make_objective
@@ -285,17 +332,19 @@ def _round_evaluator(config: RunConfig, tokenizer, eval_sets: dict[str, list[dic
         return None
     objective = make_objective(
         config.local.objective,
-        tokenizer,
+        processor,
         mlm_probability=config.local.mlm_probability,
         masked_only=True,
         pad_to=None,
+        mask_ratio=config.local.mim_mask_ratio,
+        patches=patches,
     )
     batch_size = max(config.local.batch_size, 32)
     if config.scenario == "pretrain":
 
         def heldout_loss(model) -> dict[str, float]:
             loss = loop.eval_loss(model, objective, eval_sets["heldout"], batch_size, device, config.seed)
-            return {"heldout_mlm_loss": loss}
+            return {f"heldout_{config.local.objective}_loss": loss}
 
         return heldout_loss
 

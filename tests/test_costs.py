@@ -152,8 +152,10 @@ ROUND_KEYS = {
 
 def test_fedavg_bert_base_table():
     table = cost_table("bert-base-uncased", "fedavg", 3, {})
+    assert table["head"] == "mlm"
     assert set(table) == {
         "arch",
+        "head",
         "method",
         "options",
         "rounds",

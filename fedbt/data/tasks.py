@@ -7,6 +7,8 @@ every row against the task's :class:`TaskSpec` (row or sentence counts, label or
 :class:`datasets.DatasetDict` with splits ``train``/``dev``/``test`` and columns
 
 * classification: ``text`` (str) and ``label`` (int class id, a ``ClassLabel`` named by ``TaskSpec.labels``);
+* image classification (``kind="image_classification"``, images from :mod:`fedbt.data.images`): ``image``
+  (uint8 array H x W x C) and ``label``;
 * NER: ``tokens`` (list of str) and ``tags`` (list of int tag ids, ``ClassLabel`` named by ``TaskSpec.labels``,
   ``"O"`` = 0). A tag ``I-X`` that does not continue an ``X`` entity is read as ``B-X`` (the conlleval rule,
   see :func:`fedbt.data.ner.validate_bio`); the number of such repairs per file is logged and kept in the
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fedbt.data.images import CIFAR10, load_image_splits
 from fedbt.data.ner import TaggedSentence, bio_labels, read_conll, read_standoff, validate_bio
 from fedbt.errors import ConfigError, DataError
 
@@ -191,6 +194,18 @@ TASKS: dict[str, TaskSpec] = {
             columns=2,
             delimiter=" ",
         ),
+        TaskSpec(
+            name="cifar10",
+            kind="image_classification",
+            folder=CIFAR10.folder,
+            files={"npz": CIFAR10.file},
+            labels=CIFAR10.classes,
+            metrics=("accuracy", "macro_f1"),
+            split_sizes={"train": 3500, "dev": 500, "test": 1000},
+            domain="vision",
+            description="CIFAR-10 subset, 10 classes, 32x32 (train/dev dealt from the shipped train images, "
+            "see fedbt.data.images)",
+        ),
     )
 }
 
@@ -215,6 +230,8 @@ def load_task(name: str, data_dir: str | Path = "data", key: str = "data.task") 
     folder = Path(data_dir) / spec.folder
     if spec.kind == "ner":
         return _load_ner(spec, folder)
+    if spec.kind == "image_classification":
+        return _load_images(spec, data_dir, key)
     if spec.split_pattern:
         (file_name,) = spec.files.values()
         texts, label_ids = _read_rows(spec, folder / file_name, sum(spec.split_sizes.values()))
@@ -233,6 +250,29 @@ def load_task(name: str, data_dir: str | Path = "data", key: str = "data.task") 
             for split, (texts, ids) in splits.items()
         }
     )
+
+
+def _load_images(spec: TaskSpec, data_dir: str | Path, key: str) -> datasets.DatasetDict:
+    """The image task ``spec``: ``image``/``label`` per row, split sizes checked against the spec."""
+    import datasets
+
+    parts = load_image_splits(spec.name, data_dir, key)
+    height, width, channels = parts["test"].images.shape[1:]
+    features = datasets.Features(
+        {
+            "image": datasets.Array3D(shape=(height, width, channels), dtype="uint8"),
+            "label": datasets.ClassLabel(names=list(spec.labels)),
+        }
+    )
+    splits = {}
+    for split in SPLITS:
+        part = parts[split]
+        if len(part) != spec.split_sizes[split]:
+            raise DataError(
+                f"task '{spec.name}' split {split}: expected {spec.split_sizes[split]} images, found {len(part)}"
+            )
+        splits[split] = datasets.Dataset.from_dict({"image": part.images, "label": part.labels}, features=features)
+    return datasets.DatasetDict(splits)
 
 
 def deal_splits(texts: list[str], label_ids: list[int], pattern: tuple[tuple[str, int], ...]) -> dict[str, list[int]]:

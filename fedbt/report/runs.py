@@ -51,7 +51,10 @@ def load_run(path: str | Path) -> RunResult:
         path = path / "metrics.json"
     metrics = json.loads(path.read_text())
     metric, scores = _scores(metrics)
-    curve_name = f"dev_{metric}" if metrics["scenario"] == "finetune" else "heldout_mlm_loss"
+    if metrics["scenario"] == "finetune":
+        curve_name = f"dev_{metric}"
+    else:  # heldout_mlm_loss (text) or heldout_mim_loss (images)
+        curve_name = next((k for k in metrics["rounds"][0] if k.startswith("heldout_")), "heldout_mlm_loss")
     curve = {int(r["round"]): float(r[curve_name]) for r in metrics["rounds"] if curve_name in r}
     costs = metrics["costs"]
     client_rounds = max(1, int(costs.get("client_rounds", 1)))

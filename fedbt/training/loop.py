@@ -142,7 +142,7 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         total_loss += loss.item()
         examples_seen += len(batch_examples)
-        tokens += int(batch["attention_mask"].sum())
+        tokens += objective.input_tokens(batch)
         predicted += objective.predicted_tokens(batch)
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -5,6 +5,9 @@
   ``masked_only=True`` the MLM head runs only at the chosen positions: the same loss as the full-logits
   path (mean cross-entropy over chosen positions) for a fraction of the decoder FLOPs.
 * :class:`SequenceClassification`: cross-entropy of the sequence-classification head.
+* Token classification (NER) and the image objectives (masked image modelling, image classification) live in
+  :mod:`fedbt.training.token_classification` and :mod:`fedbt.training.vision`; :func:`make_objective` builds
+  any of them by name.
 
 Examples are tokenised dicts with ``input_ids`` (list of ints, unpadded) and, for classification,
 ``label``. Collation pads to the objective's ``pad_to`` (a fixed length, so every step has the same shape
@@ -32,6 +35,10 @@ class Objective(Protocol):
     def collate(self, examples: Sequence[dict], generator: torch.Generator) -> dict[str, torch.Tensor]: ...
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+    def input_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        """Real (non-padding) input positions of the batch: tokens, or patches + [CLS] for images."""
+        ...
 
     def predicted_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         """Positions at which the output head runs (for analytic FLOPs)."""
@@ -88,6 +95,9 @@ class MaskedLM:
         logits = mlm_head(model)(hidden[chosen])
         return F.cross_entropy(logits.float(), labels[chosen])
 
+    def input_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["attention_mask"].sum())
+
     def predicted_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         if self.masked_only:
             return int((batch["labels"] != IGNORE_INDEX).sum())
@@ -118,12 +128,38 @@ class SequenceClassification:
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(**batch).loss
 
+    def input_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["attention_mask"].sum())
+
     def predicted_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         return int(batch["input_ids"].shape[0])
 
 
-def make_objective(objective: str, tokenizer, *, mlm_probability: float, masked_only: bool, pad_to: int | None):
-    """The objective named in ``local.objective`` for a tokenizer."""
+OBJECTIVES = ("mlm", "classification", "token_classification", "mim", "image_classification")
+"""Every objective by name (``local.objective``); each also names the model head it trains."""
+
+
+def make_objective(
+    objective: str,
+    processor,
+    *,
+    mlm_probability: float = 0.15,
+    masked_only: bool = True,
+    pad_to: int | None = None,
+    mask_ratio: float = 0.6,
+    patches: int = 0,
+):
+    """The objective named in ``local.objective``. ``processor`` is the tokenizer of a text model or the image
+    processor of an image model (whose ``patches`` per image the image objectives need)."""
+    tokenizer = processor
+    if objective in ("mim", "image_classification"):
+        from fedbt.training.vision import ImageClassification, MaskedImageModeling
+
+        if patches < 1:
+            raise ValueError(f"objective {objective!r} needs the number of patches per image, got {patches}")
+        if objective == "mim":
+            return MaskedImageModeling(processor, patches, mask_ratio)
+        return ImageClassification(processor, patches)
     if objective == "mlm":
         return MaskedLM(
             pad_id=tokenizer.pad_token_id,
@@ -140,4 +176,4 @@ def make_objective(objective: str, tokenizer, *, mlm_probability: float, masked_
         from fedbt.training.token_classification import TokenClassification
 
         return TokenClassification(pad_id=tokenizer.pad_token_id, pad_to=pad_to)
-    raise ValueError(f"unknown objective {objective!r}; allowed: mlm, classification, token_classification")
+    raise ValueError(f"unknown objective {objective!r}; allowed: {', '.join(OBJECTIVES)}")

@@ -94,6 +94,9 @@ class TokenClassification:
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(**batch).loss
 
+    def input_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["attention_mask"].sum())
+
     def predicted_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         """The classifier runs at every position of the padded batch."""
         return int(batch["input_ids"].numel())
