@@ -105,10 +105,14 @@ def analytic_train_flops(
     * weight gradients: ``W`` for every training layer, each head matmul's forward FLOPs if its weight trains;
     * activation gradients, once the layer's input needs a gradient or the layer trains: ``W + 2*A`` (both
       operands of ``Q K^T`` and ``P V`` are activations), minus the Q/K/V input gradients ``6*H^2`` for the
-      lowest training layer when nothing below it trains; each head matmul's forward FLOPs once its input
+      lowest training layer when nothing below it trains (post-norm BERT only: in a pre-norm ViT layer the
+      trainable LayerNorm before attention needs them); each head matmul's forward FLOPs once its input
       needs a gradient.
 
-    So a fully trainable model costs exactly 3 x forward, and frozen lower layers cost forward only.
+    So a fully trainable model costs exactly 3 x forward, and frozen lower layers cost forward only. This is
+    the count of eager attention; fused attention kernels (PyTorch's SDPA/flash) recompute ``Q K^T`` in the
+    backward pass, so measured FLOPs exceed it by ``2*S*H`` per token and training layer (about 1% for
+    MiniLM at 64 tokens; 5-7% for a narrow ViT whose attention share is large).
     """
     H, S = arch.hidden_size, seq_len
     tokens = sequences * seq_len
@@ -129,7 +133,7 @@ def analytic_train_flops(
         if trains:
             backward += tokens * weights
         if grad or trains:
-            backward += tokens * (weights + 2 * attention - (0 if grad else qkv))
+            backward += tokens * (weights + 2 * attention - (0 if grad or arch.pre_norm else qkv))
         grad = grad or trains
     for flops, weight, group in _head_stages(arch, head, sequences, predicted_tokens):
         forward += flops

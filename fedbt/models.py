@@ -329,6 +329,12 @@ class ModelArch:
         return self.patch_size > 0
 
     @property
+    def pre_norm(self) -> bool:
+        """True when each layer normalises its input before attention (ViT), so that training a layer's first
+        LayerNorm needs the gradient at the Q/K/V inputs; BERT normalises after (post-norm)."""
+        return any(".layernorm_before." in n for n in self.param_numel)
+
+    @property
     def num_patches(self) -> int:
         """Patches per image (0 for text models)."""
         return (self.image_size // self.patch_size) ** 2 if self.vision else 0

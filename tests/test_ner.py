@@ -105,8 +105,9 @@ def test_shipped_jnlpba_train_excludes_scibert_dev_documents():
 def test_unknown_task_lists_the_ner_tasks_too():
     with pytest.raises(ConfigError) as info:
         get_task("conll2003")
-    assert "known tasks: bc5cdr, chemprot, cifar10, citation_intent, jnlpba, ncbi_disease, rct, scierc_ner, sciie" in str(
-        info.value
+    assert (
+        "known tasks: bc5cdr, chemprot, cifar10, citation_intent, jnlpba, ncbi_disease, rct, scierc_ner, sciie"
+        in str(info.value)
     )
 
 
