@@ -96,8 +96,8 @@ def test_deal_splits_cycles_within_each_label_and_keeps_file_order():
 def test_get_task_unknown_lists_known_tasks():
     with pytest.raises(
         ConfigError,
-        match="unknown task 'nope'; known tasks: bc5cdr, chemprot, cifar10, citation_intent, jnlpba, ncbi_disease, rct, "
-        "scierc_ner, sciie",
+        match="unknown task 'nope'; known tasks: bc5cdr, chemprot, cifar10, citation_intent, jnlpba, ncbi_disease, "
+        "rct, scierc_ner, sciie",
     ):
         get_task("nope")
     with pytest.raises(ConfigError) as info:
