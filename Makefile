@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-fast lint format smoke minilm reproduce bench clean
+.PHONY: install test test-fast lint format smoke minilm reproduce vision bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,9 +47,13 @@ reproduce: $(STAMP)
 	$(BIN)/snakemake --profile workflow/profiles/default --forcerun report
 	$(BIN)/snakemake --report results/report.html
 
+# The vision study (small ViT on CIFAR-10, its starting model pre-trained by the pipeline): results/vision/.
+vision: $(STAMP)
+	$(BIN)/snakemake --profile workflow/profiles/default --configfile config/vision.yaml --forcerun report
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/simulator_overhead.py
 	$(BIN)/python benchmarks/mlm_decoder.py
 
 clean:
-	rm -rf results/runs results/partitions results/mlflow.db results/mlartifacts
+	rm -rf results/runs results/partitions results/mlflow.db results/mlartifacts results/vision/runs

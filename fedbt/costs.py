@@ -30,7 +30,12 @@ SCENARIO_OF_HEAD = {
     "mim": "pretrain",
     "image_classification": "finetune",
 }
-VISION_HEADS = {"mlm": "mim", "mim": "mim", "classification": "image_classification"}
+VISION_HEADS = {
+    "mlm": "mim",
+    "mim": "mim",
+    "classification": "image_classification",
+    "image_classification": "image_classification",
+}
 """The head an image model takes for a requested head: its pre-training head, or image classification."""
 
 

@@ -28,7 +28,7 @@ def load(name: str) -> dict:
     return yaml.safe_load((ROOT / "config" / name).read_text())
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "paper.yaml", "test.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "paper.yaml", "test.yaml", "vision.yaml", "test-vision.yaml"])
 def test_shipped_configs_pass_the_schema(name):
     from snakemake.utils import validate
 
@@ -73,13 +73,41 @@ def test_bad_config_fails_at_planning_naming_the_key(tmp_path, change, message):
     assert not (tmp_path / "results" / "runs").exists()
 
 
-@pytest.mark.parametrize(("name", "runs"), [("config.yaml", 69), ("paper.yaml", 477)])
-def test_shipped_studies_plan_offline(tmp_path, name, runs):
+@pytest.mark.parametrize(
+    ("name", "runs", "starts"), [("config.yaml", 69, 0), ("paper.yaml", 477, 0), ("vision.yaml", 10, 1)]
+)
+def test_shipped_studies_plan_offline(tmp_path, name, runs, starts):
     result = snakemake(tmp_path, ROOT / "config" / name, "-n", "--quiet", "rules")
     assert result.returncode == 0, result.stderr
     counts = planned_rules(result)
     assert counts["run"] == runs
+    assert counts.get("starting_model", 0) == starts
     assert counts["report"] == 1
+
+
+def test_unknown_starting_model_fails_at_planning(tmp_path):
+    config = load("test-vision.yaml")
+    config["data"]["cifar10"]["start"] = "vit-missing"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, path, "-n")
+    assert result.returncode != 0
+    assert "data.cifar10.start" in result.stderr + result.stdout and "vit-tiny-central" in result.stderr + result.stdout
+
+
+@pytest.mark.e2e
+def test_tiny_vision_pipeline_builds_the_starting_model_once(tmp_path):
+    result = snakemake(tmp_path, ROOT / "config" / "test-vision.yaml", "--cores", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = tmp_path / "results"
+    start = results / "runs" / "_start" / "vit-tiny-central"
+    assert (start / "model" / "preprocessor_config.json").is_file()
+    for run in ("vision-pretrain/cifar10/fedbt", "vision-finetune/cifar10-ft/fedbt-ft"):
+        config = yaml.safe_load((results / "runs" / run / "seed0" / "config.yaml").read_text())
+        assert config["model"]["source"] == str(start / "model").removeprefix(f"{tmp_path}/")
+    table = (results / "tables" / "vision-pretrain.md").read_text()
+    assert "vit-base upload %" in table and "starting model pre-trained by the pipeline" in table
+    assert "| fedbt |" in table and "| fedbt-ft |" in (results / "tables" / "vision-finetune.md").read_text()
 
 
 def planned_rules(result: subprocess.CompletedProcess) -> dict[str, int]:

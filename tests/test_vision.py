@@ -217,6 +217,8 @@ def test_costs_on_vit_base_work_without_weights():
     assert 0.08 < inline["upload_ratio_vs_fedavg"] < 0.10
     finetune = cost_table("vit-base", "fedbt-ft", 10, {}, head="classification", num_labels=10)
     assert finetune["head"] == "image_classification"
+    explicit = cost_table("vit-base", "fedbt-ft", 10, {}, head="image_classification", num_labels=10)
+    assert explicit["total"] == finetune["total"]
     assert finetune["rounds"][0]["upload_params"] == layer + 2 * 768 + 768 * 10 + 10
     with pytest.raises(ConfigError, match="is an image model; allowed heads"):
         cost_table("vit-base", "fedbt", 5, {}, head="token_classification")

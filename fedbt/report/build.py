@@ -38,7 +38,7 @@ def build_report(spec: Spec, out: str | Path) -> list[Path]:
     written: list[Path] = []
     schedules = {}
     for table in spec.tables:
-        ratios = {row.variant: costs.upload_pct(row.bert_base, table.scenario) for row in table.rows}
+        ratios = {row.variant: costs.upload_pct(row.bert_base, table.scenario, table.base_arch) for row in table.rows}
         rows = build_rows(table, results, ratios)
         metrics = {
             c.data: next((results[p].metric for r in table.rows for p in r.runs.get(c.data, []) if p in results), "")
@@ -53,6 +53,6 @@ def build_report(spec: Spec, out: str | Path) -> list[Path]:
             written += makers[kind](table, results, out / "figures" / f"{table.name}_{kind}")
         for row in table.rows:
             if row.method.startswith("fedbt") and row.bert_base is not None and row.variant not in schedules:
-                schedules[row.variant] = costs.schedule(row.bert_base, table.scenario)
+                schedules[row.variant] = costs.schedule(row.bert_base, table.scenario, table.base_arch)
     written += figures.schedule_figure(schedules, BERT_BASE_LAYERS, out / "figures" / SCHEDULE_FIGURE)
     return written

@@ -46,6 +46,8 @@ class Table:
     rows: list[Row]
     paper: str | None = None
     reference: str = "fedavg"
+    base_arch: str = "bert-base-uncased"
+    """The full-size architecture of the exact upload-ratio column (bert-base-uncased; vit-base for vision)."""
 
 
 @dataclass(frozen=True)

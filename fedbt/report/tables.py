@@ -97,7 +97,8 @@ def _score(cell: Cell, pm: str) -> str:
 
 
 def _header(table: Table) -> list[str]:
-    head = ["method", "client s", "% ref", "upload MB", "% ref", "bert-base upload %", "paper compute %"]
+    base = table.base_arch.removesuffix("-uncased")
+    head = ["method", "client s", "% ref", "upload MB", "% ref", f"{base} upload %", "paper compute %"]
     head.append("paper comm %")
     for column in table.columns:
         name = column.label if column.label == column.data else f"{column.label} ({column.data})"
@@ -128,7 +129,8 @@ def notes(table: Table, rows: list[TableRow], metrics: Mapping[str, str]) -> str
     return (
         f"client s: measured seconds of local training per client per round; upload MB: 10^6 bytes uploaded per "
         f"client per round; % ref: percent of `{table.reference}` in this table (mean over the row's runs). "
-        f"bert-base upload %: exact upload of the method on bert-base-uncased over the paper's "
+        f"{table.base_arch.removesuffix('-uncased')} upload %: exact upload of the method on {table.base_arch} over "
+        f"the paper's "
         f"{PAPER_ROUNDS[table.scenario]} rounds relative to full-model FedAvg (`fedbt costs`). Scores: test "
         f"{scored}; mean ± sample std over the seeds (n = {', '.join(map(str, seeds)) or 0}). paper: {SOURCE}"
         + (f", {table.paper.replace('table', 'Table ')}." if table.paper else "; no paper table.")

@@ -78,17 +78,43 @@ def student_flag(name: str) -> str:
     return f"{RESULTS}/runs/_students/{name}/distill_costs.json"
 
 
+def start_metrics(name: str) -> str:
+    """The metrics.json of starting model `name` (its model is in model/ next to it)."""
+    return f"{RESULTS}/runs/_start/{name}/metrics.json"
+
+
+def start_of(data: str) -> str | None:
+    """The starting model a data set's jobs begin from (None: the configured model.source)."""
+    name = config["data"][data].get("start")
+    if name is not None and name not in config.get("starting_models", {}):
+        _fail(f"data.{data}.start", f"unknown starting model {name!r}; defined: {', '.join(config.get('starting_models', {}))}")
+    return name
+
+
+def start_overrides(name: str) -> list[str]:
+    """The `--set`s of the centralised run that builds starting model `name`."""
+    layers = [
+        {"data.data_dir": config.get("data_dir", "data"), "data.partition_dir": f"{RESULTS}/partitions"},
+        config["starting_models"][name]["overrides"],
+        {"name": name, "study": "_start", "tracking.enabled": TRACKING_ON, "tracking.uri": TRACKING_URI},
+    ]
+    return [f"{key}={yaml_value(value)}" for layer in layers for key, value in layer.items()]
+
+
 def job_overrides(job: Job) -> list[str]:
     """Every `--set` of a job, in order: defaults, scenario, data set, variant, identity."""
     spec = variant_spec(job.variant, f"variants.{job.variant}")
     options = dict(spec.get("options") or {})
     if spec.get("student"):
         options["student"] = str(Path(student_flag(spec["student"])).parent)
+    start = start_of(job.data)
+    starting = {"model.source": str(Path(start_metrics(start)).parent / "model")} if start else {}
     layers = [
         {"data.data_dir": config.get("data_dir", "data"), "data.partition_dir": f"{RESULTS}/partitions"},
         config.get("defaults") or {},
         config.get("scenarios", {}).get(job.scenario) or {},
         config["data"][job.data].get("overrides") or {},
+        starting,
         spec.get("overrides") or {},
         {
             "scenario": job.scenario,
@@ -126,6 +152,11 @@ def plan_jobs() -> dict[str, Job]:
             load_config(BASE_CONFIG, job_overrides(job))
         except ConfigError as error:
             raise WorkflowError(f"job {job.run_dir}: {error}") from None
+    for name in config.get("starting_models", {}):
+        try:
+            load_config(BASE_CONFIG, start_overrides(name))
+        except ConfigError as error:
+            raise WorkflowError(f"starting model {name}: {error}") from None
     return jobs
 
 
@@ -166,6 +197,7 @@ def report_spec() -> dict:
                 "scenario": spec["scenario"],
                 "paper": spec.get("paper"),
                 "reference": spec.get("reference", "fedavg"),
+                "base_arch": spec.get("base_arch", "bert-base-uncased"),
                 "columns": columns,
                 "rows": rows,
             }

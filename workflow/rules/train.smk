@@ -27,10 +27,28 @@ rule distill_student:
         "{GPU_ENV} OMP_NUM_THREADS={threads} {FEDBT} distill {params.flags} --out {params.out} > {log} 2>&1"
 
 
+rule starting_model:
+    """Build a starting model once (a centralised `fedbt run`); the data sets that name it start from its model/."""
+    output:
+        start_metrics("{start}"),
+    params:
+        sets=lambda wc: " ".join(f"--set {shlex.quote(item)}" for item in start_overrides(wc.start)),
+        out=lambda wc, output: str(Path(output[0]).parent),
+    threads: config.get("threads", 1)
+    resources:
+        gpu=1,
+    log:
+        f"{RESULTS}/runs/_start/{{start}}.log",
+    shell:
+        "{GPU_ENV} OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} "
+        "{FEDBT} run {BASE_CONFIG} --out {params.out} {params.sets} > {log} 2>&1"
+
+
 def _run_inputs(wildcards) -> list[str]:
     job = JOBS[f"{RESULTS}/runs/{wildcards.study}/{wildcards.data}/{wildcards.variant}/seed{wildcards.seed}"]
     student = variant_spec(job.variant, f"variants.{job.variant}").get("student")
-    return [student_flag(student)] if student else []
+    start = start_of(job.data)
+    return ([student_flag(student)] if student else []) + ([start_metrics(start)] if start else [])
 
 
 def _run_sets(wildcards) -> str:
