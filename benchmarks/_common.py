@@ -1,4 +1,5 @@
-"""Shared set-up of the benchmarks: offline env, threads, MiniLM, tokenised shipped corpus."""
+"""Shared set-up of the benchmarks: offline env, threads, MiniLM with tokenised shipped text, or a ViT with the
+shipped CIFAR-10 images."""
 
 from __future__ import annotations
 
@@ -56,3 +57,18 @@ def median_seconds(action: Callable[[], object], repeats: int) -> float:
         action()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def vit_and_images(arch: str, head: str, examples: int, threads: int | None = None):
+    """(ViT with random weights of shape ``arch`` and ``head``, its image processor, the first ``examples``
+    CIFAR-10 train images with labels)."""
+    from fedbt.data.images import load_image_corpus
+    from fedbt.models import load_processor
+    from fedbt.training.vision import image_examples
+
+    if threads:
+        torch.set_num_threads(threads)
+    model_config = ModelConfig(source=f"scratch:{arch}")
+    pool = load_image_corpus("cifar10", "data")
+    model = load_model(model_config, head, seed=0, num_labels=10 if head == "image_classification" else None)
+    return model, load_processor(model_config), image_examples(pool.images[:examples], pool.labels[:examples])

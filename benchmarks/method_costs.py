@@ -1,12 +1,15 @@
-"""Benchmark: measured client compute of FedBT methods vs full-model FedAvg on MiniLM, side by side.
+"""Benchmark: measured client compute of FedBT methods vs full-model FedAvg on MiniLM (or a ViT), side by side.
 
 For each round of the schedule, one client trains the same data for the same steps under each method's
 plan (methods alternate within a round so machine noise hits all equally). Reports measured seconds,
 measured FLOPs (torch FlopCounterMode) and the analytic prediction, and the ratios against ``fedavg``.
-Pre-training trains masked LM on the CS corpus; fine-tuning trains ChemProt classification.
+Pre-training trains masked LM on the CS corpus; fine-tuning trains ChemProt classification. With ``--vit ARCH``
+the model is a ViT of that shape (random weights) on the CIFAR-10 images: masked image modelling, or image
+classification.
 
     .venv/bin/python benchmarks/method_costs.py --methods fedavg fedbt [--rounds 5 --steps 6]
     .venv/bin/python benchmarks/method_costs.py --scenario finetune --methods fedavg fedbt-ft --rounds 6
+    .venv/bin/python benchmarks/method_costs.py --vit vit:layers=6,hidden=192,heads=3,ffn=768,image=32,patch=4
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from _common import minilm_and_corpus, minilm_and_task
+from _common import minilm_and_corpus, minilm_and_task, vit_and_images
 
 from fedbt.config import LocalConfig
 from fedbt.federated.method import create_method
@@ -36,16 +39,23 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--option", action="append", default=[], help="method option key=value (int values)")
+    parser.add_argument("--vit", metavar="ARCH", help="a ViT shape (vit:layers=..,image=..,patch=..) on CIFAR-10")
     args = parser.parse_args()
     options = {k: int(v) for k, v in (o.split("=", 1) for o in args.option)}
 
-    if args.scenario == "pretrain":
+    if args.vit:
+        head = "mim" if args.scenario == "pretrain" else "image_classification"
+        model, tokenizer, examples = vit_and_images(args.vit, head, args.steps * args.batch_size)
+        args.max_length = model.config.image_size**2 // model.config.patch_size**2 + 1  # patches + [CLS]
+    elif args.scenario == "pretrain":
         model, tokenizer, examples = minilm_and_corpus(args.max_length, args.steps * args.batch_size)
         head = "mlm"
     else:
         model, tokenizer, examples = minilm_and_task("chemprot", args.max_length, args.steps * args.batch_size)
         head = "classification"
-    objective = make_objective(head, tokenizer, mlm_probability=0.15, masked_only=True, pad_to=args.max_length)
+    objective = make_objective(
+        head, tokenizer, mlm_probability=0.15, masked_only=True, pad_to=args.max_length, patches=args.max_length - 1
+    )
     local = LocalConfig(steps=args.steps, batch_size=args.batch_size, lr=5e-5, flop_count_steps=1)
     setup = SimulationSetup(
         [examples], objective, local, args.rounds, 1.0, "weighted", 0, torch.device("cpu"), args.max_length
@@ -72,8 +82,9 @@ def main() -> None:
                     totals[name][key] += value
     base = totals.get("fedavg")
     print(
-        f"MiniLM {head}, one client, {args.rounds} rounds x {args.steps} steps, batch {args.batch_size} x "
-        f"{args.max_length} tokens, {torch.get_num_threads()} threads, options {options or 'default'}"
+        f"{args.vit or 'MiniLM'} {head}, one client, {args.rounds} rounds x {args.steps} steps, batch "
+        f"{args.batch_size} x {args.max_length} tokens, {torch.get_num_threads()} threads, "
+        f"options {options or 'default'}"
     )
     print(f"{'method':14s} {'seconds':>9s} {'meas. TFLOP':>12s} {'anal. TFLOP':>12s} {'upload MiB':>11s}", end="")
     print("   vs fedavg: seconds  meas. FLOPs  anal. FLOPs  upload" if base else "")
