@@ -1,4 +1,5 @@
-"""Downstream evaluation: centralised fine-tuning of a (global) model on a task (classification or NER).
+"""Downstream evaluation: centralised fine-tuning of a (global) model on a task (classification, NER, or image
+classification).
 
 For each seed the whole model is fine-tuned on the task's train split; after every epoch the dev and test
 splits are scored, and the seed reports the test scores of the epoch with the best dev score on the task's

@@ -1,5 +1,5 @@
-"""Data layer (offline, from ``data/``): downstream tasks (classification and NER), unlabeled domain corpora and
-client partitions."""
+"""Data layer (offline, from ``data/``): downstream tasks (classification, NER and image classification), unlabeled
+domain corpora (text; images in :mod:`fedbt.data.images`) and client partitions."""
 
 from fedbt.data.corpus import CORPORA, CorpusSpec, load_corpus, split_sentences
 from fedbt.data.ner import TaggedSentence, bio_labels, read_conll, read_standoff, standoff_to_bio, validate_bio
