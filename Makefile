@@ -50,6 +50,7 @@ reproduce: $(STAMP)
 # The vision study (small ViT on CIFAR-10, its starting model pre-trained by the pipeline): results/vision/.
 vision: $(STAMP)
 	$(BIN)/snakemake --profile workflow/profiles/default --configfile config/vision.yaml --forcerun report
+	$(BIN)/snakemake --configfile config/vision.yaml --report results/vision/report.html
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/simulator_overhead.py
