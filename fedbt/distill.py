@@ -39,6 +39,7 @@ from fedbt.models import (
     load_model,
     load_tokenizer,
     local_to_global_names,
+    model_config_for,
 )
 from fedbt.training import loop
 from fedbt.training.objectives import IGNORE_INDEX, MaskedLM, make_objective, mlm_head
@@ -125,6 +126,11 @@ def distill_student(settings: DistillSettings, out_dir: str | Path, teacher_conf
     costs. ``teacher_config`` overrides the teacher's :class:`ModelConfig` (e.g. a ``tiny`` shape in tests)."""
     out_dir = Path(out_dir)
     teacher_config = teacher_config or ModelConfig(source=settings.teacher, max_length=settings.max_length)
+    model_type = model_config_for(teacher_config).model_type
+    if model_type != "bert":
+        raise ConfigError(
+            "teacher", f"{settings.teacher!r} is a {model_type!r} model; distillation supports BERT-type teachers only"
+        )
     texts = load_corpus(settings.corpus, settings.data_dir, settings.max_examples, key="corpus")
     if not texts:
         raise DataError(f"corpus {settings.corpus!r} has no sentences of at least {MIN_WORDS} words")

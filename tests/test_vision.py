@@ -383,3 +383,11 @@ def test_every_pretraining_method_runs_on_vit(tmp_path, name):
         for row in rows:
             plan = method.plan(int(row["round"]), int(row["client"]))
             assert int(row["upload_bytes"]) == method.arch.nbytes(plan.trainable)
+
+
+def test_distillation_refuses_a_vit_teacher(tmp_path):
+    from fedbt.distill import DistillSettings, distill_student
+
+    settings = DistillSettings(teacher=f"scratch:{VIT}", layers=(0, 2), data_dir=str(DATA))
+    with pytest.raises(ConfigError, match="'vit' model; distillation supports BERT-type teachers only"):
+        distill_student(settings, tmp_path / "student")
