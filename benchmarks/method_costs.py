@@ -26,7 +26,7 @@ from fedbt.config import LocalConfig
 from fedbt.federated.method import create_method
 from fedbt.federated.simulator import SimulationSetup, Simulator
 from fedbt.ledger import Ledger
-from fedbt.models import ModelArch
+from fedbt.models import ModelArch, sequence_length
 from fedbt.training.objectives import make_objective
 
 
@@ -46,7 +46,7 @@ def main() -> None:
     if args.vit:
         head = "mim" if args.scenario == "pretrain" else "image_classification"
         model, tokenizer, examples = vit_and_images(args.vit, head, args.steps * args.batch_size)
-        args.max_length = model.config.image_size**2 // model.config.patch_size**2 + 1  # patches + [CLS]
+        args.max_length = sequence_length(model.config, args.max_length)  # patches + [CLS]
     elif args.scenario == "pretrain":
         model, tokenizer, examples = minilm_and_corpus(args.max_length, args.steps * args.batch_size)
         head = "mlm"

@@ -10,6 +10,7 @@ import json
 import sys
 from typing import Any
 
+from fedbt.config import OBJECTIVES
 from fedbt.errors import ConfigError, FedBTError
 
 EXIT_ERROR = 2
@@ -42,7 +43,7 @@ def add_parser(subparsers) -> None:
         "--head",
         "--task-head",
         dest="head",
-        choices=("mlm", "classification", "token_classification", "mim", "image_classification"),
+        choices=OBJECTIVES,
         default="mlm",
         help="output head: mlm (pre-training) or classification (fine-tuning); default mlm. On an image "
         "architecture mlm means mim (masked image modelling) and classification image_classification",

@@ -20,8 +20,12 @@ from fedbt.errors import ConfigError
 
 Scenario = Literal["pretrain", "finetune"]
 Objective = Literal["mlm", "classification", "token_classification", "mim", "image_classification"]
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
+"""Every objective by name (``local.objective``); each also names the model head it trains."""
 PRETRAIN_OBJECTIVES = ("mlm", "mim")
 """Objectives of the pretrain scenario: masked language modelling (text), masked image modelling (ViT)."""
+IMAGE_OBJECTIVES = ("mim", "image_classification")
+"""Objectives (and heads) of image models; the others are those of text models."""
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fedbt.config import IMAGE_OBJECTIVES
 from fedbt.errors import ConfigError, FedBTError
 from fedbt.federated.method import ClientPlan, Method, available_methods, create_method, get_method
 from fedbt.models import ModelArch
@@ -52,7 +53,7 @@ def _head_stages(arch: ModelArch, head: str, sequences: int, predicted_tokens: i
     gradient)``."""
     H = arch.hidden_size
     head_names = arch.head_params()
-    if head in ("mim", "image_classification"):  # ViT: final LayerNorm (0 FLOPs), then the head's matmul
+    if head in IMAGE_OBJECTIVES:  # ViT: final LayerNorm (0 FLOPs), then the head's matmul
         norm = [n for n in head_names if ".layernorm." in n]
         out = _named(arch, "decoder.0.weight" if head == "mim" else "classifier.weight", head_names)
         if out is None or not norm:
@@ -128,6 +129,8 @@ def analytic_train_flops(
     embeddings = [n for n in arch.names if n.startswith(arch.base_prefix + "embeddings.")]
     grad = any(n in trainable for n in embeddings)
     forward = backward = 0
+    # post-norm (BERT): the lowest training layer with nothing trained below skips its Q/K/V input gradients
+    skipped_qkv = 0 if arch.pre_norm else qkv
     if arch.vision:
         projection = sequences * arch.num_patches * 2 * arch.patch_size**2 * arch.num_channels * H
         forward += projection
@@ -138,7 +141,7 @@ def analytic_train_flops(
         if trains:
             backward += tokens * weights
         if grad or trains:
-            backward += tokens * (weights + 2 * attention - (0 if grad or arch.pre_norm else qkv))
+            backward += tokens * (weights + 2 * attention - (0 if grad else skipped_qkv))
         grad = grad or trains
     for flops, weight, group in _head_stages(arch, head, sequences, predicted_tokens):
         forward += flops
@@ -213,7 +216,7 @@ def head_for(arch_name: str, head: str) -> str:
     vision = is_vision(arch_config(arch_name))
     if vision and head not in VISION_HEADS:
         raise ConfigError("head", f"{arch_name!r} is an image model; allowed heads: mim, image_classification")
-    if not vision and head in ("mim", "image_classification"):
+    if not vision and head in IMAGE_OBJECTIVES:
         raise ConfigError(
             "head", f"{arch_name!r} is a text model; allowed heads: mlm, classification, token_classification"
         )

@@ -16,14 +16,13 @@ import json
 import logging
 import shutil
 import time
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fedbt.config import ModelConfig, Objective, RunConfig, to_flat_dict, to_yaml
+from fedbt.config import IMAGE_OBJECTIVES, OBJECTIVES, ModelConfig, RunConfig, to_flat_dict, to_yaml
 from fedbt.federated.method import Method, create_method, get_method, load_plugins
 from fedbt.models import is_vision, load_model, load_processor, meta_model, model_config_for, sequence_length
 
@@ -62,9 +61,6 @@ def _task_labels(config: RunConfig) -> int | None:
     return len(task.labels)
 
 
-IMAGE_OBJECTIVES = ("mim", "image_classification")
-
-
 def _check_modality(config: RunConfig, hf_config) -> None:
     """Text models train text objectives on text data, image models image objectives on image data."""
     from fedbt.data.images import IMAGE_CORPORA
@@ -72,7 +68,7 @@ def _check_modality(config: RunConfig, hf_config) -> None:
 
     vision = is_vision(hf_config)
     kind = "an image" if vision else "a text"
-    allowed = IMAGE_OBJECTIVES if vision else tuple(o for o in typing.get_args(Objective) if o not in IMAGE_OBJECTIVES)
+    allowed = IMAGE_OBJECTIVES if vision else tuple(o for o in OBJECTIVES if o not in IMAGE_OBJECTIVES)
     if config.local.objective not in allowed:
         raise ConfigError(
             "local.objective",

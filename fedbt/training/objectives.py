@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedbt.config import IMAGE_OBJECTIVES, OBJECTIVES
+
 IGNORE_INDEX = -100
 
 
@@ -135,10 +137,6 @@ class SequenceClassification:
         return int(batch["input_ids"].shape[0])
 
 
-OBJECTIVES = ("mlm", "classification", "token_classification", "mim", "image_classification")
-"""Every objective by name (``local.objective``); each also names the model head it trains."""
-
-
 def make_objective(
     objective: str,
     processor,
@@ -151,8 +149,7 @@ def make_objective(
 ):
     """The objective named in ``local.objective``. ``processor`` is the tokenizer of a text model or the image
     processor of an image model (whose ``patches`` per image the image objectives need)."""
-    tokenizer = processor
-    if objective in ("mim", "image_classification"):
+    if objective in IMAGE_OBJECTIVES:
         from fedbt.training.vision import ImageClassification, MaskedImageModeling
 
         if patches < 1:
@@ -160,6 +157,7 @@ def make_objective(
         if objective == "mim":
             return MaskedImageModeling(processor, patches, mask_ratio)
         return ImageClassification(processor, patches)
+    tokenizer = processor
     if objective == "mlm":
         return MaskedLM(
             pad_id=tokenizer.pad_token_id,

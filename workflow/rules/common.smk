@@ -91,14 +91,30 @@ def start_of(data: str) -> str | None:
     return name
 
 
+def as_sets(layers: list[dict]) -> list[str]:
+    """Override layers (later ones win) as `key=value` items for `fedbt run --set`."""
+    return [f"{key}={yaml_value(value)}" for layer in layers for key, value in layer.items()]
+
+
+def set_flags(items: list[str]) -> str:
+    """`--set` flags for a shell command line, each item quoted."""
+    return " ".join(f"--set {shlex.quote(item)}" for item in items)
+
+
+def data_layer() -> dict:
+    """Where every run reads the data and keeps its partitions."""
+    return {"data.data_dir": config.get("data_dir", "data"), "data.partition_dir": f"{RESULTS}/partitions"}
+
+
 def start_overrides(name: str) -> list[str]:
     """The `--set`s of the centralised run that builds starting model `name`."""
-    layers = [
-        {"data.data_dir": config.get("data_dir", "data"), "data.partition_dir": f"{RESULTS}/partitions"},
-        config["starting_models"][name]["overrides"],
-        {"name": name, "study": "_start", "tracking.enabled": TRACKING_ON, "tracking.uri": TRACKING_URI},
-    ]
-    return [f"{key}={yaml_value(value)}" for layer in layers for key, value in layer.items()]
+    return as_sets(
+        [
+            data_layer(),
+            config["starting_models"][name]["overrides"],
+            {"name": name, "study": "_start", "tracking.enabled": TRACKING_ON, "tracking.uri": TRACKING_URI},
+        ]
+    )
 
 
 def job_overrides(job: Job) -> list[str]:
@@ -110,7 +126,7 @@ def job_overrides(job: Job) -> list[str]:
     start = start_of(job.data)
     starting = {"model.source": str(Path(start_metrics(start)).parent / "model")} if start else {}
     layers = [
-        {"data.data_dir": config.get("data_dir", "data"), "data.partition_dir": f"{RESULTS}/partitions"},
+        data_layer(),
         config.get("defaults") or {},
         config.get("scenarios", {}).get(job.scenario) or {},
         config["data"][job.data].get("overrides") or {},
@@ -127,7 +143,7 @@ def job_overrides(job: Job) -> list[str]:
             "tracking.uri": TRACKING_URI,
         },
     ]
-    return [f"{key}={yaml_value(value)}" for layer in layers for key, value in layer.items()]
+    return as_sets(layers)
 
 
 def plan_jobs() -> dict[str, Job]:

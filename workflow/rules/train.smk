@@ -27,12 +27,19 @@ rule distill_student:
         "{GPU_ENV} OMP_NUM_THREADS={threads} {FEDBT} distill {params.flags} --out {params.out} > {log} 2>&1"
 
 
+# One `fedbt run` from the base config and a job's `--set`s, one thread budget per job (also GPU slot claiming).
+FEDBT_RUN = (
+    "{GPU_ENV} OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} "
+    "{FEDBT} run {BASE_CONFIG} --out {params.out} {params.sets} > {log} 2>&1"
+)
+
+
 rule starting_model:
     """Build a starting model once (a centralised `fedbt run`); the data sets that name it start from its model/."""
     output:
         start_metrics("{start}"),
     params:
-        sets=lambda wc: " ".join(f"--set {shlex.quote(item)}" for item in start_overrides(wc.start)),
+        sets=lambda wc: set_flags(start_overrides(wc.start)),
         out=lambda wc, output: str(Path(output[0]).parent),
     threads: config.get("threads", 1)
     resources:
@@ -40,8 +47,7 @@ rule starting_model:
     log:
         f"{RESULTS}/runs/_start/{{start}}.log",
     shell:
-        "{GPU_ENV} OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} "
-        "{FEDBT} run {BASE_CONFIG} --out {params.out} {params.sets} > {log} 2>&1"
+        FEDBT_RUN
 
 
 def _run_inputs(wildcards) -> list[str]:
@@ -53,7 +59,7 @@ def _run_inputs(wildcards) -> list[str]:
 
 def _run_sets(wildcards) -> str:
     job = JOBS[f"{RESULTS}/runs/{wildcards.study}/{wildcards.data}/{wildcards.variant}/seed{wildcards.seed}"]
-    return " ".join(f"--set {shlex.quote(item)}" for item in job_overrides(job))
+    return set_flags(job_overrides(job))
 
 
 rule run:
@@ -76,5 +82,4 @@ rule run:
     log:
         f"{RESULTS}/runs/{{study}}/{{data}}/{{variant}}/seed{{seed}}.log",
     shell:
-        "{GPU_ENV} OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} "
-        "{FEDBT} run {BASE_CONFIG} --out {params.out} {params.sets} > {log} 2>&1"
+        FEDBT_RUN
