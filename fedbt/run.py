@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from fedbt.config import IMAGE_OBJECTIVES, OBJECTIVES, ModelConfig, RunConfig, to_flat_dict, to_yaml
+from fedbt.config import IMAGE_OBJECTIVES, OBJECTIVES, ModelConfig, RunConfig, to_yaml
 from fedbt.federated.method import Method, create_method, get_method, load_plugins
 from fedbt.models import is_vision, load_model, load_processor, meta_model, model_config_for, sequence_length
 
@@ -177,8 +177,20 @@ def _examples(config: RunConfig, tokenizer) -> tuple[list[dict], dict[str, list[
 
 
 def execute(prepared: PreparedRun, fresh: bool = False) -> dict[str, Any]:
-    """Run the rounds (resuming if possible), save the run directory, evaluate, track. Returns metrics."""
+    """Run the rounds (resuming if possible), save the run directory, evaluate, all inside the job's live MLflow
+    run (:mod:`fedbt.tracking`: RUNNING now, each round as it ends, then FINISHED, FAILED or KILLED). Returns
+    metrics."""
+    from fedbt.tracking import open_run
+
+    if fresh and prepared.out_dir.exists():
+        shutil.rmtree(prepared.out_dir)  # its checkpoint and its MLflow run id with it
+    with open_run(prepared.config, prepared.out_dir, run_key(prepared.config)) as tracker:
+        return _execute(prepared, tracker)
+
+
+def _execute(prepared: PreparedRun, tracker) -> dict[str, Any]:
     from fedbt.data.partition import load_or_create_partition
+    from fedbt.data.provenance import run_datasets
     from fedbt.federated.simulator import SimulationSetup, Simulator
     from fedbt.ledger import Ledger
     from fedbt.training import loop
@@ -186,8 +198,6 @@ def execute(prepared: PreparedRun, fresh: bool = False) -> dict[str, Any]:
 
     config, out_dir = prepared.config, prepared.out_dir
     started = time.perf_counter()
-    if fresh and out_dir.exists():
-        shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(to_yaml(config))
 
@@ -206,6 +216,7 @@ def execute(prepared: PreparedRun, fresh: bool = False) -> dict[str, Any]:
         min_size=fed.partition.min_size,
     )
     clients = [[examples[i] for i in indices] for indices in partition.clients]
+    tracker.log_inputs(run_datasets(config, dataset_id, len(examples), partition))
 
     device = loop.resolve_device(config.local.device)
     torch.set_float32_matmul_precision("high")  # TF32 on CUDA; no effect on CPU
@@ -236,7 +247,9 @@ def execute(prepared: PreparedRun, fresh: bool = False) -> dict[str, Any]:
         seq_len=sequence_length(global_model.config, config.model.max_length),
     )
     ledger = Ledger(out_dir / "ledger.csv")
-    simulator = Simulator(global_model, method, setup, ledger, out_dir / "checkpoint", fingerprint(config), round_eval)
+    checkpoints = out_dir / "checkpoint"
+    simulator = Simulator(global_model, method, setup, ledger, checkpoints, fingerprint(config), round_eval)
+    simulator.observers.append(tracker.log_round)  # each round reaches MLflow as it ends
     records = simulator.run()
     model_dir = out_dir / "model"
     method.deploy(global_model).save_pretrained(model_dir)
@@ -280,20 +293,9 @@ def execute(prepared: PreparedRun, fresh: bool = False) -> dict[str, Any]:
     metrics["final"] = final_metrics(metrics)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     shutil.rmtree(out_dir / "checkpoint", ignore_errors=True)  # the run is complete; model/ holds its state
-    if config.tracking.enabled:
-        from fedbt.tracking import log_run, run_tags
-
-        metrics["mlflow_run_id"] = log_run(
-            config.tracking.uri,
-            config.tracking.experiment or config.study,
-            run_key(config),
-            config.name,
-            to_flat_dict(config),
-            records,
-            metrics["final"],
-            run_tags(str(device)),
-            out_dir,
-        )
+    run_id = tracker.finish(metrics["final"], {"fedbt.device": str(device)}, model_dir)
+    if run_id is not None:
+        metrics["mlflow_run_id"] = run_id
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
 

@@ -78,6 +78,8 @@ class Simulator:
         self.checkpoint_dir = checkpoint_dir
         self.fingerprint = fingerprint
         self.round_eval = round_eval
+        # Called with each round's record once it is checkpointed (after a resume, first with the restored ones).
+        self.observers: list[Callable[[dict], None]] = []
         self.arch = ModelArch.from_model(global_model)
         if self.arch != method.arch:
             raise FedBTError(f"{method.name}: the global model's parameters differ from those the method planned for")
@@ -95,11 +97,18 @@ class Simulator:
     def run(self) -> list[dict]:
         """Run (or finish) all rounds; returns one record per round."""
         start = self._resume()
+        for record in self.records:  # restored from the checkpoint: observers catch up on rounds they missed
+            self._notify(record)
         rounds = progress(range(start, self.setup.rounds), "rounds", total=self.setup.rounds, initial=start)
         for round_idx in rounds:
             self.records.append(self._run_round(round_idx))
             self._checkpoint(round_idx)
+            self._notify(self.records[-1])
         return self.records
+
+    def _notify(self, record: dict) -> None:
+        for observe in self.observers:
+            observe(record)
 
     def selected_clients(self, round_idx: int) -> list[int]:
         """All clients, or a seeded sample of ``fraction`` of them (at least one), in id order."""
