@@ -146,15 +146,15 @@ class StudyScope:
         return json.dumps({"title": self.title, "data": self.data, "variants": self.variants, "seeds": self.seeds})
 
     @classmethod
-    def from_tag(cls, name: str, value: str) -> StudyScope:
-        spec = json.loads(value)
-        return cls(name, spec["title"], tuple(spec["data"]), tuple(spec["variants"]), tuple(spec["seeds"]))
+    def from_dict(cls, spec: Mapping[str, Any]) -> StudyScope:
+        """From ``{"name", "title", "data", "variants", "seeds"}`` (:meth:`fedbt.pipeline.Plan.study_scopes`)."""
+        return cls(spec["name"], spec["title"], tuple(spec["data"]), tuple(spec["variants"]), tuple(spec["seeds"]))
 
 
 def study_scopes(experiment_tags: Mapping[str, str]) -> list[StudyScope]:
     """The studies recorded on an experiment (by :func:`sync_studies`)."""
     return [
-        StudyScope.from_tag(key.removeprefix(STUDY_SCOPE_TAG), value)
+        StudyScope.from_dict({"name": key.removeprefix(STUDY_SCOPE_TAG), **json.loads(value)})
         for key, value in sorted(experiment_tags.items())
         if key.startswith(STUDY_SCOPE_TAG)
     ]

@@ -8,7 +8,7 @@ from pathlib import Path
 from fedbt.report import costs, figures
 from fedbt.report.runs import RunResult, load_run
 from fedbt.report.spec import FIGURE_KINDS, SCHEDULE_FIGURE, Spec
-from fedbt.report.tables import build_rows, to_latex, to_markdown
+from fedbt.report.tables import build_rows, to_html, to_latex, to_markdown
 
 log = logging.getLogger(__name__)
 BERT_BASE_LAYERS = 12
@@ -30,7 +30,7 @@ def load_results(spec: Spec) -> dict[str, RunResult]:
 
 
 def build_report(spec: Spec, out: str | Path) -> list[Path]:
-    """Write ``out/tables/<table>.md|.tex`` and ``out/figures/<table>_<kind>.png|.pdf`` for every table, and
+    """Write ``out/tables/<table>.md|.tex|.html`` and ``out/figures/<table>_<kind>.png|.pdf`` for every table, and
     ``out/figures/layer_schedule.png|.pdf``; returns the written paths."""
     out = Path(out)
     (out / "tables").mkdir(parents=True, exist_ok=True)
@@ -44,7 +44,7 @@ def build_report(spec: Spec, out: str | Path) -> list[Path]:
             c.data: next((results[p].metric for r in table.rows for p in r.runs.get(c.data, []) if p in results), "")
             for c in table.columns
         }
-        for suffix, render in ((".md", to_markdown), (".tex", to_latex)):
+        for suffix, render in ((".md", to_markdown), (".tex", to_latex), (".html", to_html)):
             path = out / "tables" / f"{table.name}{suffix}"
             path.write_text(render(table, rows, metrics))
             written.append(path)

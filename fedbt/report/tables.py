@@ -1,11 +1,12 @@
 """Paper-style tables: one row per method variant with compute, communication and task scores, rendered as
-Markdown and LaTeX."""
+Markdown, LaTeX and HTML."""
 
 from __future__ import annotations
 
 import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
+from html import escape
 
 from fedbt.report.paper import SOURCE, paper_row
 from fedbt.report.runs import RunResult
@@ -172,4 +173,20 @@ def to_latex(table: Table, rows: list[TableRow], metrics: Mapping[str, str]) -> 
             r"\end{table}",
             "",
         ]
+    )
+
+
+def to_html(table: Table, rows: list[TableRow], metrics: Mapping[str, str]) -> str:
+    """The table as a small standalone HTML page (what ``snakemake --report`` shows inline)."""
+    head = "".join(f"<th>{escape(h)}</th>" for h in _header(table))
+    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in _cells(table, row, "±")) + "</tr>" for row in rows)
+    style = (
+        "body{font-family:sans-serif;font-size:13px} table{border-collapse:collapse} "
+        "th,td{border:1px solid #ccc;padding:3px 6px;text-align:right} td:first-child,th:first-child{text-align:left}"
+    )
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{escape(table.title)}</title>'
+        f"<style>{style}</style></head><body><h3>{escape(table.title)}</h3>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        f"<p>{escape(notes(table, rows, metrics))}</p></body></html>\n"
     )
