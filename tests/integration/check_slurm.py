@@ -1,8 +1,10 @@
 """``make test-slurm``: the Slurm profile (``profiles/slurm``) on a real single-node Slurm started on this machine.
 
-Needs root and Debian's ``slurm-wlm`` (22.05) and ``munge`` (installed if missing). Everything the cluster writes
-(config, keys, sockets, state, logs) lives in a temporary folder, the daemons listen on free ports of 127.0.0.1,
-and they are stopped at the end, so nothing of this machine's own setup is touched.
+Needs root and Debian's ``slurm-wlm`` (22.05) and ``munge`` (installed if missing). The cluster's config is
+written to Slurm's default place, ``/etc/slurm/slurm.conf`` (and ``gres.conf``), because the executor plugin's job
+step drops ``SLURM_CONF`` from the environment of its inner ``srun``; the check refuses to run where a
+``slurm.conf`` already exists and removes its own at the end. Keys, sockets, state and logs live in a temporary
+folder, the daemons listen on free ports of 127.0.0.1, and they are stopped at the end.
 
 1. A CPU-only node: ``sbatch --gpus=1`` is refused (why ``resources.gpus: 0`` matters), then the tiny test study
    (``config/test.yaml``, ``resources.gpus: 0``) runs through ``--profile profiles/slurm`` into a temporary
@@ -32,6 +34,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 JOB_MB = 1000
+SLURM_ETC = Path("/etc/slurm")
 
 
 def sh(*command: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
@@ -63,13 +66,15 @@ class Cluster:
 
     def __init__(self, home: Path):
         self.home = home
-        self.conf = home / "etc" / "slurm.conf"
+        self.conf = SLURM_ETC / "slurm.conf"
+        if self.conf.exists():
+            raise SystemExit(f"test-slurm: {self.conf} exists (a Slurm set up here, or another test-slurm running)")
         self.node = platform.node()
         self.ports = (free_port(), free_port())
-        for folder in ("etc", "state", "spool", "log", "munge"):
+        for folder in ("state", "spool", "log", "munge"):
             (home / folder).mkdir(parents=True, exist_ok=True)
         self.socket = home / "munge" / "munge.socket"
-        self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
+        self.env = dict(os.environ)
         self.pid_files = [home / "slurmd.pid", home / "slurmctld.pid", home / "munge" / "munged.pid"]
 
     def _hardware(self) -> str:
@@ -114,9 +119,10 @@ class Cluster:
             f"NodeName={self.node} NodeAddr=127.0.0.1 {self._hardware()}{gres} State=UNKNOWN",
             "PartitionName=main Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
         ]
+        SLURM_ETC.mkdir(exist_ok=True)
         self.conf.write_text("\n".join(lines) + "\n")
         fakes = ["/dev/null", "/dev/zero"][:gpus]
-        (home / "etc" / "gres.conf").write_text("".join(f"Name=gpu File={f}\n" for f in fakes))
+        (SLURM_ETC / "gres.conf").write_text("".join(f"Name=gpu File={f}\n" for f in fakes))
 
     def start(self) -> float:
         """Start the daemons and wait until the node is idle; returns the seconds it took."""
@@ -151,8 +157,11 @@ class Cluster:
             self._stop(pid_file)
 
     def stop(self) -> None:
+        """Stop every daemon started here and remove the config files written."""
         for pid_file in self.pid_files:
             self._stop(pid_file)
+        for name in ("slurm.conf", "gres.conf"):
+            (SLURM_ETC / name).unlink(missing_ok=True)
 
     @staticmethod
     def _stop(pid_file: Path) -> None:
@@ -174,7 +183,8 @@ class Cluster:
 def snakemake(cluster: Cluster, work: Path, config: Path, *targets: str) -> tuple[subprocess.CompletedProcess, float]:
     """The study through the Slurm profile (SIGINT, not SIGTERM, stops Snakemake if it runs too long)."""
     command = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "-d", str(work), "--configfile", str(config)]
-    command += ["--profile", str(ROOT / "profiles" / "slurm"), "--slurm-no-account", "--jobs", "4", *targets]
+    command += ["--profile", str(ROOT / "profiles" / "slurm"), "--jobs", "4", *targets]
+    command += ["--slurm-init-seconds-before-status-checks", "5"]  # tiny jobs: poll sooner than the default 40 s
     env = {**cluster.env, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     started = time.monotonic()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -225,7 +235,7 @@ def main() -> int:
         cluster = Cluster(tmp / "cluster")
         try:
             cluster.configure(gpus=0)
-            print(f"CPU node up in {cluster.start():.0f} s (SLURM_CONF={cluster.conf})")
+            print(f"CPU node up in {cluster.start():.0f} s ({cluster.conf}, state in {cluster.home})")
             refused = sh("sbatch", "--gpus=1", "--wrap", "true", check=False, env=cluster.env)
             check(refused.returncode != 0 and "gres" in refused.stderr.lower(), "--gpus=1 refused on a CPU node")
 
@@ -241,7 +251,7 @@ def main() -> int:
                 check(table.is_file() and "| fedbt" in table.read_text(), f"table {study}.md with its rows")
             tags = mlflow_tags(work)
             check(len(tags) == 4, f"4 finished MLflow runs: {sorted(tags)}")
-            in_jobs = all(t.get("fedbt.env.SLURM_JOB_ID") in submitted for t in tags.values())
+            in_jobs = bool(tags) and all(t.get("fedbt.env.SLURM_JOB_ID") in submitted for t in tags.values())
             check(in_jobs, "each run ran in its own sbatch job (tag fedbt.env.SLURM_JOB_ID)")
 
             cluster.stop_slurm()
@@ -257,14 +267,14 @@ def main() -> int:
             job = tags.get("fedbt.env.SLURM_JOB_ID", "")
             check(tags.get("fedbt.env.CUDA_VISIBLE_DEVICES") == "0", "Slurm set CUDA_VISIBLE_DEVICES=0 for the job")
             shown = sh("scontrol", "show", "job", job, check=False, env=cluster.env).stdout
-            check("gres/gpu=1" in shown or "gpu:1" in shown, f"job {job} was granted one GPU")
+            check(bool(job) and ("gres/gpu=1" in shown or "gpu:1" in shown), f"job {job} was granted one GPU")
         finally:
             cluster.stop()
             if failures:
                 logs = tmp / "cluster" / "log"
                 for log in sorted(logs.glob("*.log")):
                     print(f"--- {log.name} (last lines)\n" + "\n".join(log.read_text().splitlines()[-15:]))
-                for log in sorted(tmp.glob("*/snakemake.log")):
+                for log in sorted(tmp.glob("*/snakemake.log")) + sorted(tmp.glob("*/.snakemake/slurm_logs/**/*.log")):
                     print(f"--- {log} (last lines)\n" + "\n".join(log.read_text().splitlines()[-30:]))
     print(f"test-slurm: {time.monotonic() - started:.0f} s in all")
     if failures:
