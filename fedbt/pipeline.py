@@ -183,6 +183,8 @@ class Plan:
         return jobs
 
     def _validate_run_configs(self) -> None:
+        for name in self.config.get("students") or {}:
+            self.student_start(name)
         for run_dir, job in self.jobs.items():
             try:
                 load_config(None, self.job_sets(job))
@@ -259,9 +261,28 @@ class Plan:
             [self.layout.start_metrics(start)] if start else []
         )
 
+    def student_start(self, name: str) -> str | None:
+        """The starting model that is student ``name``'s teacher (``students.<name>.start``), if any."""
+        start = self.config["students"][name].get("start")
+        starts = self.config.get("starting_models") or {}
+        if start is not None and start not in starts:
+            raise ConfigError(
+                f"students.{name}.start", f"unknown starting model {start!r}; defined: {', '.join(starts)}"
+            )
+        return start
+
     def student_flags(self, name: str) -> str:
-        """The ``fedbt distill`` flags of student ``name``."""
-        return " ".join(f"--{k} {shlex.quote(str(v))}" for k, v in self.config["students"][name].items())
+        """The ``fedbt distill`` flags of student ``name`` (a ``start`` becomes ``--teacher`` its model)."""
+        spec = {k: v for k, v in self.config["students"][name].items() if k != "start"}
+        start = self.student_start(name)
+        if start is not None:
+            spec["teacher"] = f"{self.layout.start_dir(start)}/model"
+        return " ".join(f"--{k} {shlex.quote(str(v))}" for k, v in spec.items())
+
+    def student_inputs(self, name: str) -> list[str]:
+        """The starting model a student's teacher is, if any."""
+        start = self.student_start(name)
+        return [self.layout.start_metrics(start)] if start else []
 
     def resources(self) -> dict[str, int]:
         """Resources of one training job (``run``, ``starting_model``, ``distill_student``): GPUs, memory,

@@ -5,10 +5,17 @@ model (one instance per local depth, reused across clients) from the global tens
 planned tensors trainable, train locally, take the trained tensors as the upload, and record bytes, FLOPs,
 seconds and memory in the ledger. Uploads stream into a weighted average; the method turns the average into
 new global tensors; the round is checkpointed. Nothing here knows a method by name.
+
+A client with no examples, or whose plan trains nothing, sits the round out: nothing is sent or computed, it
+has no weight in the average, and its ledger row says why (``status``). A run that selects a round by its
+scores (federated fine-tuning: the best dev round) keeps that round's global tensors, in memory and in the
+checkpoint, so the model it saves is the model it reports.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,7 +31,7 @@ from fedbt.costs import analytic_train_flops
 from fedbt.errors import FedBTError
 from fedbt.federated.aggregate import WeightedAverage, client_weight
 from fedbt.federated.method import ClientPlan, Method
-from fedbt.ledger import Ledger, LedgerRow, format_layers, payload_nbytes
+from fedbt.ledger import IDLE, NO_DATA, Ledger, LedgerRow, format_layers, payload_nbytes
 from fedbt.models import (
     ModelArch,
     build_local_model,
@@ -70,7 +77,10 @@ class Simulator:
         checkpoint_dir: Path,
         fingerprint: str,
         round_eval: Callable[[nn.Module], dict[str, float]] | None = None,
+        select: Callable[[list[dict]], int | None] | None = None,
     ):
+        """``select`` maps the records so far to the best round (None: no selection); its round's global tensors
+        are kept (:meth:`restore_selected`)."""
         self.global_model = global_model
         self.method = method
         self.setup = setup
@@ -91,6 +101,9 @@ class Simulator:
         )
         self._local_models: dict[int, nn.Module] = {}
         self.records: list[dict] = []
+        self.select = select
+        self.best_round: int | None = None
+        self.best_params: dict[str, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------------------------ rounds
 
@@ -102,6 +115,7 @@ class Simulator:
         rounds = progress(range(start, self.setup.rounds), "rounds", total=self.setup.rounds, initial=start)
         for round_idx in rounds:
             self.records.append(self._run_round(round_idx))
+            self._keep_selected(round_idx)
             self._checkpoint(round_idx)
             self._notify(self.records[-1])
         return self.records
@@ -109,6 +123,18 @@ class Simulator:
     def _notify(self, record: dict) -> None:
         for observe in self.observers:
             observe(record)
+
+    def _keep_selected(self, round_idx: int) -> None:
+        if self.select is not None and self.select(self.records) == round_idx:
+            self.best_round = round_idx
+            self.best_params = {n: p.detach().cpu().clone() for n, p in self.global_params.items()}
+
+    def restore_selected(self) -> int | None:
+        """Write the selected round's global tensors into the global model; returns that round (None: no
+        selection, the global model stays that of the last round)."""
+        if self.best_params is not None:
+            self._write_global(self.best_params)
+        return self.best_round
 
     def selected_clients(self, round_idx: int) -> list[int]:
         """All clients, or a seeded sample of ``fraction`` of them (at least one), in id order."""
@@ -123,12 +149,14 @@ class Simulator:
         started = time.perf_counter()
         average = WeightedAverage()
         rows: list[LedgerRow] = []
+        plans = []
         clients = self.selected_clients(round_idx)
         for client_id in progress(clients, f"round {round_idx} clients", leave=False):
             payload, row = self.train_client(round_idx, client_id)
             if payload:
                 average.add(payload, client_weight(row.examples, self.setup.aggregation))
             rows.append(row)
+            plans.append(self._plan_summary(round_idx, client_id, row))
             del payload
         if len(average):
             self._write_global(self.method.aggregate(self.global_params, average.result()))
@@ -142,8 +170,10 @@ class Simulator:
             "upload_bytes": sum(r.upload_bytes for r in rows),
             "download_bytes": sum(r.download_bytes for r in rows),
             "client_seconds": sum(r.seconds for r in rows),
+            "client_wall_seconds": sum(r.wall_seconds for r in rows),
             "measured_flops": sum(r.measured_flops for r in rows),
             "analytic_flops": sum(r.analytic_flops for r in rows),
+            "plan_sha256": hashlib.sha256(json.dumps(plans).encode()).hexdigest(),
         }
         if self.round_eval is not None:
             record.update(self.round_eval(self.method.deploy(self.global_model)))
@@ -155,16 +185,31 @@ class Simulator:
         )
         return record
 
+    def _plan_summary(self, round_idx: int, client_id: int, row: LedgerRow) -> list:
+        """What a client did, for the round's plan digest: its plan, status and upload size. Two runs with equal
+        digests in every round trained and sent exactly the same tensors (the report warns about such rows)."""
+        plan = self.method.plan(round_idx, client_id)
+        return [
+            client_id,
+            list(plan.layer_map),
+            sorted(plan.trainable),
+            sorted(plan.stale_positions),
+            row.status,
+            row.upload_bytes,
+        ]
+
     def train_client(self, round_idx: int, client_id: int) -> tuple[dict[str, torch.Tensor], LedgerRow]:
         """Train one client in one round from the current global model: its (decoded) upload and ledger row.
 
-        A plan with nothing to train is a client that sits the round out (no transfer, no compute).
+        A client with no examples, or a plan with nothing to train, sits the round out (no transfer, no compute,
+        no weight in the average).
         """
         setup, local, method = self.setup, self.setup.local, self.method
         plan = method.plan(round_idx, client_id)
         examples = self.clients[client_id]
         row = LedgerRow(round=round_idx, client=client_id, examples=len(examples))
-        if not plan.trainable:
+        if not examples or not plan.trainable:
+            row.status = NO_DATA if not examples else IDLE
             return {}, row
         model, name_map = self._prepare_local_model(plan)
         steps = loop.steps_for(len(examples), local.batch_size, local.epochs, local.steps)
@@ -185,7 +230,8 @@ class Simulator:
             max_grad_norm=local.max_grad_norm,
             flop_count_steps=local.flop_count_steps,
         )
-        upload = method.encode(extract_to_global(model, name_map, plan.trainable))
+        fresh = {n: g for n, g in name_map.items() if not self._is_stale(n, plan)}
+        upload = method.encode(extract_to_global(model, fresh, plan.trainable))
         if method.transmits:
             row.upload_params, row.upload_bytes = payload_nbytes(upload)
             download = method.encode({n: self.global_params[n] for n in plan.download_names(self.arch)})
@@ -201,8 +247,13 @@ class Simulator:
             predicted_tokens=result.predicted_tokens,
             head=setup.objective.head,
         )
-        row.seconds, row.peak_memory_bytes, row.train_loss = result.seconds, result.peak_memory_bytes, result.mean_loss
+        row.seconds, row.wall_seconds = result.seconds, result.wall_seconds
+        row.peak_memory_bytes, row.train_loss = result.peak_memory_bytes, result.mean_loss
         return method.decode(upload), row
+
+    def _is_stale(self, local_name: str, plan: ClientPlan) -> bool:
+        """True for a local parameter at one of the plan's stale positions."""
+        return self.arch.layer_of(local_name) in plan.stale_positions
 
     def _prepare_local_model(self, plan: ClientPlan) -> tuple[nn.Module, dict[str, str]]:
         """The cached local model of the plan's depth, loaded from the global tensors, grads set."""
@@ -213,10 +264,10 @@ class Simulator:
         name_map = local_to_global_names(self.arch, plan.layer_map)
         load_from_global(model, self.global_params, name_map)
         if plan.stale_positions:
-            stale = {n: g for n, g in name_map.items() if self.arch.layer_of(n) in plan.stale_positions}
+            stale = {n: g for n, g in name_map.items() if self._is_stale(n, plan)}
             load_from_global(model, self.initial_params, stale)
         for local_name, param in model.named_parameters():
-            param.requires_grad_(name_map[local_name] in plan.trainable)
+            param.requires_grad_(name_map[local_name] in plan.trainable and not self._is_stale(local_name, plan))
         return model, name_map
 
     def _write_global(self, tensors: Mapping[str, torch.Tensor]) -> None:
@@ -235,6 +286,8 @@ class Simulator:
                 method_state=self.method.state_dict(),
                 records=self.records,
                 params=self.global_params,
+                best_round=self.best_round,
+                best_params=self.best_params,
             ),
         )
 
@@ -247,6 +300,7 @@ class Simulator:
         self._write_global(checkpoint.params)
         self.method.load_state_dict(checkpoint.method_state)
         self.records = checkpoint.records
+        self.best_round, self.best_params = checkpoint.best_round, checkpoint.best_params
         self.ledger.truncate_after(checkpoint.completed_round)
         log.info("resuming after round %d from %s", checkpoint.completed_round, self.checkpoint_dir)
         return checkpoint.completed_round + 1

@@ -1,5 +1,6 @@
-"""Figures (PNG and PDF): score per round, score against uplink bytes (Pareto), client compute per method,
-and the layer schedule of each FedBT variant."""
+"""Figures (PNG and PDF): score per round, score against uplink bytes (Pareto), score against the cost spent
+so far (cumulative client FLOPs and upload, per round), client compute per method, and the layer schedule of
+each FedBT variant."""
 
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def pareto_figure(table: Table, results: Mapping[str, RunResult], stem: Path) ->
         points, metric = [], "score"
         for row in table.rows:
             runs = _runs(row, column.data, results)
-            scores = [s for r in runs for s in r.scores]
+            scores = [s for r in runs for s in r.primary_scores]
             if not scores or not any(r.upload_bytes_total for r in runs):
                 continue
             metric = runs[0].metric
@@ -95,19 +96,58 @@ def pareto_figure(table: Table, results: Mapping[str, RunResult], stem: Path) ->
     return save(fig, stem)
 
 
+def cost_figure(table: Table, results: Mapping[str, RunResult], stem: Path) -> list[Path]:
+    """Per column, two panels: the per-round curve (held-out MLM loss, or dev score) of every row against the
+    client FLOPs and against the bytes uploaded so far (all clients, cumulative; mean over seeds). A method
+    close to FedAvg at a fraction of the cost reaches FedAvg's level further left."""
+    fig, axes = plt.subplots(
+        2, len(table.columns), figsize=(4.2 * len(table.columns), 6.4), squeeze=False, sharey="col"
+    )
+    fig.suptitle(textwrap.fill(table.title, width=int(55 * len(table.columns))), fontsize=9)
+    for col, column in enumerate(table.columns):
+        ylabel = ""
+        for row in table.rows:
+            runs = [r for r in _runs(row, column.data, results) if r.curve and any(f for f, _ in r.spent.values())]
+            if not runs:
+                continue
+            ylabel = runs[0].curve_name
+            rounds = sorted(set().union(*(r.curve for r in runs)))
+            y = [statistics.fmean(r.curve[i] for r in runs if i in r.curve) for i in rounds]
+            for ax, part in ((axes[0][col], 0), (axes[1][col], 1)):
+                x = [statistics.fmean(r.spent[i][part] for r in runs if i in r.spent) for i in rounds]
+                ax.plot(x, y, marker="o", markersize=3, label=row.variant)
+        for ax, xlabel in (
+            (axes[0][col], "cumulative client FLOPs (measured)"),
+            (axes[1][col], "cumulative bytes uploaded"),
+        ):
+            ax.set(xlabel=xlabel, ylabel=ylabel)
+            ax.set_xscale("log")
+            ax.grid(alpha=0.3)
+        axes[0][col].set_title(_title(column))
+    axes[0][-1].legend(fontsize=7, loc="best")
+    return save(fig, stem)
+
+
 def compute_figure(table: Table, results: Mapping[str, RunResult], stem: Path) -> list[Path]:
-    """Measured client seconds per client and round, per row (mean over all the row's runs)."""
-    labels, values = [], []
+    """Client compute per client and trained round, per row (mean over all the row's runs): measured FLOPs
+    (deterministic) beside compute seconds (process CPU time on CPU, synchronised device time on CUDA)."""
+    labels, flops, seconds = [], [], []
     for row in table.rows:
         runs = [r for c in table.columns for r in _runs(row, c.data, results)]
         if runs:
             labels.append(row.variant)
-            values.append(statistics.fmean(r.client_seconds for r in runs))
-    fig, ax = plt.subplots(figsize=(6.0, 0.45 * max(len(labels), 2) + 1.2))
-    ax.barh(labels, values, color="tab:blue")
-    ax.invert_yaxis()
-    ax.set(xlabel="client seconds per client-round", title=textwrap.fill(table.title, width=60))
-    ax.grid(axis="x", alpha=0.3)
+            flops.append(statistics.fmean(r.costs.measured_flops for r in runs) / 1e9)
+            seconds.append(statistics.fmean(r.costs.seconds for r in runs))
+    fig, axes = plt.subplots(1, 2, figsize=(9.0, 0.45 * max(len(labels), 2) + 1.4), sharey=True)
+    for ax, values, xlabel in (
+        (axes[0], flops, "measured GFLOPs per client-round"),
+        (axes[1], seconds, "compute seconds per client-round"),
+    ):
+        ax.barh(labels, values, color="tab:blue")
+        ax.set(xlabel=xlabel)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].invert_yaxis()
+    fig.suptitle(textwrap.fill(table.title, width=90), fontsize=9)
     return save(fig, stem)
 
 

@@ -11,6 +11,8 @@ onstart:
 
 rule distill_student:
     """Build a distilled student once; every `distill` job of every study uses it."""
+    input:
+        lambda wc: PLAN.student_inputs(wc.student),
     output:
         LAYOUT.student_flag("{student}"),
     params:
