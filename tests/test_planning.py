@@ -90,9 +90,14 @@ def test_job_overrides_in_order_and_loadable(default_plan):
     assert "tracking.experiment=pretrain" in sets and "study=pretrain" in sets
     config = load_config(None, sets)
     assert config.name == "cs-distill-seed0" and config.method.name == "distill"
-    assert config.federation.rounds == 2 and config.evaluation.task == "citation_intent"
-    assert default_plan.run_inputs(job) == ["results/runs/_students/minilm-L3/distill_costs.json"]
-    assert default_plan.student_flags("minilm-L3").startswith("--teacher minilm --layers 0,2,4")
+    assert config.federation.rounds == 3 and config.evaluation.task == "citation_intent"
+    assert default_plan.run_inputs(job) == [
+        "results/runs/_students/minilm-L3/distill_costs.json",
+        "results/runs/_start/minilm-mlm/metrics.json",
+    ]
+    flags = default_plan.student_flags("minilm-L3")
+    assert flags.startswith("--layers 0,2,4") and flags.endswith("--teacher results/runs/_start/minilm-mlm/model")
+    assert default_plan.student_inputs("minilm-L3") == ["results/runs/_start/minilm-mlm/metrics.json"]
 
 
 def test_variant_overrides_win_over_defaults():
@@ -131,6 +136,7 @@ def test_resources_and_tracking_settings_reach_the_jobs():
         (lambda c: c["studies"]["pretrain"].update(reference="lora"), "studies.pretrain.reference"),
         (lambda c: c["variants"]["fedbt"].update(student="nobody"), "variants.fedbt.student"),
         (lambda c: c["data"]["cs"].update(start="nothing"), "data.cs.start"),
+        (lambda c: c.update(students={"s": {"start": "nothing", "layers": "0"}}), "students.s.start"),
     ],
 )
 def test_bad_study_config_names_the_key(change, key):
