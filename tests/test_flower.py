@@ -28,7 +28,7 @@ from fedbt.ledger import LedgerRow, payload_nbytes  # noqa: E402
 from fedbt.run import execute, prepare  # noqa: E402
 from tests.conftest import REPO, tiny_overrides  # noqa: E402
 
-pytestmark = pytest.mark.flower
+pytestmark = [pytest.mark.flower, pytest.mark.xdist_group("flower")]
 SMOKE = REPO / "config/runs/smoke.yaml"
 THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 TIMING = {"seconds", "peak_memory_bytes"}
