@@ -1,9 +1,14 @@
 """Per-round checkpoints (safetensors + JSON, no pickle) so that a killed run resumes.
 
-After each completed round the run directory's ``checkpoint/`` holds the global parameters and a
-``state.json`` with the completed round, the method's state, the per-round records and a fingerprint of
-the config. Every client's randomness is derived from (seed, round, client), so no RNG state needs
-saving: a resumed run continues exactly as an uninterrupted one would.
+After each completed round the run directory's ``checkpoint/`` holds ``state.json`` (the completed round, the
+method's state, the per-round records, a fingerprint of the config) and the weights files it names: the global
+parameters of that round (``global-r<round>.safetensors``) and, for runs that select a round by its dev score,
+the parameters of the selected round (``best-r<round>.safetensors``, or the same file when that is the last).
+
+A checkpoint is atomic: new weights files are written under new names first, then ``state.json`` is replaced
+in one rename, and only then are the files it no longer names removed. A kill at any moment leaves a
+``state.json`` whose weights are on disk. Every client's randomness is derived from (seed, round, client), so no
+RNG state needs saving: a resumed run continues exactly as an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -19,19 +24,20 @@ from safetensors.torch import load_file, save_file
 
 from fedbt.errors import FedBTError
 
-WEIGHTS = "global.safetensors"
 STATE = "state.json"
 
 
 @dataclass
 class Checkpoint:
-    """A completed round's state."""
+    """A completed round's state (``best_round``/``best_params``: the round a selection rule picked so far)."""
 
     completed_round: int
     fingerprint: str
     method_state: dict[str, Any]
     records: list[dict[str, Any]]
     params: dict[str, torch.Tensor]
+    best_round: int | None = None
+    best_params: dict[str, torch.Tensor] | None = None
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -40,25 +46,45 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _save_weights(path: Path, params: dict[str, torch.Tensor]) -> None:
+    if path.is_file():  # already written by an earlier save of the same round
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in params.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
 def save_checkpoint(directory: Path, checkpoint: Checkpoint) -> None:
-    """Write weights first, then the state file that makes them count (both atomically)."""
+    """Write the round's weights files, then the state file that names them, then drop unnamed files."""
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / (WEIGHTS + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in checkpoint.params.items()}, str(tmp))
-    os.replace(tmp, directory / WEIGHTS)
+    weights = f"global-r{checkpoint.completed_round}.safetensors"
+    _save_weights(directory / weights, checkpoint.params)
+    best = None
+    if checkpoint.best_round is not None:
+        best = weights
+        if checkpoint.best_round != checkpoint.completed_round:
+            best = f"best-r{checkpoint.best_round}.safetensors"
+            _save_weights(directory / best, checkpoint.best_params)
     state = {
         "completed_round": checkpoint.completed_round,
         "fingerprint": checkpoint.fingerprint,
+        "weights": weights,
+        "best_round": checkpoint.best_round,
+        "best_weights": best,
         "method_state": checkpoint.method_state,
         "records": checkpoint.records,
     }
     _atomic_write_text(directory / STATE, json.dumps(state, indent=1))
+    for path in directory.glob("*.safetensors*"):
+        if path.name not in (weights, best):
+            path.unlink(missing_ok=True)
 
 
 def load_checkpoint(directory: Path, fingerprint: str) -> Checkpoint | None:
     """The last completed round in ``directory``, or None if there is none.
 
-    A checkpoint written by a different config is an error (resuming it would mix two runs).
+    A checkpoint written by a different config (training or evaluation settings) is an error: resuming it would
+    mix two runs.
     """
     state_path = directory / STATE
     if not state_path.is_file():
@@ -66,12 +92,17 @@ def load_checkpoint(directory: Path, fingerprint: str) -> Checkpoint | None:
     state = json.loads(state_path.read_text())
     if state["fingerprint"] != fingerprint:
         raise FedBTError(
-            f"{directory} holds a checkpoint of a different config; pass a new --out, or --fresh to discard it"
+            f"{directory} holds a checkpoint of a different config (training or evaluation settings changed); "
+            "pass a new --out, or --fresh to discard it"
         )
+    params = load_file(str(directory / state["weights"]))
+    best = state.get("best_weights")
     return Checkpoint(
         completed_round=state["completed_round"],
         fingerprint=state["fingerprint"],
         method_state=state["method_state"],
         records=state["records"],
-        params=load_file(str(directory / WEIGHTS)),
+        params=params,
+        best_round=state.get("best_round"),
+        best_params=None if best is None else params if best == state["weights"] else load_file(str(directory / best)),
     )

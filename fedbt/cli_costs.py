@@ -44,9 +44,9 @@ def add_parser(subparsers) -> None:
         "--task-head",
         dest="head",
         choices=OBJECTIVES,
-        default="mlm",
-        help="output head: mlm (pre-training) or classification (fine-tuning); default mlm. On an image "
-        "architecture mlm means mim (masked image modelling) and classification image_classification",
+        help="output head: mlm (pre-training), classification or token_classification (fine-tuning); default: "
+        "mlm, or the paper's fine-tuning head (token_classification) for a method that only fine-tunes. On an "
+        "image architecture mlm means mim (masked image modelling) and classification image_classification",
     )
     parser.add_argument("--num-labels", type=int, default=2, help="classes of the classification head")
     parser.add_argument("--clients", type=int, default=1, help="also report the union of trained layers")
@@ -133,13 +133,24 @@ def format_table(table: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def implied_head(method: str) -> str:
+    """The head of ``method``'s only scenario (the paper's head for it), or ``mlm`` when it has both."""
+    from fedbt import paper
+    from fedbt.federated.method import get_method
+
+    scenarios = get_method(method).scenarios
+    return paper.HEAD[scenarios[0]] if len(scenarios) == 1 else paper.HEAD["pretrain"]
+
+
 def main(args: argparse.Namespace) -> int:
     """Print the cost table (text, or JSON with ``--json``); errors go to stderr with exit status 2."""
-    from fedbt.costs import PAPER_ROUNDS, SCENARIO_OF_HEAD, compare_paper, cost_table
+    from fedbt import paper
+    from fedbt.costs import SCENARIO_OF_HEAD, compare_paper, cost_table
     from fedbt.federated.method import load_plugins
 
     try:
         load_plugins(args.plugin)
+        head = args.head or implied_head(args.method)
         common = {
             "num_labels": args.num_labels,
             "sequences": args.sequences,
@@ -152,14 +163,14 @@ def main(args: argparse.Namespace) -> int:
         table = cost_table(
             args.arch,
             args.method,
-            PAPER_ROUNDS[SCENARIO_OF_HEAD[args.head]] if args.rounds is None else args.rounds,
+            paper.ROUNDS[SCENARIO_OF_HEAD[head]] if args.rounds is None else args.rounds,
             parse_options(args.option, args.local_layers, args.student),
-            head=args.head,
+            head=head,
             clients=args.clients,
             **common,
         )
         if args.compare_paper:
-            table["paper"] = compare_paper(SCENARIO_OF_HEAD[args.head], **common)
+            table["paper"] = compare_paper(SCENARIO_OF_HEAD[head], **common)
     except FedBTError as error:
         print(f"fedbt costs: error: {error}", file=sys.stderr)
         return EXIT_ERROR

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
 import torch
 from torch import nn
 
+from fedbt import paper
 from fedbt.config import IMAGE_OBJECTIVES
 from fedbt.errors import ConfigError, FedBTError
 from fedbt.federated.method import ClientPlan, Method, available_methods, create_method, get_method
@@ -35,6 +35,7 @@ VISION_HEADS = {
     "mlm": "mim",
     "mim": "mim",
     "classification": "image_classification",
+    "token_classification": "image_classification",
     "image_classification": "image_classification",
 }
 """The head an image model takes for a requested head: its pre-training head, or image classification."""
@@ -106,7 +107,8 @@ def analytic_train_flops(
     image classification ``2*H*num_labels`` per image. Embedding lookups, norms and activations count 0.
 
     Backward, walking the local positions bottom-up (position ``j`` trains if a parameter of global layer
-    ``plan.layer_map[j]`` is in ``plan.trainable``; the input needs a gradient once anything below trains):
+    ``plan.layer_map[j]`` is in ``plan.trainable`` and ``j`` is not a stale copy; the input needs a gradient once
+    anything below trains):
 
     * weight gradients: ``W`` for every training layer, each head matmul's forward FLOPs if its weight trains;
     * activation gradients, once the layer's input needs a gradient or the layer trains: ``W + 2*A`` (both
@@ -135,8 +137,8 @@ def analytic_train_flops(
         projection = sequences * arch.num_patches * 2 * arch.patch_size**2 * arch.num_channels * H
         forward += projection
         backward += projection if grad else 0
-    for global_layer in plan.layer_map:
-        trains = any(n in trainable for n in arch.layer_params(global_layer))
+    for position in range(len(plan.layer_map)):
+        trains = plan.trains_position(position, arch)
         forward += tokens * (weights + attention)
         if trains:
             backward += tokens * weights
@@ -337,53 +339,7 @@ def cost_table(
     return table
 
 
-# --------------------------------------------------------------------------------- paper numbers
-
-
-@dataclass(frozen=True)
-class PaperRow:
-    """One reported communication figure: upload per round, percent of BERT-FL and the paper's size.
-
-    ``method`` runs on ``arch`` (None: an architecture this suite cannot build, e.g. DistilBERT). Sizes
-    are MiB in the pre-training tables and decimal MB in the fine-tuning tables.
-    """
-
-    method: str
-    percent: float
-    size: float
-    arch: str | None = "bert-base-uncased"
-
-
-PAPER_BASE_ARCH = "bert-base-uncased"
-PAPER_ROUNDS = {"pretrain": 5, "finetune": 10}
-PAPER_HEAD = {"pretrain": "mlm", "finetune": "classification"}
-TINYBERT_6 = "huawei-noah/TinyBERT_General_6L_768D"
-TINYBERT_4 = "huawei-noah/TinyBERT_General_4L_312D"
-
-PAPER_COMM: dict[tuple[str, str], PaperRow] = {
-    ("pretrain", "fedavg"): PaperRow("fedavg", 100.0, 417.83),
-    ("pretrain", "distilbert"): PaperRow("fedavg", 64.14, 267.98, arch=None),
-    ("pretrain", "tinybert-6"): PaperRow("fedavg", 61.17, 255.57, arch=TINYBERT_6),
-    ("pretrain", "tinybert-4"): PaperRow("fedavg", 13.13, 54.88, arch=TINYBERT_4),
-    ("pretrain", "fedbt"): PaperRow("fedbt", 7.04, 29.42),
-    ("pretrain", "fedbt-all"): PaperRow("fedbt-all", 61.17, 255.57),
-    ("pretrain", "fedbt-no-pl"): PaperRow("fedbt-no-pl", 7.04, 29.42),
-    ("pretrain", "fedbt-no-m"): PaperRow("fedbt-no-m", 7.04, 29.42),
-    ("pretrain", "fedbt-no-s"): PaperRow("fedbt-no-s", 7.04, 29.42),
-    ("pretrain", "fedbt-no-sp"): PaperRow("fedbt-no-sp", 7.04, 29.42),
-    ("finetune", "fedavg"): PaperRow("fedavg", 100.0, 435.67),
-    ("finetune", "distilbert"): PaperRow("fedavg", 60.95, 265.53, arch=None),
-    ("finetune", "tinybert-6"): PaperRow("fedavg", 60.94, 265.50, arch=TINYBERT_6),
-    ("finetune", "tinybert-4"): PaperRow("fedavg", 13.09, 57.05, arch=TINYBERT_4),
-    ("finetune", "fedbt-ft"): PaperRow("fedbt-ft", 20.19, 87.95),
-    ("finetune", "fedbt-ft-map"): PaperRow("fedbt-ft-map", 20.19, 87.95),
-    ("finetune", "fedbt-ft-no-add"): PaperRow("fedbt-ft-no-add", 6.51, 28.37),
-}
-"""Keyed by (scenario, row label); the label is the method name, or the distilled model for FedAvg rows.
-
-The fine-tuning sizes match token-classification models without a pooler (the paper's NER tasks); ours use
-the sequence-classification head with its pooler, so those rows differ by about 0.2 percentage points.
-"""
+# ------------------------------------------------------------------------------ the paper's figures
 
 
 def compare_paper(scenario: str, rounds: int | None = None, **cost_args: Any) -> list[dict[str, Any]]:
@@ -394,14 +350,14 @@ def compare_paper(scenario: str, rounds: int | None = None, **cost_args: Any) ->
     ``rounds`` (default: the paper's rounds of the scenario), with the scenario's head; ``cost_args`` go to
     :func:`cost_table` (e.g. ``clients``, ``num_labels``).
     """
-    if scenario not in PAPER_ROUNDS:
-        raise FedBTError(f"unknown scenario {scenario!r}; allowed: {', '.join(PAPER_ROUNDS)}")
-    rounds = rounds or PAPER_ROUNDS[scenario]
-    cost_args = {"head": PAPER_HEAD[scenario], **cost_args}
+    if scenario not in paper.ROUNDS:
+        raise FedBTError(f"unknown scenario {scenario!r}; allowed: {', '.join(paper.ROUNDS)}")
+    rounds = rounds or paper.ROUNDS[scenario]
+    cost_args = {"head": paper.HEAD[scenario], **cost_args}
     registered = available_methods()
-    base = cost_table(PAPER_BASE_ARCH, "fedavg", rounds, {}, **cost_args)["total"]["upload_params"]
+    base = cost_table(paper.BASE_ARCH, "fedavg", rounds, {}, **cost_args)["total"]["upload_params"]
     comparison = []
-    for (row_scenario, label), row in PAPER_COMM.items():
+    for (row_scenario, label), row in paper.COMM.items():
         if row_scenario != scenario or row.arch is None or row.method not in registered:
             continue
         ours = cost_table(row.arch, row.method, rounds, {}, **cost_args)["total"]["upload_params"]

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from fedbt.config import EvaluationConfig, ModelConfig
-from fedbt.data.tasks import TaskSpec, get_task, load_task
+from fedbt.data.tasks import TaskSpec, get_task, load_task, subset
 from fedbt.metrics import compute_metrics
 from fedbt.models import load_model, load_model_from_dir, load_processor, sequence_length
 from fedbt.seeding import derive_seed
@@ -27,9 +27,6 @@ from fedbt.training.token_classification import decode_predictions, tokenize_ner
 
 SOURCE = "source"
 """``model_dir`` value meaning "the model config's source, without further training" (the reference)."""
-
-SUBSET_SEED = 0
-"""Seed of the shuffle that picks the ``max_*_examples`` subsets: the same rows for every evaluation seed."""
 
 WEIGHT_DECAY = 0.01
 
@@ -68,13 +65,6 @@ def score(spec: TaskSpec, examples: Sequence[dict], predictions: Sequence) -> di
     return compute_metrics(spec.metrics, list(predictions), [e["label"] for e in examples])
 
 
-def _subset(dataset_split, limit: int | None):
-    """The first ``limit`` rows after a fixed seeded shuffle, or the whole split when ``limit`` is None."""
-    if limit is None or limit >= len(dataset_split):
-        return dataset_split
-    return dataset_split.shuffle(seed=SUBSET_SEED).select(range(limit))
-
-
 def finetune_and_score(
     model_dir: str | Path,
     task: str,
@@ -101,7 +91,7 @@ def finetune_and_score(
         "test": eval_config.max_eval_examples,
     }
     examples = {
-        split: tokenize_task(_subset(splits[split], limit), tokenizer, model_config.max_length, spec.kind)
+        split: tokenize_task(subset(splits[split], limit), tokenizer, model_config.max_length, spec.kind)
         for split, limit in limits.items()
     }
     head = HEAD_OF_KIND[spec.kind]

@@ -22,6 +22,11 @@ MIB = 2**20
 MB = 10**6
 
 
+TRAINED, IDLE, NO_DATA = "trained", "idle", "no_data"
+"""Row statuses: the client trained; its plan trained nothing (it sat the round out); it holds no examples (it
+sat the round out: no bytes, no FLOPs, aggregation weight 0)."""
+
+
 @dataclass
 class LedgerRow:
     """What one client cost in one round (communication counted from the payload tensors)."""
@@ -29,6 +34,7 @@ class LedgerRow:
     round: int
     client: int
     examples: int
+    status: str = TRAINED
     steps: int = 0
     tokens: int = 0
     trained_layers: str = ""
@@ -39,6 +45,8 @@ class LedgerRow:
     measured_flops: int = 0
     analytic_flops: int = 0
     seconds: float = 0.0
+    """Compute seconds of local training (process CPU time on CPU, synchronised time on CUDA)."""
+    wall_seconds: float = 0.0
     peak_memory_bytes: int = 0
     train_loss: float = 0.0
 
@@ -117,13 +125,16 @@ class Ledger:
             raise
 
     def summary(self) -> dict[str, float]:
-        """Totals over all rows, and means per round (all clients of a round summed) and per client-round.
+        """Totals over all rows, and means per round (all clients of a round summed) and per client-round (per
+        *trained* client-round: a client that sat a round out costs nothing and is counted apart, in
+        ``idle_client_rounds``).
 
         ``last_round_train_loss`` is the example-weighted mean loss of the clients that trained in the last round.
         """
         rows = self.rows()
         rounds = sorted({row.round for row in rows})
-        n_rounds, n_rows = max(len(rounds), 1), max(len(rows), 1)
+        trained = sum(row.status == TRAINED for row in rows)
+        n_rounds, n_rows = max(len(rounds), 1), max(trained, 1)
         totals = {
             name: sum(getattr(row, name) for row in rows)
             for name in (
@@ -138,9 +149,14 @@ class Ledger:
                 "analytic_flops",
             )
         }
-        summary: dict[str, float] = {"rounds": len(rounds), "client_rounds": len(rows)}
+        summary: dict[str, float] = {
+            "rounds": len(rounds),
+            "client_rounds": trained,
+            "idle_client_rounds": len(rows) - trained,
+        }
         summary.update({f"total_{name}": value for name, value in totals.items()})
         summary["total_client_seconds"] = sum(row.seconds for row in rows)
+        summary["total_client_wall_seconds"] = sum(row.wall_seconds for row in rows)
         summary["max_peak_memory_bytes"] = max((row.peak_memory_bytes for row in rows), default=0)
         for direction in ("upload", "download"):
             nbytes = totals[f"{direction}_bytes"]
@@ -149,8 +165,10 @@ class Ledger:
                 summary[f"{direction}_{unit}_per_client_round"] = nbytes / size / n_rows
         for name in ("measured_flops", "analytic_flops"):
             summary[f"{name}_per_client_round"] = totals[name] / n_rows
-        summary["client_seconds_per_round"] = summary["total_client_seconds"] / n_rounds
-        last = [row for row in rows if rounds and row.round == rounds[-1] and row.steps]
+        for name in ("client_seconds", "client_wall_seconds"):
+            summary[f"{name}_per_round"] = summary[f"total_{name}"] / n_rounds
+            summary[f"{name}_per_client_round"] = summary[f"total_{name}"] / n_rows
+        last = [row for row in rows if rounds and row.round == rounds[-1] and row.status == TRAINED]
         weight = sum(row.examples for row in last)
         if weight:  # absent when nobody trained (e.g. the no-training reference)
             summary["last_round_train_loss"] = sum(row.train_loss * row.examples for row in last) / weight

@@ -410,7 +410,8 @@ def load_from_global(
 def extract_to_global(
     local_model: nn.Module, name_map: Mapping[str, str], global_names: Iterable[str]
 ) -> dict[str, torch.Tensor]:
-    """The local tensors that hold ``global_names``, keyed by global name, detached CPU copies.
+    """The local tensors that hold ``global_names``, keyed by global name, detached CPU copies; local tensors
+    missing from ``name_map`` are not read.
 
     When several local positions hold the same global layer (sampling with replacement), their trained
     copies are averaged into one tensor.
@@ -419,7 +420,7 @@ def extract_to_global(
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     for local_name, param in local_model.named_parameters():
-        global_name = name_map[local_name]
+        global_name = name_map.get(local_name)
         if global_name not in wanted:
             continue
         value = param.detach().to("cpu", torch.float32)

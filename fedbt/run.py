@@ -11,6 +11,7 @@ indices) is checked in :func:`prepare` before any weights or data are loaded.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -112,9 +113,10 @@ def prepare(config: RunConfig) -> PreparedRun:
 
 
 def fingerprint(config: RunConfig) -> str:
-    """Hash of what determines the federated rounds (not the output place, tracking or evaluation)."""
+    """Hash of what determines a run's results: everything but the output place, tracking and names (the
+    evaluation settings included: a resumed run must score its rounds as the interrupted one did)."""
     relevant = dataclasses.asdict(config)
-    for key in ("out_dir", "tracking", "evaluation", "name", "study"):
+    for key in ("out_dir", "tracking", "name", "study"):
         relevant.pop(key)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
@@ -133,9 +135,9 @@ def _examples(config: RunConfig, tokenizer) -> tuple[list[dict], dict[str, list[
 
     Pre-training: the corpus's sentences, the last ``heldout_examples`` held out for the per-round MLM loss;
     an image corpus's images (with their labels, for label-skew partitions), the first ``heldout_examples``
-    dev images held out for the per-round MIM loss. Fine-tuning: the task's train split; its dev split (first
-    ``heldout_examples``) and test split (first ``evaluation.max_eval_examples``, all by default) are scored
-    every round.
+    dev images held out for the per-round MIM loss. Fine-tuning: the task's train split (``max_examples``); its
+    dev split (``heldout_examples``) and test split (``evaluation.max_eval_examples``, all by default) are scored
+    every round; every subset is drawn by :func:`fedbt.data.tasks.subset`.
     """
     data, max_length = config.data, config.model.max_length
     if config.scenario == "pretrain" and config.local.objective == "mim":
@@ -162,16 +164,13 @@ def _examples(config: RunConfig, tokenizer) -> tuple[list[dict], dict[str, list[
             {"input_ids": ids} for ids in tokenizer(sentences, truncation=True, max_length=max_length)["input_ids"]
         ]
         return encoded[:cut], {"heldout": encoded[cut:]}, None, f"corpus-{data.corpus}"
-    from fedbt.data.tasks import get_task, load_task
+    from fedbt.data.tasks import get_task, load_task, subset
     from fedbt.evaluation import tokenize_task
 
     spec = get_task(data.task)
     splits = load_task(data.task, data.data_dir)
     limits = {"train": data.max_examples, "dev": data.heldout_examples, "test": config.evaluation.max_eval_examples}
-    subsets = {
-        split: splits[split].select(range(min(limit, len(splits[split])))) if limit is not None else splits[split]
-        for split, limit in limits.items()
-    }
+    subsets = {split: subset(splits[split], limit) for split, limit in limits.items()}
     labels = list(subsets["train"]["label"]) if spec.kind != "ner" else None
     tokenized = {split: tokenize_task(subset, tokenizer, max_length, spec.kind) for split, subset in subsets.items()}
     train = tokenized.pop("train")
@@ -271,10 +270,18 @@ def execute(prepared: PreparedRun, fresh: bool = False, runtime: Runtime | None 
     device, local = federation.setup.device, config.local
     round_eval = _round_evaluator(config, processor, federation.eval_sets, device, federation.patches)
     ledger = Ledger(out_dir / "ledger.csv")
+    select = None
+    if config.scenario == "finetune":
+        from fedbt.data.tasks import get_task
+
+        primary = get_task(config.data.task).metrics[0]
+        select = functools.partial(selected_round, primary=primary)
+    checkpoints = out_dir / "checkpoint"
     simulator = Simulator(
-        global_model, method, federation.setup, ledger, out_dir / "checkpoint", fingerprint(config), round_eval, runtime
+        global_model, method, federation.setup, ledger, checkpoints, fingerprint(config), round_eval, select, runtime
     )
     records = simulator.run()
+    simulator.restore_selected()  # fine-tuning: the model of the reported round is the one saved
     model_dir = out_dir / "model"
     method.deploy(global_model).save_pretrained(model_dir)
     processor.save_pretrained(model_dir)
@@ -307,15 +314,14 @@ def execute(prepared: PreparedRun, fresh: bool = False, runtime: Runtime | None 
         "partition": {"path": str(partition.path), "sha256": partition.digest, "sizes": partition.sizes()},
         "runtime": simulator.runtime.report(),
         "rounds": records,
+        "plan_sha256": hashlib.sha256("".join(r["plan_sha256"] for r in records).encode()).hexdigest(),
         "costs": ledger.summary(),
         "evaluation": evaluation,
         "federated_seconds": federated_seconds,
         "total_seconds": time.perf_counter() - started,
     }
-    if config.scenario == "finetune":
-        from fedbt.data.tasks import get_task
-
-        metrics["selection"] = best_round(records, get_task(config.data.task).metrics[0])
+    if select is not None:
+        metrics["selection"] = best_round(records, primary)
     metrics["final"] = final_metrics(metrics)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     shutil.rmtree(out_dir / "checkpoint", ignore_errors=True)  # the run is complete; model/ holds its state
@@ -398,14 +404,22 @@ def _round_evaluator(
     return task_scores
 
 
-def best_round(records: list[dict[str, Any]], primary: str) -> dict[str, Any] | None:
-    """Federated fine-tuning's result: the test scores of the round with the best dev ``primary`` metric
-    (earliest on ties; test never takes part in the choice)."""
+def selected_round(records: list[dict[str, Any]], primary: str) -> int | None:
+    """The round federated fine-tuning reports, saves and hands on: the best dev ``primary`` score (earliest on
+    ties; test never takes part in the choice); None when no round has a dev score."""
     key = f"dev_{primary}"
     scored = [r for r in records if key in r]
     if not scored:
         return None
-    best = max(scored, key=lambda r: r[key])  # max keeps the earliest of equal scores
+    return max(scored, key=lambda r: r[key])["round"]  # max keeps the earliest of equal scores
+
+
+def best_round(records: list[dict[str, Any]], primary: str) -> dict[str, Any] | None:
+    """Federated fine-tuning's result: the dev and test scores of :func:`selected_round`."""
+    chosen = selected_round(records, primary)
+    if chosen is None:
+        return None
+    best = next(r for r in records if r["round"] == chosen)
     pick = {"round": best["round"], "primary": primary}
     for split in ("dev", "test"):
         pick[split] = {k.removeprefix(f"{split}_"): v for k, v in best.items() if k.startswith(f"{split}_")}

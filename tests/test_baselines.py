@@ -27,7 +27,7 @@ from fedbt.models import ModelArch, load_model
 from fedbt.run import execute, prepare
 from tests.conftest import REPO
 
-BASELINES = ["centralized", "none", "freeze-bottom", "prune-depth", "prune-magnitude", "lora", "distill"]
+BASELINES = ["centralized", "none", "freeze-bottom", "head-only", "prune-depth", "prune-magnitude", "lora", "distill"]
 TINY = ModelConfig(source="tiny", max_length=32, tiny_layers=4, tiny_hidden=32, tiny_heads=2, tiny_ffn=64)
 
 
@@ -116,6 +116,16 @@ def test_freeze_bottom_trains_and_uploads_the_top_layers_and_head(tiny_config, t
     saved, start = saved_model(prepared), tiny_model.state_dict()
     changed = {n for n in saved if not torch.equal(saved[n], start[n])}
     assert changed and changed <= top
+
+
+def test_head_only_trains_and_uploads_only_the_head_on_the_frozen_encoder(tiny_config, tiny_model):
+    arch = ModelArch.from_model(tiny_model)
+    assert method("head-only", tiny_model).plan(0, 0).trainable == frozenset(arch.head_params())
+    prepared, _, rows = run(tiny_config, "head-only")
+    assert_uploads_match_plans(prepared, rows)
+    saved, start = saved_model(prepared), tiny_model.state_dict()
+    changed = {n for n in saved if not torch.equal(saved[n], start[n])}
+    assert changed and changed <= set(arch.head_params()), "the encoder and the tied decoder stay as they were"
 
 
 # ------------------------------------------------------------------------------------------ prune-depth

@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 
-from fedbt import cli_costs
-from fedbt.costs import PAPER_COMM, analytic_train_flops, compare_paper, cost_table, meta_arch
+from fedbt import cli_costs, paper
+from fedbt.costs import analytic_train_flops, compare_paper, cost_table, meta_arch
 from fedbt.errors import ConfigError
 from fedbt.federated import method as method_module
 from fedbt.federated.method import ClientPlan, Method, available_methods
@@ -232,7 +232,7 @@ def test_compare_paper_pretraining_rows(layer0_head):
     rows = {row["label"]: row for row in compare_paper("pretrain")}
     assert "distilbert" not in rows  # no BERT-shaped config for DistilBERT
     for label in ("fedavg", "tinybert-6", "tinybert-4", "fedbt"):
-        assert rows[label]["ours_percent"] == pytest.approx(PAPER_COMM["pretrain", label].percent, abs=0.05)
+        assert rows[label]["ours_percent"] == pytest.approx(paper.COMM["pretrain", label].percent, abs=0.05)
 
 
 def test_compare_paper_skips_unregistered_methods(monkeypatch):
@@ -337,3 +337,30 @@ def test_cli_subprocess_json_offline():
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["upload_ratio_vs_fedavg"] == 1.0
+
+
+def test_paper_constants_live_in_one_module_that_costs_and_report_share():
+    from fedbt import costs as costs_module
+    from fedbt.report import costs as report_costs
+
+    assert costs_module.paper is paper and report_costs.paper is paper
+    for module in (costs_module, report_costs):
+        assert not [name for name in vars(module) if name.startswith("PAPER_")], module.__name__
+    assert paper.HEAD == {"pretrain": "mlm", "finetune": "token_classification"}
+    assert paper.ROUNDS == {"pretrain": 5, "finetune": 10}
+
+
+def test_compare_paper_and_report_agree_on_the_fine_tuning_upload():
+    from fedbt.report.costs import upload_pct
+
+    ours = {row["label"]: row["ours_percent"] for row in compare_paper("finetune")}
+    assert ours["fedbt-ft"] == pytest.approx(upload_pct({"method": "fedbt-ft", "options": {}}, "finetune"))
+    assert ours["fedbt-ft"] == pytest.approx(paper.COMM["finetune", "fedbt-ft"].percent, abs=0.05)
+
+
+def test_cli_a_fine_tuning_only_method_implies_its_scenario(capsys):
+    args = _parse(["--arch", "bert-base-uncased", "--method", "fedbt-ft", "--compare-paper", "--json"])
+    assert cli_costs.main(args) == 0, capsys.readouterr().err
+    table = json.loads(capsys.readouterr().out)
+    assert table["head"] == "token_classification" and len(table["rounds"]) == paper.ROUNDS["finetune"]
+    assert {row["label"] for row in table["paper"]} >= {"fedbt-ft", "fedavg"}

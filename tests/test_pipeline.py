@@ -74,7 +74,7 @@ def test_bad_config_fails_at_planning_naming_the_key(tmp_path, change, message):
 
 
 @pytest.mark.parametrize(
-    ("name", "runs", "starts"), [("config.yaml", 69, 0), ("paper.yaml", 513, 0), ("vision.yaml", 10, 1)]
+    ("name", "runs", "starts"), [("config.yaml", 69, 1), ("paper.yaml", 513, 0), ("vision.yaml", 10, 1)]
 )
 def test_shipped_studies_plan_offline(tmp_path, name, runs, starts):
     result = snakemake(tmp_path, ROOT / "config" / name, "-n", "--quiet", "rules")

@@ -1,7 +1,9 @@
-"""The report on fixed run files: tables against golden Markdown, LaTeX shape, every figure written."""
+"""The report on fixed run files (``tests/golden/runs``, made by ``tests/golden/regenerate.py``): tables against
+golden Markdown, LaTeX shape, the JSON interface, p-values, equal-plan warnings, every figure written."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ def spec_dict() -> dict:
             "variant": variant,
             "method": method,
             "options": options or {},
-            "runs": {data: [str(RUNS / scenario / data / variant / "metrics.json")]},
+            "runs": {data: [str(RUNS / scenario / data / variant / f"seed{s}" / "metrics.json") for s in (0, 1)]},
             "paper_row": paper_row,
             "bert_base": {"method": method, "options": {}},
         }
@@ -87,4 +89,62 @@ def test_missing_runs_leave_dashes(tmp_path):
     fedbt_row = next(
         line for line in (tmp_path / "tables" / "pretrain.md").read_text().splitlines() if "| fedbt |" in line
     )
-    assert fedbt_row == "| fedbt | – | – | – | – | 7.04 | 34.31 | 7.04 | – | 0.8312 |"
+    assert fedbt_row == "| fedbt | – | – | – | – | – | – | – | 7.04 | 34.31 | 7.04 | – | – | 0.8312 |"
+
+
+def test_json_interface_has_the_documented_fields(report):
+    out, _ = report
+    table = json.loads((out / "tables" / "pretrain.json").read_text())
+    assert table["study"] == "pretrain" and table["reference"] == "fedavg"
+    fedavg, fedbt = table["rows"]
+    for row in (fedavg, fedbt):
+        for key in ("variant", "method", "flops_per_client_round", "flops_pct", "analytic_flops_pct", "seconds_pct"):
+            assert key in row
+        assert {"upload_pct", "bert_base_upload_pct", "scores"} <= set(row)
+    assert fedavg["flops_pct"] == 100.0 and 0 < fedbt["flops_pct"] < 100
+    cell = fedbt["scores"]["cs"]["accuracy"]
+    assert {"mean", "std", "n", "p_vs_reference", "higher_is_better"} <= set(cell) and cell["higher_is_better"]
+    assert cell["n"] == 4 and cell["test"] == "paired t" and 0.0 <= cell["p_vs_reference"] <= 1.0
+    assert fedavg["scores"]["cs"]["accuracy"]["p_vs_reference"] is None
+    assert "macro_f1" in fedbt["scores"]["cs"]
+
+
+def test_p_values_are_scipys_paired_t_test_over_matched_seeds(report):
+    from scipy.stats import ttest_rel
+
+    from fedbt.report.runs import load_run
+
+    out, _ = report
+
+    def samples(variant):
+        runs = [load_run(RUNS / "pretrain" / "cs" / variant / f"seed{s}") for s in (0, 1)]
+        return {k: v for r in runs for k, v in r.scores["accuracy"].items()}
+
+    ours, reference = samples("fedbt"), samples("fedavg")
+    keys = sorted(ours)
+    expected = ttest_rel([ours[k] for k in keys], [reference[k] for k in keys]).pvalue
+    cell = json.loads((out / "tables" / "pretrain.json").read_text())["rows"][1]["scores"]["cs"]["accuracy"]
+    assert cell["p_vs_reference"] == pytest.approx(1.0 if expected != expected else expected)
+
+
+def test_welch_when_the_seeds_do_not_pair_up():
+    from fedbt.report.stats import PAIRED, WELCH, compare
+
+    paired = compare({"0": 0.5, "1": 0.7, "2": 0.6}, {"0": 0.4, "1": 0.5, "2": 0.6})
+    welch = compare({"0": 0.5, "1": 0.7}, {"2": 0.4, "3": 0.5, "4": 0.45})
+    assert paired.test == PAIRED and welch.test == WELCH
+    assert compare({"0": 0.5}, {"0": 0.4, "1": 0.5}) is None
+    assert compare({"0": 0.5, "1": 0.5}, {"0": 0.5, "1": 0.5}).p_value == 1.0
+
+
+def test_rows_with_identical_plans_are_flagged(tmp_path):
+    raw = spec_dict()
+    table = raw["tables"][0]
+    twin = dict(table["rows"][1], variant="fedbt-twin")
+    table["rows"].append(twin)
+    build_report(from_dict(raw), tmp_path)
+    text = (tmp_path / "tables" / "pretrain.md").read_text()
+    assert "Warning: fedbt, fedbt-twin trained and sent exactly the same tensors" in text
+    assert json.loads((tmp_path / "tables" / "pretrain.json").read_text())["identical_plans"] == [
+        ["fedbt", "fedbt-twin"]
+    ]

@@ -12,7 +12,7 @@ from fedbt.run import execute, prepare
 
 
 def _comparable(metrics):
-    drop = {"round_seconds", "client_seconds"}
+    drop = {"round_seconds", "client_seconds", "client_wall_seconds"}
     return [{k: v for k, v in r.items() if k not in drop} for r in metrics["rounds"]]
 
 

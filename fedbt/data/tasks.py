@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     import datasets
 
 SPLITS = ("train", "dev", "test")
+SUBSET_SEED = 0
+"""Seed of the shuffle that picks a split's subset (:func:`subset`): the same rows in every run and evaluation."""
 logger = logging.getLogger(__name__)
 
 
@@ -273,6 +275,15 @@ def _load_images(spec: TaskSpec, data_dir: str | Path, key: str) -> datasets.Dat
             )
         splits[split] = datasets.Dataset.from_dict({"image": part.images, "label": part.labels}, features=features)
     return datasets.DatasetDict(splits)
+
+
+def subset(split: datasets.Dataset, limit: int | None) -> datasets.Dataset:
+    """The one rule that draws a subset of a task split everywhere (federated training pools, per-round dev/test
+    scores, downstream evaluation): the first ``limit`` rows after a shuffle seeded by :data:`SUBSET_SEED`, or
+    the whole split when ``limit`` is None or not smaller than it."""
+    if limit is None or limit >= len(split):
+        return split
+    return split.shuffle(seed=SUBSET_SEED).select(range(limit))
 
 
 def deal_splits(texts: list[str], label_ids: list[int], pattern: tuple[tuple[str, int], ...]) -> dict[str, list[int]]:

@@ -56,7 +56,8 @@ class ClientPlan:
     trainable: frozenset[str]
     stale_positions: frozenset[int] = frozenset()
     """Local positions that keep the copy of their global layer the client made from the *starting*
-    model (not refreshed from the current global model, nothing downloaded for them)."""
+    model (not refreshed from the current global model, nothing downloaded for them). A stale copy is never
+    trained or uploaded, even when its global layer is trainable at another position."""
 
     def download_names(self, arch: ModelArch) -> list[str]:
         """Global parameter names the client downloads to build its local model (each counted once)."""
@@ -66,6 +67,13 @@ class ClientPlan:
     def trained_layers(self, arch: ModelArch) -> list[int]:
         """Sorted global layer indices with at least one trained tensor."""
         return sorted({arch.layer_of(n) for n in self.trainable} - {None})
+
+    def trains_position(self, position: int, arch: ModelArch) -> bool:
+        """True when local position ``position`` trains: its global layer has a trained tensor and it is not a
+        stale copy."""
+        if position in self.stale_positions:
+            return False
+        return any(n in self.trainable for n in arch.layer_params(self.layer_map[position]))
 
 
 class Method:

@@ -7,6 +7,11 @@ trainable, trains locally and encodes the trained tensors as its upload; bytes, 
 into the ledger. Uploads stream into a weighted average; the method turns the average into new global
 tensors; the round is checkpointed. Nothing here knows a method by name.
 
+A client with no examples, or whose plan trains nothing, sits the round out: nothing is sent or computed, it
+has no weight in the average, and its ledger row says why (``status``). A run that selects a round by its
+scores (federated fine-tuning: the best dev round) keeps that round's global tensors, in memory and in the
+checkpoint, so the model it saves is the model it reports.
+
 Where clients train is a :class:`Runtime`: :class:`InProcess` trains them one after the other in this
 process; :mod:`fedbt.flower` sends the same tasks to Flower ClientApps, which train them with the same
 :class:`LocalTrainer`.
@@ -14,6 +19,8 @@ process; :mod:`fedbt.flower` sends the same tasks to Flower ClientApps, which tr
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -30,7 +37,7 @@ from fedbt.costs import analytic_train_flops
 from fedbt.errors import FedBTError
 from fedbt.federated.aggregate import WeightedAverage, client_weight
 from fedbt.federated.method import ClientPlan, Method
-from fedbt.ledger import Ledger, LedgerRow, format_layers, payload_nbytes
+from fedbt.ledger import IDLE, NO_DATA, Ledger, LedgerRow, format_layers, payload_nbytes
 from fedbt.models import (
     ModelArch,
     build_local_model,
@@ -131,7 +138,8 @@ class LocalTrainer:
             max_grad_norm=local.max_grad_norm,
             flop_count_steps=local.flop_count_steps,
         )
-        upload = method.encode(extract_to_global(model, name_map, plan.trainable))
+        fresh = {n: g for n, g in name_map.items() if not self._is_stale(n, plan)}
+        upload = method.encode(extract_to_global(model, fresh, plan.trainable))
         if method.transmits:
             row.upload_params, row.upload_bytes = payload_nbytes(upload)
         row.steps, row.tokens = result.steps, result.tokens
@@ -145,8 +153,13 @@ class LocalTrainer:
             predicted_tokens=result.predicted_tokens,
             head=setup.objective.head,
         )
-        row.seconds, row.peak_memory_bytes, row.train_loss = result.seconds, result.peak_memory_bytes, result.mean_loss
+        row.seconds, row.wall_seconds = result.seconds, result.wall_seconds
+        row.peak_memory_bytes, row.train_loss = result.peak_memory_bytes, result.mean_loss
         return ClientUpdate(upload, row)
+
+    def _is_stale(self, local_name: str, plan: ClientPlan) -> bool:
+        """True for a local parameter at one of the plan's stale positions."""
+        return self.arch.layer_of(local_name) in plan.stale_positions
 
     def _prepare_local_model(
         self, plan: ClientPlan, received: Mapping[str, torch.Tensor]
@@ -157,11 +170,11 @@ class LocalTrainer:
             self._local_models[depth] = self.method.prepare_model(build_local_model(self.template, depth))
         model = self._local_models[depth]
         name_map = local_to_global_names(self.arch, plan.layer_map)
-        stale = {n: g for n, g in name_map.items() if self.arch.layer_of(n) in plan.stale_positions}
+        stale = {n: g for n, g in name_map.items() if self._is_stale(n, plan)}
         load_from_global(model, received, {n: g for n, g in name_map.items() if n not in stale})
         load_from_global(model, self.initial_params, stale)
         for local_name, param in model.named_parameters():
-            param.requires_grad_(name_map[local_name] in plan.trainable)
+            param.requires_grad_(name_map[local_name] in plan.trainable and local_name not in stale)
         return model, name_map
 
 
@@ -208,8 +221,11 @@ class Simulator:
         checkpoint_dir: Path,
         fingerprint: str,
         round_eval: Callable[[nn.Module], dict[str, float]] | None = None,
+        select: Callable[[list[dict]], int | None] | None = None,
         runtime: Runtime | None = None,
     ):
+        """``select`` maps the records so far to the best round (None: no selection); its round's global tensors
+        are kept (:meth:`restore_selected`). ``runtime`` is where clients train (default: :class:`InProcess`)."""
         self.global_model = global_model
         self.method = method
         self.setup = setup
@@ -223,6 +239,9 @@ class Simulator:
         self.clients = self.trainer.clients
         self.global_params = dict(global_model.named_parameters())
         self.records: list[dict] = []
+        self.select = select
+        self.best_round: int | None = None
+        self.best_params: dict[str, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------------------------ rounds
 
@@ -232,8 +251,21 @@ class Simulator:
         rounds = progress(range(start, self.setup.rounds), "rounds", total=self.setup.rounds, initial=start)
         for round_idx in rounds:
             self.records.append(self._run_round(round_idx))
+            self._keep_selected(round_idx)
             self._checkpoint(round_idx)
         return self.records
+
+    def _keep_selected(self, round_idx: int) -> None:
+        if self.select is not None and self.select(self.records) == round_idx:
+            self.best_round = round_idx
+            self.best_params = {n: p.detach().cpu().clone() for n, p in self.global_params.items()}
+
+    def restore_selected(self) -> int | None:
+        """Write the selected round's global tensors into the global model; returns that round (None: no
+        selection, the global model stays that of the last round)."""
+        if self.best_params is not None:
+            self._write_global(self.best_params)
+        return self.best_round
 
     def selected_clients(self, round_idx: int) -> list[int]:
         """All clients, or a seeded sample of ``fraction`` of them (at least one), in id order."""
@@ -248,11 +280,13 @@ class Simulator:
         started = time.perf_counter()
         average = WeightedAverage()
         rows: list[LedgerRow] = []
+        plans = []
         clients = self.selected_clients(round_idx)
         for payload, row in self.runtime.train_clients(self, round_idx, clients):
             if payload:
                 average.add(payload, client_weight(row.examples, self.setup.aggregation))
             rows.append(row)
+            plans.append(self._plan_summary(round_idx, row.client, row))
             del payload
         if len(average):
             self._write_global(self.method.aggregate(self.global_params, average.result()))
@@ -266,8 +300,10 @@ class Simulator:
             "upload_bytes": sum(r.upload_bytes for r in rows),
             "download_bytes": sum(r.download_bytes for r in rows),
             "client_seconds": sum(r.seconds for r in rows),
+            "client_wall_seconds": sum(r.wall_seconds for r in rows),
             "measured_flops": sum(r.measured_flops for r in rows),
             "analytic_flops": sum(r.analytic_flops for r in rows),
+            "plan_sha256": hashlib.sha256(json.dumps(plans).encode()).hexdigest(),
         }
         if self.round_eval is not None:
             record.update(self.round_eval(self.method.deploy(self.global_model)))
@@ -279,8 +315,25 @@ class Simulator:
         )
         return record
 
+    def _plan_summary(self, round_idx: int, client_id: int, row: LedgerRow) -> list:
+        """What a client did, for the round's plan digest: its plan, status and upload size. Two runs with equal
+        digests in every round trained and sent exactly the same tensors (the report warns about such rows)."""
+        plan = self.method.plan(round_idx, client_id)
+        return [
+            client_id,
+            list(plan.layer_map),
+            sorted(plan.trainable),
+            sorted(plan.stale_positions),
+            row.status,
+            row.upload_bytes,
+        ]
+
     def train_client(self, round_idx: int, client_id: int) -> tuple[dict[str, torch.Tensor], LedgerRow]:
-        """Train one client in one round from the current global model: its (decoded) upload and ledger row."""
+        """Train one client in one round from the current global model: its (decoded) upload and ledger row.
+
+        A client with no examples, or a plan with nothing to train, sits the round out (no transfer, no compute,
+        no weight in the average).
+        """
         task = self.client_task(round_idx, client_id)
         if self.sits_out(task):
             return {}, self.idle_row(task)
@@ -291,16 +344,20 @@ class Simulator:
     def client_task(self, round_idx: int, client_id: int) -> ClientTask:
         """The client's plan for the round and the global tensors it downloads, encoded by the method."""
         plan = self.method.plan(round_idx, client_id)
-        download = {n: self.global_params[n] for n in plan.download_names(self.arch)} if plan.trainable else {}
-        return ClientTask(round_idx, client_id, plan, self.method.encode(download))
+        task = ClientTask(round_idx, client_id, plan, {})
+        if not self.sits_out(task):
+            task.download = self.method.encode({n: self.global_params[n] for n in plan.download_names(self.arch)})
+        return task
 
     def sits_out(self, task: ClientTask) -> bool:
-        """A plan with nothing to train is a client that sits the round out (no transfer, no compute)."""
-        return not task.plan.trainable
+        """A client with no examples, or whose plan trains nothing, sits the round out."""
+        return not self.clients[task.client_id] or not task.plan.trainable
 
     def idle_row(self, task: ClientTask) -> LedgerRow:
-        """The ledger row of a client that sat the round out."""
-        return LedgerRow(round=task.round_idx, client=task.client_id, examples=len(self.clients[task.client_id]))
+        """The ledger row of a client that sat the round out, saying why (``status``)."""
+        examples = len(self.clients[task.client_id])
+        status = NO_DATA if not examples else IDLE
+        return LedgerRow(round=task.round_idx, client=task.client_id, examples=examples, status=status)
 
     def receive(self, task: ClientTask, update: ClientUpdate) -> tuple[dict[str, torch.Tensor], LedgerRow]:
         """A client's update as the server takes it: the decoded upload and the row with the download counted."""
@@ -325,6 +382,8 @@ class Simulator:
                 method_state=self.method.state_dict(),
                 records=self.records,
                 params=self.global_params,
+                best_round=self.best_round,
+                best_params=self.best_params,
             ),
         )
 
@@ -337,6 +396,7 @@ class Simulator:
         self._write_global(checkpoint.params)
         self.method.load_state_dict(checkpoint.method_state)
         self.records = checkpoint.records
+        self.best_round, self.best_params = checkpoint.best_round, checkpoint.best_params
         self.ledger.truncate_after(checkpoint.completed_round)
         log.info("resuming after round %d from %s", checkpoint.completed_round, self.checkpoint_dir)
         return checkpoint.completed_round + 1

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 from fedbt.report import costs, figures
 from fedbt.report.runs import RunResult, load_run
 from fedbt.report.spec import FIGURE_KINDS, SCHEDULE_FIGURE, Spec
-from fedbt.report.tables import build_rows, to_latex, to_markdown
+from fedbt.report.tables import build_table, identical_plans, to_json, to_latex, to_markdown
 
 log = logging.getLogger(__name__)
 BERT_BASE_LAYERS = 12
@@ -30,7 +31,7 @@ def load_results(spec: Spec) -> dict[str, RunResult]:
 
 
 def build_report(spec: Spec, out: str | Path) -> list[Path]:
-    """Write ``out/tables/<table>.md|.tex`` and ``out/figures/<table>_<kind>.png|.pdf`` for every table, and
+    """Write ``out/tables/<table>.md|.tex|.json`` and ``out/figures/<table>_<kind>.png|.pdf`` for every table, and
     ``out/figures/layer_schedule.png|.pdf``; returns the written paths."""
     out = Path(out)
     (out / "tables").mkdir(parents=True, exist_ok=True)
@@ -39,15 +40,16 @@ def build_report(spec: Spec, out: str | Path) -> list[Path]:
     schedules = {}
     for table in spec.tables:
         ratios = {row.variant: costs.upload_pct(row.bert_base, table.scenario, table.base_arch) for row in table.rows}
-        rows = build_rows(table, results, ratios)
-        metrics = {
-            c.data: next((results[p].metric for r in table.rows for p in r.runs.get(c.data, []) if p in results), "")
-            for c in table.columns
-        }
-        for suffix, render in ((".md", to_markdown), (".tex", to_latex)):
-            path = out / "tables" / f"{table.name}{suffix}"
-            path.write_text(render(table, rows, metrics))
+        data = build_table(table, results, ratios)
+        for path, text in (
+            (out / "tables" / f"{table.name}.md", to_markdown(data)),
+            (out / "tables" / f"{table.name}.tex", to_latex(data)),
+            (out / "tables" / f"{table.name}.json", json.dumps(to_json(data), indent=1) + "\n"),
+        ):
+            path.write_text(text)
             written.append(path)
+        for group in identical_plans(data.rows):
+            log.warning("%s: %s trained and sent the same tensors every round (equal plans)", table.name, group)
         makers = {"rounds": figures.rounds_figure, "pareto": figures.pareto_figure, "compute": figures.compute_figure}
         for kind in FIGURE_KINDS:
             written += makers[kind](table, results, out / "figures" / f"{table.name}_{kind}")

@@ -73,7 +73,7 @@ def pareto_figure(table: Table, results: Mapping[str, RunResult], stem: Path) ->
         points, metric = [], "score"
         for row in table.rows:
             runs = _runs(row, column.data, results)
-            scores = [s for r in runs for s in r.scores]
+            scores = [s for r in runs for s in r.primary_scores]
             if not scores or not any(r.upload_bytes_total for r in runs):
                 continue
             metric = runs[0].metric
@@ -96,18 +96,25 @@ def pareto_figure(table: Table, results: Mapping[str, RunResult], stem: Path) ->
 
 
 def compute_figure(table: Table, results: Mapping[str, RunResult], stem: Path) -> list[Path]:
-    """Measured client seconds per client and round, per row (mean over all the row's runs)."""
-    labels, values = [], []
+    """Client compute per client and trained round, per row (mean over all the row's runs): measured FLOPs
+    (deterministic) beside compute seconds (process CPU time on CPU, synchronised device time on CUDA)."""
+    labels, flops, seconds = [], [], []
     for row in table.rows:
         runs = [r for c in table.columns for r in _runs(row, c.data, results)]
         if runs:
             labels.append(row.variant)
-            values.append(statistics.fmean(r.client_seconds for r in runs))
-    fig, ax = plt.subplots(figsize=(6.0, 0.45 * max(len(labels), 2) + 1.2))
-    ax.barh(labels, values, color="tab:blue")
-    ax.invert_yaxis()
-    ax.set(xlabel="client seconds per client-round", title=textwrap.fill(table.title, width=60))
-    ax.grid(axis="x", alpha=0.3)
+            flops.append(statistics.fmean(r.costs.measured_flops for r in runs) / 1e9)
+            seconds.append(statistics.fmean(r.costs.seconds for r in runs))
+    fig, axes = plt.subplots(1, 2, figsize=(9.0, 0.45 * max(len(labels), 2) + 1.4), sharey=True)
+    for ax, values, xlabel in (
+        (axes[0], flops, "measured GFLOPs per client-round"),
+        (axes[1], seconds, "compute seconds per client-round"),
+    ):
+        ax.barh(labels, values, color="tab:blue")
+        ax.set(xlabel=xlabel)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].invert_yaxis()
+    fig.suptitle(textwrap.fill(table.title, width=90), fontsize=9)
     return save(fig, stem)
 
 

@@ -11,37 +11,72 @@ MB = 10**6
 
 
 @dataclass(frozen=True)
+class RunCosts:
+    """Client costs of a run per *trained* client-round (a client that sat a round out is not counted)."""
+
+    measured_flops: float
+    analytic_flops: float
+    seconds: float
+    """Compute seconds: process CPU time of the job on CPU, synchronised device time on CUDA."""
+    wall_seconds: float
+    upload_mb: float
+
+
+@dataclass(frozen=True)
 class RunResult:
     """One run's summary.
 
-    ``scores`` are test scores of the primary metric: one per evaluation seed after further pre-training,
-    or the test score at the best dev round of federated fine-tuning. ``curve`` is the per-round held-out
-    MLM loss (pre-training) or dev primary score (fine-tuning). Costs are per client and round.
+    ``scores[metric][sample]`` are test scores: one sample per evaluation seed after further pre-training
+    (``"<seed>/<evaluation seed>"``), or the test score at the selected (best dev) round of federated
+    fine-tuning (``"<seed>"``). Samples of two runs with the same key were made with the same seeds, so they pair
+    up. ``curve`` is the per-round held-out MLM (MIM) loss of pre-training or dev primary score of fine-tuning.
     """
 
     path: str
+    scenario: str
     method: str
     data: str
     seed: int
+    device: str
     metric: str
-    scores: list[float]
+    """The primary test metric ("" when the run has no task score)."""
+    scores: dict[str, dict[str, float]]
     curve_name: str
     curve: dict[int, float]
-    client_seconds: float
-    upload_mb: float
+    costs: RunCosts
     upload_bytes_total: float
+    plan_sha256: str | None
+
+    @property
+    def primary_scores(self) -> list[float]:
+        """The primary metric's test scores, one per sample."""
+        return list(self.scores.get(self.metric, {}).values())
 
 
-def _scores(metrics: dict[str, Any]) -> tuple[str, list[float]]:
+def _scores(metrics: dict[str, Any]) -> tuple[str, dict[str, dict[str, float]]]:
+    seed = int(metrics["seed"])
     selection = metrics.get("selection")
     if selection:
-        primary = selection["primary"]
-        return primary, [float(selection["test"][primary])]
+        return selection["primary"], {name: {str(seed): float(v)} for name, v in selection["test"].items()}
     evaluation = metrics.get("evaluation")
     if evaluation:
-        primary = evaluation["primary"]
-        return primary, [float(seed["test"][primary]) for seed in evaluation["seeds"]]
-    return "", []
+        scores: dict[str, dict[str, float]] = {name: {} for name in evaluation["metrics"]}
+        for sample in evaluation["seeds"]:
+            for name in evaluation["metrics"]:
+                scores[name][f"{seed}/{sample['seed']}"] = float(sample["test"][name])
+        return evaluation["primary"], scores
+    return "", {}
+
+
+def _costs(costs: dict[str, Any]) -> RunCosts:
+    trained = max(1, int(costs.get("client_rounds", 1)))
+    return RunCosts(
+        measured_flops=float(costs["total_measured_flops"]) / trained,
+        analytic_flops=float(costs["total_analytic_flops"]) / trained,
+        seconds=float(costs["total_client_seconds"]) / trained,
+        wall_seconds=float(costs.get("total_client_wall_seconds", costs["total_client_seconds"])) / trained,
+        upload_mb=float(costs["total_upload_bytes"]) / trained / MB,
+    )
 
 
 def load_run(path: str | Path) -> RunResult:
@@ -56,18 +91,18 @@ def load_run(path: str | Path) -> RunResult:
     else:  # heldout_mlm_loss (text) or heldout_mim_loss (images)
         curve_name = next((k for k in metrics["rounds"][0] if k.startswith("heldout_")), "heldout_mlm_loss")
     curve = {int(r["round"]): float(r[curve_name]) for r in metrics["rounds"] if curve_name in r}
-    costs = metrics["costs"]
-    client_rounds = max(1, int(costs.get("client_rounds", 1)))
     return RunResult(
         path=str(path),
+        scenario=metrics["scenario"],
         method=metrics["method"],
         data=metrics["data"],
         seed=int(metrics["seed"]),
+        device=str(metrics.get("device", "cpu")),
         metric=metric,
         scores=scores,
         curve_name=curve_name,
         curve=curve,
-        client_seconds=float(costs["total_client_seconds"]) / client_rounds,
-        upload_mb=float(costs["total_upload_bytes"]) / client_rounds / MB,
-        upload_bytes_total=float(costs["total_upload_bytes"]),
+        costs=_costs(metrics["costs"]),
+        upload_bytes_total=float(metrics["costs"]["total_upload_bytes"]),
+        plan_sha256=metrics.get("plan_sha256"),
     )

@@ -8,8 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-PAPER_ROUNDS = {"pretrain": 5, "finetune": 10}
-PAPER_HEAD = {"pretrain": "mlm", "finetune": "token_classification"}
 FIGURE_KINDS = ("rounds", "pareto", "compute")
 SCHEDULE_FIGURE = "layer_schedule"
 
@@ -77,7 +75,7 @@ def from_dict(raw: dict[str, Any]) -> Spec:
 
 def output_files(table_names: list[str], out: str = "results") -> dict[str, list[str]]:
     """The files ``fedbt report`` writes for these tables, by kind (``tables``, ``figures``)."""
-    tables = [f"{out}/tables/{name}.{ext}" for name in table_names for ext in ("md", "tex")]
+    tables = [f"{out}/tables/{name}.{ext}" for name in table_names for ext in ("md", "tex", "json")]
     figures = [
         f"{out}/figures/{name}_{kind}.{ext}" for name in table_names for kind in FIGURE_KINDS for ext in ("png", "pdf")
     ]

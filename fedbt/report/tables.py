@@ -1,26 +1,53 @@
 """Paper-style tables: one row per method variant with compute, communication and task scores, rendered as
-Markdown and LaTeX."""
+Markdown, LaTeX and JSON (the machine-readable interface for scripts, ``<table>.json``)."""
 
 from __future__ import annotations
 
+import hashlib
 import statistics
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
-from fedbt.report.paper import SOURCE, paper_row
+from fedbt import paper
 from fedbt.report.runs import RunResult
-from fedbt.report.spec import PAPER_ROUNDS, Table
+from fedbt.report.spec import Row, Table
+from fedbt.report.stats import PAIRED, WELCH, compare
 
 DASH = "–"
 
 
+def higher_is_better(metric: str) -> bool:
+    """Scores are better higher (accuracy, F1), losses lower (``heldout_mlm_loss``)."""
+    return not metric.endswith("loss")
+
+
 @dataclass(frozen=True)
 class Cell:
-    """Mean and sample standard deviation of a score over ``n`` seeds (``n == 0``: no runs)."""
+    """A score over ``n`` samples (seeds): mean, sample standard deviation, the p-value of the difference from
+    the reference row and the test that gave it (None: the reference itself, or fewer than 2 samples)."""
 
     mean: float | None
     std: float | None
     n: int
+    p_vs_reference: float | None = None
+    test: str | None = None
+    higher_is_better: bool = True
+
+
+@dataclass(frozen=True)
+class Costs:
+    """A row's client costs per trained client-round (mean over its runs) and in percent of the reference."""
+
+    flops_per_client_round: float | None
+    flops_pct: float | None
+    analytic_flops_per_client_round: float | None
+    analytic_flops_pct: float | None
+    seconds_per_client_round: float | None
+    seconds_pct: float | None
+    wall_seconds_per_client_round: float | None
+    upload_mb_per_client_round: float | None
+    upload_pct: float | None
 
 
 @dataclass(frozen=True)
@@ -28,139 +55,270 @@ class TableRow:
     """The numbers of one row, ready to print."""
 
     variant: str
-    client_seconds: float | None
-    compute_pct: float | None
-    upload_mb: float | None
-    comm_pct: float | None
-    bert_base_pct: float | None
+    method: str
+    costs: Costs
+    bert_base_upload_pct: float | None
     paper_compute_pct: float | None
     paper_comm_pct: float | None
-    scores: dict[str, Cell]
+    scores: dict[str, dict[str, Cell]]
+    """data set -> metric -> cell."""
     paper_scores: dict[str, float | None]
+    plan_sha256: str | None
+    """Digest of the plans of all the row's runs (by data set and seed): equal digests, equal training."""
 
 
 def _mean(values: list[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def _cell(scores: list[float]) -> Cell:
-    if not scores:
-        return Cell(None, None, 0)
-    return Cell(statistics.fmean(scores), statistics.stdev(scores) if len(scores) > 1 else 0.0, len(scores))
-
-
 def _pct(value: float | None, reference: float | None) -> float | None:
     return None if value is None or not reference else 100.0 * value / reference
 
 
-def build_rows(
-    table: Table, results: Mapping[str, RunResult], bert_base_pct: Mapping[str, float | None]
-) -> list[TableRow]:
+def _runs(row: Row, results: Mapping[str, RunResult], data: str | None = None) -> list[RunResult]:
+    paths = row.runs.get(data, []) if data is not None else [p for paths in row.runs.values() for p in paths]
+    return [results[p] for p in paths if p in results]
+
+
+def _samples(row: Row, data: str, metric: str, results: Mapping[str, RunResult]) -> dict[str, float]:
+    return {key: value for run in _runs(row, results, data) for key, value in run.scores.get(metric, {}).items()}
+
+
+def _cost_means(runs: list[RunResult]) -> dict[str, float | None]:
+    fields = ("measured_flops", "analytic_flops", "seconds", "wall_seconds", "upload_mb")
+    return {name: _mean([getattr(r.costs, name) for r in runs]) for name in fields}
+
+
+def _costs(row: Row, reference: Row | None, results: Mapping[str, RunResult]) -> Costs:
+    ours = _cost_means(_runs(row, results))
+    ref = _cost_means(_runs(reference, results)) if reference else dict.fromkeys(ours)
+    return Costs(
+        flops_per_client_round=ours["measured_flops"],
+        flops_pct=_pct(ours["measured_flops"], ref["measured_flops"]),
+        analytic_flops_per_client_round=ours["analytic_flops"],
+        analytic_flops_pct=_pct(ours["analytic_flops"], ref["analytic_flops"]),
+        seconds_per_client_round=ours["seconds"],
+        seconds_pct=_pct(ours["seconds"], ref["seconds"]),
+        wall_seconds_per_client_round=ours["wall_seconds"],
+        upload_mb_per_client_round=ours["upload_mb"],
+        upload_pct=_pct(ours["upload_mb"], ref["upload_mb"]),
+    )
+
+
+def _cell(samples: dict[str, float], reference: dict[str, float] | None, metric: str) -> Cell:
+    if not samples:
+        return Cell(None, None, 0, higher_is_better=higher_is_better(metric))
+    values = list(samples.values())
+    comparison = compare(samples, reference) if reference is not None else None
+    return Cell(
+        statistics.fmean(values),
+        statistics.stdev(values) if len(values) > 1 else 0.0,
+        len(values),
+        comparison.p_value if comparison else None,
+        comparison.test if comparison else None,
+        higher_is_better(metric),
+    )
+
+
+def _metrics(table: Table, data: str, results: Mapping[str, RunResult]) -> list[str]:
+    """The metrics of a column, primary first (from the first finished run)."""
+    run = next((run for row in table.rows for run in _runs(row, results, data)), None)
+    if run is None or not run.metric:
+        return []
+    return [run.metric, *(m for m in run.scores if m != run.metric)]
+
+
+def _plan(row: Row, results: Mapping[str, RunResult]) -> str | None:
+    """One digest of the plans of all the row's runs, by data set and seed (None if a run lacks one)."""
+    runs = _runs(row, results)
+    if not runs or any(run.plan_sha256 is None for run in runs):
+        return None
+    keyed = sorted(f"{run.data}/{run.seed}/{run.plan_sha256}" for run in runs)
+    return hashlib.sha256("\n".join(keyed).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class TableData:
+    """A table with its rows, the primary metric of each column and the device its runs trained on."""
+
+    table: Table
+    rows: list[TableRow]
+    metrics: dict[str, str]
+    """data set -> primary metric."""
+    device: str
+    """``cpu``, ``cuda``, or both joined by ``+`` (what the seconds column measured)."""
+
+
+def build_table(table: Table, results: Mapping[str, RunResult], bert_base_pct: Mapping[str, float | None]) -> TableData:
     """The rows of ``table`` from the run results (keyed by metrics path) and the exact bert-base upload
     percentages (keyed by variant)."""
-    costs = {}
-    for row in table.rows:
-        runs = [results[p] for paths in row.runs.values() for p in paths if p in results]
-        costs[row.variant] = (_mean([r.client_seconds for r in runs]), _mean([r.upload_mb for r in runs]))
-    reference = costs.get(table.reference, (None, None))
+    reference = next((row for row in table.rows if row.variant == table.reference), None)
+    metrics = {c.data: _metrics(table, c.data, results) for c in table.columns}
     rows = []
     for row in table.rows:
-        seconds, upload = costs[row.variant]
-        paper = paper_row(table.paper, row.paper_row)
-        scores = {
-            c.data: _cell([s for p in row.runs.get(c.data, []) if p in results for s in results[p].scores])
-            for c in table.columns
-        }
+        paper_row = paper.paper_row(table.paper, row.paper_row)
+        scores = {}
+        for column in table.columns:
+            scores[column.data] = {}
+            for metric in metrics[column.data]:
+                ref = None
+                if reference is not None and row is not reference:
+                    ref = _samples(reference, column.data, metric, results)
+                scores[column.data][metric] = _cell(_samples(row, column.data, metric, results), ref, metric)
         rows.append(
             TableRow(
                 variant=row.variant,
-                client_seconds=seconds,
-                compute_pct=_pct(seconds, reference[0]),
-                upload_mb=upload,
-                comm_pct=_pct(upload, reference[1]),
-                bert_base_pct=bert_base_pct.get(row.variant),
-                paper_compute_pct=paper.compute_pct if paper else None,
-                paper_comm_pct=paper.comm_pct if paper else None,
+                method=row.method,
+                costs=_costs(row, reference, results),
+                bert_base_upload_pct=bert_base_pct.get(row.variant),
+                paper_compute_pct=paper_row.compute_pct if paper_row else None,
+                paper_comm_pct=paper_row.comm_pct if paper_row else None,
                 scores=scores,
-                paper_scores={c.data: paper.scores.get(c.label) if paper else None for c in table.columns},
+                paper_scores={c.data: paper_row.scores.get(c.label) if paper_row else None for c in table.columns},
+                plan_sha256=_plan(row, results),
             )
         )
-    return rows
+    devices = sorted({run.device.split(":")[0] for row in table.rows for run in _runs(row, results)})
+    primary = {data: names[0] for data, names in metrics.items() if names}
+    return TableData(table, rows, primary, "+".join(devices) or "cpu")
+
+
+def identical_plans(rows: list[TableRow]) -> list[list[str]]:
+    """Groups of rows whose runs trained and sent exactly the same tensors in every round (equal plan digests):
+    at this setting they are one method, whatever their names."""
+    groups: dict[str, list[str]] = {}
+    for row in rows:
+        if row.plan_sha256:
+            groups.setdefault(row.plan_sha256, []).append(row.variant)
+    return [variants for variants in groups.values() if len(variants) > 1]
+
+
+# --------------------------------------------------------------------------------------- rendering
 
 
 def _num(value: float | None, digits: int) -> str:
     return DASH if value is None else f"{value:.{digits}f}"
 
 
+def _flops(value: float | None) -> str:
+    """FLOPs with an SI prefix: ``6.12 G``, ``1.23 T``."""
+    if value is None:
+        return DASH
+    for prefix, size in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6)):
+        if abs(value) >= size:
+            return f"{value / size:.3g} {prefix}"
+    return f"{value:.3g}"
+
+
+def _p(value: float | None) -> str:
+    if value is None:
+        return DASH
+    return "<0.0001" if value < 1e-4 else f"{value:.4f}"
+
+
 def _score(cell: Cell, pm: str) -> str:
     return DASH if cell.mean is None else f"{cell.mean:.4f} {pm} {cell.std:.4f}"
 
 
-def _header(table: Table) -> list[str]:
+def _primary(row: TableRow, data: str) -> Cell:
+    return next(iter(row.scores[data].values()), Cell(None, None, 0))
+
+
+def _header(data: TableData) -> list[str]:
+    table = data.table
     base = table.base_arch.removesuffix("-uncased")
-    head = ["method", "client s", "% ref", "upload MB", "% ref", f"{base} upload %", "paper compute %"]
-    head.append("paper comm %")
+    head = ["method", "FLOPs", "FLOP %", "analytic FLOP %", "CPU s" if data.device == "cpu" else "s", "s %"]
+    head += ["upload MB", "upload %", f"{base} upload %", "paper compute %", "paper comm %"]
     for column in table.columns:
         name = column.label if column.label == column.data else f"{column.label} ({column.data})"
-        head += [name, "paper"]
+        head += [name, f"p vs {table.reference}", "paper"]
     return head
 
 
 def _cells(table: Table, row: TableRow, pm: str) -> list[str]:
+    costs = row.costs
     cells = [
         row.variant,
-        _num(row.client_seconds, 2),
-        _num(row.compute_pct, 1),
-        _num(row.upload_mb, 2),
-        _num(row.comm_pct, 1),
-        _num(row.bert_base_pct, 2),
+        _flops(costs.flops_per_client_round),
+        _num(costs.flops_pct, 1),
+        _num(costs.analytic_flops_pct, 1),
+        _num(costs.seconds_per_client_round, 3),
+        _num(costs.seconds_pct, 1),
+        _num(costs.upload_mb_per_client_round, 2),
+        _num(costs.upload_pct, 1),
+        _num(row.bert_base_upload_pct, 2),
         _num(row.paper_compute_pct, 2),
         _num(row.paper_comm_pct, 2),
     ]
     for column in table.columns:
-        cells += [_score(row.scores[column.data], pm), _num(row.paper_scores[column.data], 4)]
+        cell = _primary(row, column.data)
+        cells += [_score(cell, pm), _p(cell.p_vs_reference), _num(row.paper_scores[column.data], 4)]
     return cells
 
 
-def notes(table: Table, rows: list[TableRow], metrics: Mapping[str, str]) -> str:
+def notes(data: TableData) -> str:
     """The caption text under a table: what every column means."""
-    seeds = sorted({cell.n for row in rows for cell in row.scores.values() if cell.n})
+    table, rows, metrics = data.table, data.rows, data.metrics
+    seeds = sorted({cell.n for row in rows for cells in row.scores.values() for cell in cells.values() if cell.n})
+    tests = sorted({c.test for row in rows for cells in row.scores.values() for c in cells.values() if c.test})
     scored = ", ".join(f"{c.label}: {metrics.get(c.data, 'score')}" for c in table.columns)
-    return (
-        f"client s: measured seconds of local training per client per round; upload MB: 10^6 bytes uploaded per "
-        f"client per round; % ref: percent of `{table.reference}` in this table (mean over the row's runs). "
-        f"{table.base_arch.removesuffix('-uncased')} upload %: exact upload of the method on {table.base_arch} over "
-        f"the paper's "
-        f"{PAPER_ROUNDS[table.scenario]} rounds relative to full-model FedAvg (`fedbt costs`). Scores: test "
-        f"{scored}; mean ± sample std over the seeds (n = {', '.join(map(str, seeds)) or 0}). paper: {SOURCE}"
+    ref, base = table.reference, table.base_arch.removesuffix("-uncased")
+    samples = (
+        "federation seeds x evaluation seeds"
+        if table.scenario == "pretrain"
+        else "federation seeds, each scored at its best dev round"
+    )
+    seconds = {
+        "cpu": "process CPU seconds of the single-threaded training job (other processes on the machine do not "
+        "bend them)",
+        "cuda": "device seconds (wall time between CUDA synchronisations)",
+    }.get(data.device, "process CPU seconds on CPU, device seconds (between CUDA synchronisations) on CUDA")
+    text = (
+        f"Costs per client and trained round, mean over the row's runs; % columns are percent of `{ref}` in this "
+        f"table. FLOPs: training FLOPs measured by torch's FlopCounterMode (deterministic: equal plans give equal "
+        f"FLOPs); analytic FLOP %: the same ratio from the analytic model (fedbt/costs.py). s: {seconds}. upload "
+        f"MB: 10^6 bytes uploaded. {base} upload %: exact upload of the method on {table.base_arch} over the "
+        f"paper's {paper.ROUNDS[table.scenario]} rounds relative to full-model FedAvg (`fedbt costs`). paper "
+        f"compute %: wall-clock seconds on the authors' GPUs; compare it with s % of a GPU run, and with FLOP % as "
+        f"the hardware-independent share of the work (on CPU at this scale seconds also carry fixed per-step "
+        f"overheads). Scores: test {scored}; mean ± sample std over n = {', '.join(map(str, seeds)) or 0} samples "
+        f"({samples}). p vs {ref}: two-sided t-test (scipy) of the row's samples against `{ref}`'s, a {PAIRED}-test "
+        f"over the seeds when the runs pair up (same seeds), else {WELCH}-test (here: {', '.join(tests) or 'none'}"
+        f"); – for n < 2. paper: {paper.SOURCE}"
         + (f", {table.paper.replace('table', 'Table ')}." if table.paper else "; no paper table.")
     )
+    for group in identical_plans(rows):
+        text += (
+            f" Warning: {', '.join(group)} trained and sent exactly the same tensors in every round (equal plan "
+            f"digests); at this setting they are the same method."
+        )
+    return text
 
 
-def to_markdown(table: Table, rows: list[TableRow], metrics: Mapping[str, str]) -> str:
+def to_markdown(data: TableData) -> str:
     """The table as GitHub Markdown with a title and the column notes."""
-    head = _header(table)
+    head = _header(data)
     rule = "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"
-    lines = [f"### {table.title}", "", "| " + " | ".join(head) + " |", rule]
-    lines += ["| " + " | ".join(_cells(table, row, "±")) + " |" for row in rows]
-    return "\n".join([*lines, "", notes(table, rows, metrics), ""])
+    lines = [f"### {data.table.title}", "", "| " + " | ".join(head) + " |", rule]
+    lines += ["| " + " | ".join(_cells(data.table, row, "±")) + " |" for row in data.rows]
+    return "\n".join([*lines, "", notes(data), ""])
 
 
 def _latex_escape(text: str) -> str:
     for char, escaped in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#")):
         text = text.replace(char, escaped)
-    return text.replace("–", "--").replace("±", r"$\pm$")
+    return text.replace("–", "--").replace("±", r"$\pm$").replace("<", r"$<$")
 
 
-def to_latex(table: Table, rows: list[TableRow], metrics: Mapping[str, str]) -> str:
+def to_latex(data: TableData) -> str:
     """The table as a LaTeX ``table`` with booktabs rules and the notes as caption."""
-    head = _header(table)
-    body = [" & ".join(_latex_escape(c) for c in _cells(table, row, "±")) + r" \\" for row in rows]
+    table, head = data.table, _header(data)
+    body = [" & ".join(_latex_escape(c) for c in _cells(table, row, "±")) + r" \\" for row in data.rows]
     return "\n".join(
         [
             r"\begin{table}[t]",
             r"\centering\small",
-            r"\caption{" + _latex_escape(table.title) + ". " + _latex_escape(notes(table, rows, metrics)) + "}",
+            r"\caption{" + _latex_escape(table.title) + ". " + _latex_escape(notes(data)) + "}",
             r"\label{tab:" + table.name + "}",
             r"\begin{tabular}{l" + "r" * (len(head) - 1) + "}",
             r"\toprule",
@@ -173,3 +331,35 @@ def to_latex(table: Table, rows: list[TableRow], metrics: Mapping[str, str]) -> 
             "",
         ]
     )
+
+
+def to_json(data: TableData) -> dict[str, Any]:
+    """The table for scripts: ``{"study", "reference", "rows": [{"variant", "method", "flops_per_client_round",
+    "flops_pct", "analytic_flops_pct", "seconds_pct", "upload_pct", "bert_base_upload_pct", "scores": {data:
+    {metric: {"mean", "std", "n", "p_vs_reference", "test", "higher_is_better"}}}, ...}], ...}``."""
+    table, rows, metrics = data.table, data.rows, data.metrics
+    return {
+        "study": table.name,
+        "title": table.title,
+        "scenario": table.scenario,
+        "reference": table.reference,
+        "paper_table": table.paper,
+        "device": data.device,
+        "columns": [
+            {"data": c.data, "task": c.label, "primary_metric": metrics.get(c.data, "")} for c in table.columns
+        ],
+        "rows": [
+            {
+                "variant": row.variant,
+                "method": row.method,
+                **asdict(row.costs),
+                "bert_base_upload_pct": row.bert_base_upload_pct,
+                "paper": {"compute_pct": row.paper_compute_pct, "comm_pct": row.paper_comm_pct, **row.paper_scores},
+                "scores": {data: {m: asdict(cell) for m, cell in cells.items()} for data, cells in row.scores.items()},
+                "plan_sha256": row.plan_sha256,
+            }
+            for row in rows
+        ],
+        "identical_plans": identical_plans(rows),
+        "notes": notes(data),
+    }

@@ -1,8 +1,9 @@
 """The one training loop: local training on a client and centralised fine-tuning both run through it.
 
-It also owns the measurements of a training pass: wall seconds, FLOPs counted by torch's
-``FlopCounterMode`` over the first ``flop_count_steps`` real steps (extrapolated per sequence), and peak
-memory (CUDA: ``max_memory_allocated``; CPU: the process's peak RSS, reset before the pass on Linux).
+It also owns the measurements of a training pass: compute seconds (see :class:`ComputeClock`; wall seconds
+beside them), FLOPs counted by torch's ``FlopCounterMode`` over the first ``flop_count_steps`` real steps
+(extrapolated per sequence), and peak memory (CUDA: ``max_memory_allocated``; CPU: the process's peak RSS, reset
+before the pass on Linux).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class TrainResult:
     predicted_tokens: int
     mean_loss: float
     seconds: float
+    """Compute seconds of the pass (:class:`ComputeClock`)."""
+    wall_seconds: float
     measured_flops: int
     peak_memory_bytes: int
 
@@ -68,12 +71,12 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
 
 
 def adamw(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters, no weight decay on biases and LayerNorm weights (BERT rule)."""
+    """AdamW over the trainable parameters, no weight decay on 1-D tensors (biases and LayerNorm/norm weights,
+    whatever the model calls them: BERT's rule, decided by shape)."""
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name else decay).append(param)
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 else decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
 
@@ -125,7 +128,7 @@ def train(
     peak = PeakMemory(device)
     total_loss, counted_flops, counted_examples = 0.0, 0, 0
     examples_seen = tokens = predicted = 0
-    start = time.perf_counter()
+    clock = ComputeClock(device)
     for step, batch_examples in enumerate(batches(examples, batch_size, steps, generator)):
         batch = {k: v.to(device, non_blocking=True) for k, v in objective.collate(batch_examples, generator).items()}
         counter = FlopCounterMode(display=False, custom_mapping=ATTENTION_FLOPS) if step < flop_count_steps else None
@@ -144,9 +147,7 @@ def train(
         examples_seen += len(batch_examples)
         tokens += objective.input_tokens(batch)
         predicted += objective.predicted_tokens(batch)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
+    seconds, wall_seconds = clock.stop()
     # Sequences are padded to one length, so FLOPs scale with the number of sequences (a short last batch too).
     measured = round(counted_flops * examples_seen / counted_examples) if counted_examples else 0
     return TrainResult(
@@ -156,9 +157,34 @@ def train(
         predicted_tokens=predicted,
         mean_loss=total_loss / steps,
         seconds=seconds,
+        wall_seconds=wall_seconds,
         measured_flops=measured,
         peak_memory_bytes=peak.read(),
     )
+
+
+class ComputeClock:
+    """Seconds of computation that other processes on the machine do not bend.
+
+    CPU: the process's CPU time (user + system, all its threads; with one thread per job, as the pipeline
+    runs them, the time the job itself computed, however busy the other cores are). CUDA: wall time between
+    device synchronisations (the device's time, launch overhead included). :attr:`wall` is plain wall time.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._sync()
+        self._cpu, self._wall = time.process_time(), time.perf_counter()
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def stop(self) -> tuple[float, float]:
+        """``(compute seconds, wall seconds)`` since construction."""
+        self._sync()
+        wall = time.perf_counter() - self._wall
+        return (wall if self.device.type == "cuda" else time.process_time() - self._cpu), wall
 
 
 class PeakMemory:

@@ -78,6 +78,23 @@ def student_flag(name: str) -> str:
     return f"{RESULTS}/runs/_students/{name}/distill_costs.json"
 
 
+def student_flags(name: str) -> str:
+    """`fedbt distill` flags of student `name`; `start:` makes a starting model its teacher."""
+    spec = dict(config["students"][name])
+    start = spec.pop("start", None)
+    if start is not None:
+        if start not in config.get("starting_models", {}):
+            _fail(f"students.{name}.start", f"unknown starting model {start!r}; defined: {', '.join(config.get('starting_models', {}))}")
+        spec["teacher"] = str(Path(start_metrics(start)).parent / "model")
+    return " ".join(f"--{k} {shlex.quote(str(v))}" for k, v in spec.items())
+
+
+def student_inputs(name: str) -> list[str]:
+    """The starting model a student's teacher is, if any."""
+    start = config["students"][name].get("start")
+    return [start_metrics(start)] if start else []
+
+
 def start_metrics(name: str) -> str:
     """The metrics.json of starting model `name` (its model is in model/ next to it)."""
     return f"{RESULTS}/runs/_start/{name}/metrics.json"

@@ -11,12 +11,12 @@ onstart:
 
 rule distill_student:
     """Build a distilled student once; every `distill` job of every study uses it."""
+    input:
+        lambda wc: student_inputs(wc.student),
     output:
         student_flag("{student}"),
     params:
-        flags=lambda wc: " ".join(
-            f"--{k} {shlex.quote(str(v))}" for k, v in config["students"][wc.student].items()
-        ),
+        flags=lambda wc: student_flags(wc.student),
         out=lambda wc, output: str(Path(output[0]).parent),
     threads: config.get("threads", 1)
     resources:

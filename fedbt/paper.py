@@ -1,10 +1,11 @@
-"""The numbers the FedBT paper reports, for the "paper" columns of the regenerated tables.
+"""The FedBT paper's setup and reported numbers, in one place: what the cost tables (``fedbt costs
+--compare-paper``) and the report's "paper" columns compare with.
 
 Source: Wang et al., "FedBT", Journal of Software 2025, 36(9), Tables 1, 3, 4 and 7 (all runs on
 bert-base-uncased with 6 clients), transcribed in ``docs/paper-results.md`` of the project's shared notes.
-Compute = percent of full-model FedAvg (BERT-FL) seconds of local training; comm = percent of BERT-FL upload
-per round; scores are test scores (F1 for NER, accuracy for classification), keyed by our task names.
-Rows the paper does not have (or whose cells were cut off) are absent.
+Compute = percent of full-model FedAvg (BERT-FL) seconds of local training on the authors' GPUs; comm = percent
+of BERT-FL upload per round; scores are test scores (F1 for NER, accuracy for classification), keyed by our
+task names. Rows the paper does not have (or whose cells were cut off) are absent.
 """
 
 from __future__ import annotations
@@ -12,6 +13,53 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 SOURCE = "Wang et al., FedBT, Journal of Software 36(9), 2025 (bert-base-uncased, 6 clients)"
+
+BASE_ARCH = "bert-base-uncased"
+"""The paper's global model."""
+ROUNDS = {"pretrain": 5, "finetune": 10}
+"""Federated rounds ``I`` of each scenario."""
+HEAD = {"pretrain": "mlm", "finetune": "token_classification"}
+"""The output head of each scenario's cost figures. The fine-tuning communication sizes match a
+token-classification model (no pooler): the paper's NER tasks."""
+CLIENTS = 6
+TINYBERT_6 = "huawei-noah/TinyBERT_General_6L_768D"
+TINYBERT_4 = "huawei-noah/TinyBERT_General_4L_312D"
+
+
+@dataclass(frozen=True)
+class CommRow:
+    """One reported communication figure: upload per round, percent of BERT-FL and the paper's size.
+
+    ``method`` runs on ``arch`` (None: an architecture this suite cannot build, e.g. DistilBERT). Sizes
+    are MiB in the pre-training tables and decimal MB in the fine-tuning tables.
+    """
+
+    method: str
+    percent: float
+    size: float
+    arch: str | None = BASE_ARCH
+
+
+COMM: dict[tuple[str, str], CommRow] = {
+    ("pretrain", "fedavg"): CommRow("fedavg", 100.0, 417.83),
+    ("pretrain", "distilbert"): CommRow("fedavg", 64.14, 267.98, arch=None),
+    ("pretrain", "tinybert-6"): CommRow("fedavg", 61.17, 255.57, arch=TINYBERT_6),
+    ("pretrain", "tinybert-4"): CommRow("fedavg", 13.13, 54.88, arch=TINYBERT_4),
+    ("pretrain", "fedbt"): CommRow("fedbt", 7.04, 29.42),
+    ("pretrain", "fedbt-all"): CommRow("fedbt-all", 61.17, 255.57),
+    ("pretrain", "fedbt-no-pl"): CommRow("fedbt-no-pl", 7.04, 29.42),
+    ("pretrain", "fedbt-no-m"): CommRow("fedbt-no-m", 7.04, 29.42),
+    ("pretrain", "fedbt-no-s"): CommRow("fedbt-no-s", 7.04, 29.42),
+    ("pretrain", "fedbt-no-sp"): CommRow("fedbt-no-sp", 7.04, 29.42),
+    ("finetune", "fedavg"): CommRow("fedavg", 100.0, 435.67),
+    ("finetune", "distilbert"): CommRow("fedavg", 60.95, 265.53, arch=None),
+    ("finetune", "tinybert-6"): CommRow("fedavg", 60.94, 265.50, arch=TINYBERT_6),
+    ("finetune", "tinybert-4"): CommRow("fedavg", 13.09, 57.05, arch=TINYBERT_4),
+    ("finetune", "fedbt-ft"): CommRow("fedbt-ft", 20.19, 87.95),
+    ("finetune", "fedbt-ft-map"): CommRow("fedbt-ft-map", 20.19, 87.95),
+    ("finetune", "fedbt-ft-no-add"): CommRow("fedbt-ft-no-add", 6.51, 28.37),
+}
+"""Keyed by (scenario, row label); the label is the method name, or the distilled model for FedAvg rows."""
 
 
 @dataclass(frozen=True)
