@@ -73,7 +73,12 @@ class SimulationSetup:
 
 @dataclass
 class ClientTask:
-    """What the server sends one client for one round: its plan and the global tensors it downloads."""
+    """What the server sends one client for one round: its plan and the global tensors it downloads.
+
+    Everything a client needs beyond its own data and the starting model travels in a task (and comes back in a
+    :class:`ClientUpdate`), so that a remote client (a Flower ClientApp, a new process each round) gets it too:
+    a field added here (e.g. client state kept by the server and checkpointed) travels without further code.
+    """
 
     round_idx: int
     client_id: int
