@@ -54,10 +54,11 @@ def dataset_record(dataset_id: str, data_dir: str | Path, context: str, examples
     return DatasetRecord(dataset_id, files_sha256(files), str(files[0].parent.resolve()), context, profile)
 
 
-def run_datasets(config: RunConfig, dataset_id: str, examples: int, partition: Partition) -> list[DatasetRecord]:
+def run_datasets(config: RunConfig, partition: Partition) -> list[DatasetRecord]:
     """Everything a run reads: its training data, its partition and the downstream task that scores it."""
+    dataset_id = f"corpus-{config.data.corpus}" if config.scenario == "pretrain" else f"task-{config.data.task}"
     records = [
-        dataset_record(dataset_id, config.data.data_dir, "training", examples),
+        dataset_record(dataset_id, config.data.data_dir, "training", sum(partition.sizes())),
         DatasetRecord(
             f"partition-{partition.path.stem}",
             partition.digest,
