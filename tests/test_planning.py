@@ -175,3 +175,47 @@ def test_report_captions_by_kind(default_plan):
         "Client depth L_k in further pre-training (CS corpus, citation intent)",
     )
     assert captions["results/figures/layer_schedule.png"] == ("layer_schedule.rst", "Method")
+
+
+def grid_config() -> dict:
+    config = study_config("test.yaml")
+    config["studies"]["finetune"]["lr_grid"] = [1.0e-4, 3.0e-4]
+    config["studies"]["finetune"]["seeds"] = [0, 1]
+    return config
+
+
+def test_an_lr_grid_runs_every_job_once_per_learning_rate():
+    plan = Plan(grid_config())
+    grid_jobs = [job for job in plan.jobs.values() if job.lr is not None]
+    assert len(grid_jobs) == 2 * 2 * 2  # variants x seeds x learning rates
+    job = plan.job("finetune", "rct", "fedbt-ft-lr0.0003", 1)
+    assert (job.variant, job.lr, job.seed) == ("fedbt-ft", 3.0e-4, 1)
+    config = load_config(None, plan.job_sets(job))
+    assert config.local.lr == 3.0e-4 and config.name == "rct-fedbt-ft-lr0.0003-seed1"
+    assert config.tracking.tags["lr"] == "lr0.0003" and config.tracking.tags["variant"] == "fedbt-ft"
+    assert all(job.lr is None for job in plan.jobs.values() if job.scenario == "pretrain")
+
+
+def test_an_lr_grid_gives_the_report_every_candidate():
+    plan = Plan(grid_config())
+    table = next(t for t in plan.report_spec()["tables"] if t["name"] == "finetune")
+    row = next(r for r in table["rows"] if r["variant"] == "fedavg")
+    assert sorted(row["lr_runs"]) == ["lr0.0001", "lr0.0003"]
+    assert row["lr_runs"]["lr0.0003"]["rct"] == [
+        plan.layout.run_metrics("finetune", "rct", "fedavg-lr0.0003", s) for s in (0, 1)
+    ]
+    assert set(plan.metrics_files()) >= {f"{d}/metrics.json" for d in plan.jobs}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c["studies"]["pretrain"].update(lr_grid=[1e-4, 2e-4]), "studies.pretrain.lr_grid"),
+        (lambda c: c["studies"]["finetune"].update(lr_grid=[1e-4, 1e-4]), "distinct"),
+    ],
+)
+def test_a_bad_lr_grid_names_the_key(change, message):
+    config = grid_config()
+    change(config)
+    with pytest.raises(ConfigError, match=message):
+        Plan(config)
