@@ -62,7 +62,6 @@ class SimulationSetup:
     aggregation: str
     seed: int
     device: torch.device
-    seq_len: int
 
 
 class Simulator:
@@ -220,6 +219,7 @@ class Simulator:
             precision=local.precision,
             max_grad_norm=local.max_grad_norm,
             flop_count_steps=local.flop_count_steps,
+            group_by_length=local.group_by_length,
         )
         fresh = {n: g for n, g in name_map.items() if not self._is_stale(n, plan)}
         upload = method.encode(extract_to_global(model, fresh, plan.trainable))
@@ -230,13 +230,9 @@ class Simulator:
         row.steps, row.tokens = result.steps, result.tokens
         row.trained_layers = format_layers(plan.trained_layers(self.arch))
         row.measured_flops = result.measured_flops
-        row.analytic_flops = analytic_train_flops(
-            self.arch,
-            plan,
-            sequences=result.examples,
-            seq_len=setup.seq_len,
-            predicted_tokens=result.predicted_tokens,
-            head=setup.objective.head,
+        row.analytic_flops = sum(  # exact: per padded length, the sequences and predicted tokens of its steps
+            analytic_train_flops(self.arch, plan, sequences, length, predicted, head=setup.objective.head)
+            for length, (sequences, predicted) in result.shapes.items()
         )
         row.seconds, row.wall_seconds = result.seconds, result.wall_seconds
         row.peak_memory_bytes, row.train_loss = result.peak_memory_bytes, result.mean_loss
@@ -250,7 +246,10 @@ class Simulator:
         """The cached local model of the plan's depth, loaded from the global tensors, grads set."""
         depth = len(plan.layer_map)
         if depth not in self._local_models:
-            self._local_models[depth] = self.method.prepare_model(build_local_model(self.global_model, depth))
+            model = self.method.prepare_model(build_local_model(self.global_model, depth))
+            if self.setup.local.compile:
+                model.compile(dynamic=True)  # in place: parameter names stay those of the model
+            self._local_models[depth] = model
         model = self._local_models[depth]
         name_map = local_to_global_names(self.arch, plan.layer_map)
         load_from_global(model, self.global_params, name_map)
