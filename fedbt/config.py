@@ -8,6 +8,7 @@ naming the dotted key and what is allowed, before any data or model is touched.
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -65,7 +66,8 @@ class DataConfig:
     max_examples: int | None = None
     heldout_examples: int = 256
     partition_dir: str = "results/partitions"
-    cache_dir: str = "results/cache"
+    cache_dir: str = field(default_factory=lambda: os.environ.get("FEDBT_CACHE_DIR", "results/cache"))
+    """Token caches (default ``results/cache``, or ``$FEDBT_CACHE_DIR``: one cache shared by several studies)."""
 
 
 @dataclass

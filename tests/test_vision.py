@@ -181,9 +181,9 @@ def test_analytic_flops_equal_flop_counter_on_vit(head):
     config = arch_config(VIT)
     config.num_labels, config._attn_implementation = 10, "eager"
     torch.manual_seed(0)
-    from fedbt.models import _auto_class
+    from fedbt.models import auto_class
 
-    model = _auto_class(head).from_config(config)
+    model = auto_class(head).from_config(config)
     arch = ModelArch.from_model(model)
     batch = {"pixel_values": torch.randn(2, 3, 32, 32)}
     if head == "mim":

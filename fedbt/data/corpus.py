@@ -136,13 +136,17 @@ def iter_sentences(spec: CorpusSpec, data_dir: str | Path = "data", key: str = "
             raise DataError(f"{path}: corpus file not found (the repository's data/ folder ships it)")
     upstream = read_upstream(spec.location, data_dir, key, kind="corpus", revision=spec.revision)
     where = spec.location if is_hub(spec.location) else str(resolve_path(spec.location, data_dir))
-    dataset = upstream[upstream_split(upstream, "train", {"train": spec.split}, where)]
-    if spec.column not in dataset.column_names:
-        raise DataError(f"{where}: no column {spec.column!r} (found {', '.join(dataset.column_names)}); declare it")
-    for batch in dataset.iter(batch_size=1000):
-        for document in batch[spec.column]:
-            pieces = split_sentences(document) if spec.segment else [document.strip()]
-            yield from (s for s in pieces if s and len(s.split()) >= spec.min_words)
+    if is_hub(spec.location):
+        parts = [upstream[upstream_split(upstream, "train", {"train": spec.split}, where)]]
+    else:
+        parts = list(upstream.values())  # a file, or every file of a directory in name order
+    for dataset in parts:
+        if spec.column not in dataset.column_names:
+            raise DataError(f"{where}: no column {spec.column!r} (found {', '.join(dataset.column_names)}); declare it")
+        for batch in dataset.iter(batch_size=1000):
+            for document in batch[spec.column]:
+                pieces = split_sentences(document) if spec.segment else [document.strip()]
+                yield from (s for s in pieces if s and len(s.split()) >= spec.min_words)
 
 
 def load_corpus(

@@ -320,30 +320,47 @@ def load_task(
     import datasets
 
     spec = get_task(name, key, sources)
-    where = spec.location if is_hub(spec.location) else str(resolve_path(spec.location, data_dir))
     if spec.reader == IMAGE_READER:
-        raw = _image_splits(spec, data_dir, key)
-    else:
-        raw = _our_splits(spec, _upstream(spec, data_dir, key), where)
-    labels = spec.labels or _infer_labels(spec, raw["train"])
-    converted = {split: _canonical(spec, raw[split], labels, f"{where}: split {split}") for split in SPLITS}
-    for split, dataset in converted.items():
+        return datasets.DatasetDict(_image_splits(spec, data_dir, key))
+    upstream, origins = _upstream(spec, data_dir, key)
+    where = spec.location if is_hub(spec.location) else str(resolve_path(spec.location, data_dir))
+    sources_of = _sources_of_splits(spec, upstream, where)
+    labels = spec.labels or _infer_labels(spec, upstream[sources_of["train"]])
+    canonical = {
+        name: _canonical(spec, upstream[name], labels, origins[name]) for name in dict.fromkeys(sources_of.values())
+    }
+    splits = {}
+    if spec.deal is not None:
+        dealt, pattern = spec.deal
+        for split, rows in deal_splits(*_deal_keys(spec, canonical[sources_of[pattern[0][0]]]), pattern).items():
+            splits[split] = canonical[sources_of[split]].select(rows)
+    for split in SPLITS:
+        splits.setdefault(split, canonical[sources_of[split]])
+    for split in SPLITS:
         expected = spec.split_sizes.get(split)
-        if expected is not None and len(dataset) != expected:
+        if expected is not None and len(splits[split]) != expected:
             unit = "sentences" if spec.kind == "token_classification" else "rows"
-            raise DataError(f"{where}: split {split}: expected {expected} {unit}, found {len(dataset)}")
-    return datasets.DatasetDict(converted)
+            raise DataError(
+                f"{origins[sources_of[split]]}: split {split}: expected {expected} {unit}, found {len(splits[split])}"
+            )
+    return datasets.DatasetDict({split: splits[split] for split in SPLITS})
 
 
-def _upstream(spec: TaskSpec, data_dir, key: str) -> dict:
-    if not spec.files:
-        return read_upstream(
-            spec.location, data_dir, key, kind=spec.kind, revision=spec.revision, delimiter=spec.delimiter
-        )
+def _upstream(spec: TaskSpec, data_dir, key: str) -> tuple[dict, dict[str, str]]:
+    """The upstream splits and where each comes from (a file, or a hub split), for error messages."""
     from fedbt.data.sources import read_file
 
+    if not spec.files:
+        upstream = read_upstream(
+            spec.location, data_dir, key, kind=spec.kind, revision=spec.revision, delimiter=spec.delimiter
+        )
+        if is_hub(spec.location):
+            return upstream, {name: f"{spec.location} split {name}" for name in upstream}
+        path = resolve_path(spec.location, data_dir)
+        files = {p.stem: str(p) for p in path.iterdir()} if path.is_dir() else {"train": str(path)}
+        return upstream, {name: files[name] for name in upstream}
     folder = resolve_path(spec.location, data_dir)
-    found = {}
+    found, origins = {}, {}
     for split, file_name in spec.files.items():
         path = folder / file_name
         if not path.is_file():
@@ -351,38 +368,30 @@ def _upstream(spec: TaskSpec, data_dir, key: str) -> dict:
                 f"{path}: file not found; task '{spec.name}' needs {spec.location}/{file_name} under the data "
                 "directory (the repository's data/ folder ships it)"
             )
-        found[split] = read_file(path, spec.kind, spec.delimiter)
-    return found
+        found[split], origins[split] = read_file(path, spec.kind, spec.delimiter), str(path)
+    return found, origins
 
 
-def _our_splits(spec: TaskSpec, upstream: dict, where: str) -> dict:
-    """Our train/dev/test from the upstream splits: dealt where the declaration deals, else mapped."""
-    ours = {}
+def _sources_of_splits(spec: TaskSpec, upstream: dict, where: str) -> dict[str, str]:
+    """Our split -> the upstream split it comes from (dealt ones: the dealt upstream split)."""
+    sources = {}
     if spec.deal is not None:
-        source, pattern = spec.deal
-        dataset = upstream[upstream_split(upstream, source, {source: source}, where)]
-        keys = _deal_keys(spec, dataset)
-        for split, rows in deal_splits(*keys, pattern).items():
-            ours[split] = dataset.select(rows)
+        dealt, pattern = spec.deal
+        name = upstream_split(upstream, dealt, {dealt: dealt}, where)
+        sources.update({split: name for split, _ in pattern})
     for split in SPLITS:
-        if split not in ours:
-            ours[split] = upstream[upstream_split(upstream, split, dict(spec.splits), where)]
-    return ours
+        if split not in sources:
+            sources[split] = upstream_split(upstream, split, dict(spec.splits), where)
+    return sources
 
 
 def _deal_keys(spec: TaskSpec, dataset) -> tuple[list[str], list[int]]:
-    """(text, label rank) per row, what :func:`deal_splits` orders rows by."""
-    label_column = spec.column("tags" if spec.kind == "token_classification" else "label")
-    namer = _namer(spec, dataset, label_column)
+    """(text, label id) per row of a canonical split, what :func:`deal_splits` orders rows by."""
     table = dataset[:]
-    raw = [namer(v) for v in table[label_column]]
     if spec.kind == "token_classification":
-        raw = [" ".join(tags) for tags in raw]
-        texts = [" ".join(tokens) for tokens in table[spec.column("tokens")]]
-    else:
-        texts = [str(t) for t in table[spec.column("text" if spec.kind == "classification" else "label")]]
-    order = {label: i for i, label in enumerate(spec.labels or sorted(set(raw), key=_sort_key))}
-    return texts, [order.get(label, len(order)) for label in raw]
+        texts = [" ".join(tokens) for tokens in table["tokens"]]
+        return texts, [min(tags, default=0) for tags in table["tags"]]
+    return [str(t) for t in table["text"]], list(table["label"])
 
 
 def _sort_key(label: str):
@@ -430,7 +439,7 @@ def _canonical(spec: TaskSpec, dataset, labels: tuple[str, ...], where: str):
         if value not in ids:
             place = f"line {line}" if line is not None else f"row {row + 1}"
             raise DataError(
-                f"{where}, {place}: label {value!r} is not in {origin} of task '{spec.name}': {', '.join(labels)}"
+                f"{where}: {place}: label {value!r} is not in {origin} of task '{spec.name}': {', '.join(labels)}"
             )
         return ids[value]
 
@@ -443,7 +452,7 @@ def _canonical(spec: TaskSpec, dataset, labels: tuple[str, ...], where: str):
         texts = table[text_column]
         for row, text in enumerate(texts):
             if not isinstance(text, str):
-                raise DataError(f"{where}, row {row + 1}: expected a string '{text_column}', got {text!r}")
+                raise DataError(f"{where}: row {row + 1}: expected a string '{text_column}', got {text!r}")
         namer = _namer(spec, dataset, label_column)
         label_ids = [label_id(namer(v), row) for row, v in enumerate(table[label_column])]
         features = datasets.Features(
