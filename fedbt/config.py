@@ -46,9 +46,11 @@ class ModelConfig:
 class PartitionConfig:
     """How the training data is split across clients (see :mod:`fedbt.data.partition`)."""
 
-    scheme: Literal["iid", "uniform", "skewed", "dirichlet", "quantity"] = "iid"
+    scheme: Literal["iid", "uniform", "skewed", "dirichlet", "quantity", "papers"] = "iid"
     alpha: float = 0.5
     min_size: int = 1
+    papers_per_client: int = 12000
+    """Scheme ``papers`` (S2ORC corpora): consecutive papers per client (the paper's 12,000)."""
 
 
 @dataclass

@@ -142,6 +142,33 @@ def run_key(config: RunConfig) -> str:
     return f"{config.study}/{config.name}/{config.method.name}/{data}/seed{config.seed}"
 
 
+def tokenize(prepared: PreparedRun) -> dict[str, str]:
+    """Build (or find) the token caches the run reads (its corpus or task, and ``evaluation.task``): data set ->
+    cache folder. Image data sets have none. The pipeline runs this once per data set before its jobs fan out."""
+    from fedbt.data.corpus import get_corpus
+    from fedbt.data.run_data import corpus_tokens, task_examples
+    from fedbt.data.tasks import get_task
+    from fedbt.models import load_processor
+
+    config = prepared.config
+    if prepared.objective.modality == "image":
+        return {}
+    processor, max_length, folders = load_processor(prepared.model_config), config.model.max_length, {}
+    if config.scenario == "pretrain":
+        examples = corpus_tokens(
+            get_corpus(config.data.corpus, "data.corpus", config.sources), processor, max_length, config.data
+        )
+        folders[config.data.corpus] = str(Path(examples.split.ids.filename).parent)
+    for name, key in ((config.data.task, "data.task"), (config.evaluation.task, "evaluation.task")):
+        if name is not None and (config.scenario == "finetune" or key == "evaluation.task"):
+            task = get_task(name, key, config.sources)
+            splits = task_examples(
+                task, processor, max_length, {"train": None}, config.data, get_objective(task.kind, key), config.sources
+            )
+            folders[name] = str(Path(splits["train"].split.ids.filename).parent)
+    return folders
+
+
 # --------------------------------------------------------------------------------------- steps
 
 

@@ -274,7 +274,7 @@ def vit_overrides(tmp_path, *extra):
 
 def test_modality_mismatches_fail_before_training(tmp_path):
     text_on_vit = load_config(None, vit_overrides(tmp_path, "local.objective=mlm", "data.corpus=cifar10"))
-    with pytest.raises(ConfigError, match="is an image model; allowed objectives: mim, image_classification"):
+    with pytest.raises(ConfigError, match="is an image model; allowed objectives: image_classification, mim"):
         prepare(text_on_vit)
     images_on_bert = load_config(None, ["model.source=tiny", "data.corpus=cifar10"])
     with pytest.raises(ConfigError, match="data.corpus.*does not suit a text model"):

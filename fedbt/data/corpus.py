@@ -47,6 +47,8 @@ class CorpusSpec:
     """Image corpora: (image data set, part) of :mod:`fedbt.data.images`."""
     sizes: Mapping[str, int] = field(default_factory=dict)
     """Expected sentences (``train``), for estimates when the corpus is not on this machine."""
+    group_column: str | None = None
+    """A column grouping rows (e.g. the paper of each sentence, for the ``papers`` partition scheme)."""
 
     def declaration(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k not in ("description", "sizes")}
@@ -96,6 +98,7 @@ def from_source(name: str, source: SourceConfig) -> CorpusSpec:
         min_words=source.min_words,
         revision=source.revision,
         sizes=dict(source.sizes),
+        group_column=source.columns.get("group"),
     )
 
 
@@ -128,6 +131,13 @@ def split_sentences(text: str) -> list[str]:
 
 def iter_sentences(spec: CorpusSpec, data_dir: str | Path = "data", key: str = "data.corpus") -> Iterator[str]:
     """The corpus's sentences (of at least ``min_words`` words), in order."""
+    return (sentence for sentence, _ in iter_grouped(spec, data_dir, key))
+
+
+def iter_grouped(
+    spec: CorpusSpec, data_dir: str | Path = "data", key: str = "data.corpus"
+) -> Iterator[tuple[str, int | None]]:
+    """``(sentence, group)`` in order: the group is the row's ``group_column`` value (None without one)."""
     if spec.kind != "text":
         raise ConfigError(key, f"corpus {spec.name!r} holds images, not text")
     if not is_hub(spec.location) and spec.name in CORPORA:
@@ -143,10 +153,13 @@ def iter_sentences(spec: CorpusSpec, data_dir: str | Path = "data", key: str = "
     for dataset in parts:
         if spec.column not in dataset.column_names:
             raise DataError(f"{where}: no column {spec.column!r} (found {', '.join(dataset.column_names)}); declare it")
+        if spec.group_column and spec.group_column not in dataset.column_names:
+            raise DataError(f"{where}: no group column {spec.group_column!r} (found {', '.join(dataset.column_names)})")
         for batch in dataset.iter(batch_size=1000):
-            for document in batch[spec.column]:
+            groups = batch[spec.group_column] if spec.group_column else [None] * len(batch[spec.column])
+            for document, group in zip(batch[spec.column], groups, strict=True):
                 pieces = split_sentences(document) if spec.segment else [document.strip()]
-                yield from (s for s in pieces if s and len(s.split()) >= spec.min_words)
+                yield from ((s, group) for s in pieces if s and len(s.split()) >= spec.min_words)
 
 
 def load_corpus(

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedbt.config import DataConfig, ModelConfig, RunConfig
-from fedbt.data.corpus import CORPORA, CorpusSpec, get_corpus, iter_sentences
+from fedbt.data.corpus import CORPORA, CorpusSpec, get_corpus, iter_grouped
 from fedbt.data.partition import Partition, load_or_create_partition
 from fedbt.data.sources import fingerprint, is_hub, read_upstream, slug
 from fedbt.data.tasks import TASKS, TaskSpec, get_task, load_task, subset, subset_rows
@@ -47,14 +47,20 @@ def load_run_data(config: RunConfig, model_config: ModelConfig, objective) -> Ru
 
     processor = load_processor(model_config)
     data = config.data
+    groups = None
     if config.scenario == "pretrain":
         pool, eval_sets, task = *_corpus_data(config, processor, objective), None
+        if isinstance(pool, Examples) and get_corpus(data.corpus, "data.corpus", config.sources).group_column:
+            groups, pool_labels = pool.labels, None
+        else:
+            pool_labels = _labels(pool)
         dataset_id = f"corpus-{data.corpus}" if data.corpus in CORPORA else f"corpus-{slug(data.corpus)}"
     else:
         task = get_task(data.task, "data.task", config.sources)
         limits = {"train": data.max_examples, "dev": data.heldout_examples, "test": config.evaluation.max_eval_examples}
         splits = task_examples(task, processor, model_config.max_length, limits, data, objective, config.sources)
         pool, eval_sets = splits.pop("train"), splits
+        pool_labels = _labels(pool)
         dataset_id = f"task-{data.task}" if data.task in TASKS else f"task-{slug(data.task)}"
     fed = config.federation
     partition = load_or_create_partition(
@@ -64,9 +70,11 @@ def load_run_data(config: RunConfig, model_config: ModelConfig, objective) -> Ru
         fed.partition.scheme,
         config.seed,
         data.partition_dir,
-        labels=_labels(pool),
+        labels=pool_labels,
         alpha=fed.partition.alpha,
         min_size=fed.partition.min_size,
+        groups=groups,
+        papers_per_client=fed.partition.papers_per_client,
     )
     clients = [_select(pool, indices) for indices in partition.clients]
     return RunData(processor, clients, eval_sets, task, partition, dataset_id, len(pool))
@@ -116,7 +124,11 @@ def corpus_tokens(spec: CorpusSpec, tokenizer, max_length: int, data: DataConfig
     key = cache_key(source, tokenizer_fingerprint(tokenizer), max_length, "sentences")
 
     def build():
-        yield "train", tokenize_sentences(iter_sentences(spec, data.data_dir), tokenizer, max_length)
+        rows = iter_grouped(spec, data.data_dir)
+        if spec.group_column is None:
+            yield "train", tokenize_sentences((sentence for sentence, _ in rows), tokenizer, max_length)
+        else:  # the group (e.g. paper) of each sentence is kept as its label, for the papers partition scheme
+            yield "train", tokenize_sentences(rows, tokenizer, max_length)
 
     cache = open_or_build(data.cache_dir, spec.name, key, build, {"kind": "corpus", "max_length": max_length})
     return Examples(cache.split("train"))

@@ -204,11 +204,12 @@ def _write_split(folder: Path, split: str, examples: Iterable[dict]) -> dict:
     return {"examples": len(offsets) - 1, "tokens": offsets[-1], "token_labels": token_labels}
 
 
-def tokenize_sentences(sentences: Iterable[str], tokenizer, max_length: int) -> Iterator[dict]:
-    """``{"input_ids"}`` per sentence, truncated to ``max_length``, tokenised :data:`CHUNK` at a time."""
-    chunk: list[str] = []
-    for sentence in sentences:
-        chunk.append(sentence)
+def tokenize_sentences(sentences: Iterable, tokenizer, max_length: int) -> Iterator[dict]:
+    """``{"input_ids"}`` per sentence, truncated to ``max_length``, tokenised :data:`CHUNK` at a time; items that
+    are ``(sentence, group)`` pairs keep the group as the example's ``label``."""
+    chunk: list = []
+    for item in sentences:
+        chunk.append(item)
         if len(chunk) == CHUNK:
             yield from _encode(chunk, tokenizer, max_length)
             chunk = []
@@ -216,6 +217,8 @@ def tokenize_sentences(sentences: Iterable[str], tokenizer, max_length: int) -> 
         yield from _encode(chunk, tokenizer, max_length)
 
 
-def _encode(chunk: list[str], tokenizer, max_length: int) -> Iterator[dict]:
-    for ids in tokenizer(chunk, truncation=True, max_length=max_length)["input_ids"]:
-        yield {"input_ids": ids}
+def _encode(chunk: list, tokenizer, max_length: int) -> Iterator[dict]:
+    grouped = isinstance(chunk[0], tuple)
+    texts = [item[0] for item in chunk] if grouped else chunk
+    for item, ids in zip(chunk, tokenizer(texts, truncation=True, max_length=max_length)["input_ids"], strict=True):
+        yield {"input_ids": ids, "label": int(item[1])} if grouped else {"input_ids": ids}

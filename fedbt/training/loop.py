@@ -73,6 +73,28 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def device_name(device: torch.device | None = None) -> str:
+    """A name for the device's kind, for throughput measurements: the CUDA device name, or ``cpu: <processor>``."""
+    device = device or resolve_device("auto")
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    model = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor() or platform.machine(),
+        )
+        if Path("/proc/cpuinfo").is_file()
+        else platform.processor()
+    )
+    return f"cpu: {model} x {torch.get_num_threads()} threads"
+
+
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     """bf16 autocast on CUDA for ``auto``/``bf16``; none (fp32) on CPU unless ``bf16`` is asked for."""
     if precision == "fp32":

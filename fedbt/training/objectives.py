@@ -129,12 +129,18 @@ def register_objective(cls: type[Objective]) -> type[Objective]:
     return cls
 
 
+_BUILTIN_LOADED = False
+
+
 def available_objectives() -> dict[str, type[Objective]]:
     """Every registered objective by name (the built-in modules of :mod:`fedbt.training` imported first)."""
-    import fedbt.training as package
+    global _BUILTIN_LOADED
+    if not _BUILTIN_LOADED:
+        import fedbt.training as package
 
-    for info in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{package.__name__}.{info.name}")
+        for info in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{package.__name__}.{info.name}")
+        _BUILTIN_LOADED = True
     return dict(sorted(_REGISTRY.items()))
 
 
