@@ -162,8 +162,15 @@ _MEMO: dict[str, Any] = {}
 
 def _memo(function, spec, *args):
     """``function(spec, *args)``, computed once per process (specs hold mappings, so they key by their JSON)."""
-    key = json.dumps([function.__name__, spec.declaration(), dict(spec.sizes if hasattr(spec, "sizes") else
-                                                                   spec.split_sizes), *args], default=str)
+    key = json.dumps(
+        [
+            function.__name__,
+            spec.declaration(),
+            dict(spec.sizes if hasattr(spec, "sizes") else spec.split_sizes),
+            *args,
+        ],
+        default=str,
+    )
     if key not in _MEMO:
         _MEMO[key] = function(spec, *args)
     return _MEMO[key]
@@ -279,7 +286,7 @@ def job_cost(study: str, data: str, variant: str, seed: int, config: RunConfig) 
     head, max_length, notes = config.local.objective, config.model.max_length, []
     task_name = config.data.task if config.scenario == "finetune" else config.evaluation.task
     tasks = task_sizes(config, task_name, "data.task") if task_name else None
-    num_labels = len(_labels(config, task_name)) if config.scenario == "finetune" else 2
+    num_labels = _num_labels(config, task_name, notes) if config.scenario == "finetune" else 2
     source = get_method(config.method.name).starting_model(config.method.options, config.model.source)
     model, _ = meta_arch(source, head_for(source, head), num_labels)
     method = create_method(
@@ -291,16 +298,20 @@ def job_cost(study: str, data: str, variant: str, seed: int, config: RunConfig) 
     )
     if arch.vision:
         max_length = arch.num_patches + 1
-    data = config.data
+    settings_data = config.data
     if config.scenario == "pretrain":
         pool = corpus_sizes(config)
-        usable = pool.count if data.max_examples is None else min(pool.count, data.max_examples + data.heldout_examples)
-        count, heldout = max(usable - data.heldout_examples, 0), min(data.heldout_examples, usable)
+        usable = (
+            pool.count
+            if settings_data.max_examples is None
+            else min(pool.count, settings_data.max_examples + settings_data.heldout_examples)
+        )
+        count, heldout = max(usable - settings_data.heldout_examples, 0), min(settings_data.heldout_examples, usable)
         rows = np.arange(count)
     else:
         pool = tasks["train"]
-        count = pool.count if data.max_examples is None else min(pool.count, data.max_examples)
-        rows = np.asarray(_subset(pool.count, data.max_examples))
+        count = pool.count if settings_data.max_examples is None else min(pool.count, settings_data.max_examples)
+        rows = np.asarray(_subset(pool.count, settings_data.max_examples))
     if arch.vision:
         pool = Sizes(pool.count, None)
     fed = config.federation
@@ -314,7 +325,9 @@ def job_cost(study: str, data: str, variant: str, seed: int, config: RunConfig) 
             count, fed.clients, scheme, config.seed, alpha=fed.partition.alpha, min_size=fed.partition.min_size
         )
     ]
-    arranged = method.arrange_clients([list(c) for c in clients])
+    # the method's arrangement of the clients (e.g. centralised training pools them), applied to client ids
+    groups = method.arrange_clients([[k] for k in range(len(clients))])
+    arranged = [np.concatenate([clients[k] for k in group]) if len(group) else rows[:0] for group in groups]
     scale = len(clients) / len(arranged)
     selected = max(1, round(fed.fraction * len(arranged))) if fed.fraction < 1 else len(arranged)
     local = config.local
@@ -322,7 +335,7 @@ def job_cost(study: str, data: str, variant: str, seed: int, config: RunConfig) 
     for round_idx in range(fed.rounds):
         for client_id in range(len(arranged)):
             plan = method.plan(round_idx, client_id)
-            members = np.asarray(arranged[client_id], dtype=np.int64)
+            members = arranged[client_id]
             if not plan.trainable or not len(members):
                 continue
             processed = _sequences_processed(len(members), local.batch_size, local.epochs, local.steps, scale)
@@ -336,13 +349,26 @@ def job_cost(study: str, data: str, variant: str, seed: int, config: RunConfig) 
         histogram = pool.histogram(np.arange(count, count + heldout), max_length)
         evaluation_flops += fed.rounds * _flops(arch, forward, histogram, head, settings)
     elif config.scenario == "finetune":
-        for split, limit in (("dev", data.heldout_examples), ("test", config.evaluation.max_eval_examples)):
+        for split, limit in (("dev", settings_data.heldout_examples), ("test", config.evaluation.max_eval_examples)):
             histogram = tasks[split].histogram(np.asarray(_subset(tasks[split].count, limit)), max_length)
             evaluation_flops += fed.rounds * _flops(arch, forward, histogram, head, settings)
     if config.scenario == "pretrain" and task_name:
         evaluation_flops += _downstream(config, task_name, tasks, source, settings, max_length)
     lengths = "cache" if pool.lengths is not None else "max_length"
     return JobCost(study, data, variant, seed, client_flops, evaluation_flops, lengths, notes)
+
+
+def _num_labels(config: RunConfig, task_name: str, notes: list[str]) -> int:
+    """The task's label count: declared, or read from its data; 2 (a classifier's FLOPs are negligible) when
+    neither is possible here (a hub data set offline)."""
+    try:
+        return len(_labels(config, task_name))
+    except FedBTError:
+        spec = _task(config, task_name, "data.task")
+        if spec.label_names:
+            return len(spec.label_names)
+        notes.append(f"labels of {task_name} unknown offline: a 2-way head assumed")
+        return 2
 
 
 def _labels(config: RunConfig, task_name: str) -> tuple[str, ...]:
@@ -370,7 +396,7 @@ def _downstream(config: RunConfig, task_name: str, tasks: dict, source: str, set
 
     spec, ev = _task(config, task_name, "evaluation.task"), config.evaluation
     head = head_for(source, spec.kind)
-    arch = ModelArch.from_model(meta_arch(source, head, len(_labels(config, task_name)))[0])
+    arch = ModelArch.from_model(meta_arch(source, head, _num_labels(config, task_name, []))[0])
     full = ClientPlan(tuple(range(arch.num_layers)), frozenset(arch.names))
     forward = ClientPlan(tuple(range(arch.num_layers)), frozenset())
     train = tasks["train"].histogram(np.asarray(_subset(tasks["train"].count, ev.max_train_examples)), max_length)

@@ -77,10 +77,12 @@ def sequence_length(config, max_length: int) -> int:
 
 
 def load_tokenizer(model_config: ModelConfig):
-    """The tokenizer of the model source (``tiny`` uses MiniLM's uncased BERT vocabulary)."""
+    """The tokenizer of the model source (``tiny`` and ``scratch:`` text models use MiniLM's uncased BERT
+    vocabulary)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_source(model_config.source))
+    source = "minilm" if model_config.source.startswith(SCRATCH) else model_config.source
+    return AutoTokenizer.from_pretrained(resolve_source(source))
 
 
 def load_processor(model_config: ModelConfig):

@@ -370,11 +370,10 @@ def test_declared_corpus_of_sentences_is_not_split_again(tmp_path):
 
 
 def test_token_cache_is_built_once_reused_and_invalidated(tmp_path, monkeypatch):
-    from fedbt.config import DataConfig
+    from fedbt.config import DataConfig, ModelConfig
     from fedbt.data import run_data
     from fedbt.data.corpus import get_corpus
     from fedbt.models import load_tokenizer
-    from fedbt.config import ModelConfig
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(DOCS) + "\n")

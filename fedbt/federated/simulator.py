@@ -220,6 +220,7 @@ class Simulator:
             max_grad_norm=local.max_grad_norm,
             flop_count_steps=local.flop_count_steps,
             group_by_length=local.group_by_length,
+            flops_model=lambda shapes: self._analytic_flops(plan, shapes),
         )
         fresh = {n: g for n, g in name_map.items() if not self._is_stale(n, plan)}
         upload = method.encode(extract_to_global(model, fresh, plan.trainable))
@@ -230,13 +231,15 @@ class Simulator:
         row.steps, row.tokens = result.steps, result.tokens
         row.trained_layers = format_layers(plan.trained_layers(self.arch))
         row.measured_flops = result.measured_flops
-        row.analytic_flops = sum(  # exact: per padded length, the sequences and predicted tokens of its steps
-            analytic_train_flops(self.arch, plan, sequences, length, predicted, head=setup.objective.head)
-            for length, (sequences, predicted) in result.shapes.items()
-        )
+        row.analytic_flops = self._analytic_flops(plan, result.shapes)
         row.seconds, row.wall_seconds = result.seconds, result.wall_seconds
         row.peak_memory_bytes, row.train_loss = result.peak_memory_bytes, result.mean_loss
         return method.decode(upload), row
+
+    def _analytic_flops(self, plan: ClientPlan, shapes: Mapping[int, Sequence[int]]) -> int:
+        """Exact analytic FLOPs of steps of the given shapes (padded length -> sequences, predicted tokens)."""
+        head = self.setup.objective.head
+        return sum(analytic_train_flops(self.arch, plan, s, length, p, head=head) for length, (s, p) in shapes.items())
 
     def _is_stale(self, local_name: str, plan: ClientPlan) -> bool:
         """True for a local parameter at one of the plan's stale positions."""

@@ -9,9 +9,8 @@ fused on CUDA, TF32 matmuls and SDPA attention are on (:func:`configure_device`)
 It also owns the measurements of a training pass: compute seconds (see :class:`ComputeClock`; wall seconds
 beside them), the batch shapes (sequences and padded length of every step, from which :mod:`fedbt.costs`
 computes the analytic FLOPs exactly), FLOPs counted by torch's ``FlopCounterMode`` over the first
-``flop_count_steps`` steps (extrapolated to the others by the positions each computes: batch size x padded
-length), and peak memory (CUDA: ``max_memory_allocated``; CPU: the process's peak RSS, reset before the pass on
-Linux).
+``flop_count_steps`` steps (extrapolated to the others by their real shapes: see :func:`train`), and peak memory
+(CUDA: ``max_memory_allocated``; CPU: the process's peak RSS, reset before the pass on Linux).
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -194,11 +193,15 @@ def train(
     flop_count_steps: int = 0,
     optimizer: torch.optim.Optimizer | None = None,
     group_by_length: bool = False,
+    flops_model: Callable[[dict[int, list[int]]], int] | None = None,
 ) -> TrainResult:
     """Train ``model``'s trainable parameters for ``steps`` steps and measure the pass.
 
     A fresh AdamW (``lr``, ``weight_decay``) is made unless ``optimizer`` is given (to continue one across
     several calls, e.g. epochs of centralised fine-tuning). ``group_by_length`` batches examples of similar length.
+    Measured FLOPs (counted on the first ``flop_count_steps`` steps) are scaled to all steps by ``flops_model`` (the
+    analytic FLOPs of given shapes: each step weighs by its own length, sequences and predicted tokens) or, without
+    one, by the positions (sequences x padded length) the steps compute.
     """
     model.train()
     optimizer = optimizer if optimizer is not None else adamw(model, lr, weight_decay)
@@ -209,6 +212,7 @@ def train(
     counted_flops = counted_positions = positions = 0
     examples_seen = tokens = predicted = 0
     shapes: dict[int, list[int]] = {}
+    counted_shapes: dict[int, list[int]] = {}
     lengths = example_lengths(examples) if group_by_length else None
     clock = ComputeClock(device)
     for step, batch_examples in enumerate(batches(examples, batch_size, steps, generator, lengths)):
@@ -225,6 +229,9 @@ def train(
         if counter is not None:
             counted_flops += counter.get_total_flops()
             counted_positions += sequences * length
+            counted = counted_shapes.setdefault(length, [0, 0])
+            counted[0] += sequences
+            counted[1] += batch_predicted
         if max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
         optimizer.step()
@@ -237,8 +244,12 @@ def train(
         shape[0] += sequences
         shape[1] += batch_predicted
     seconds, wall_seconds = clock.stop()
-    # FLOPs of the counted steps, scaled to all steps by the positions (sequences x padded length) they compute.
-    measured = round(counted_flops * positions / counted_positions) if counted_positions else 0
+    if not counted_positions:
+        measured = 0
+    elif flops_model is not None:  # each step weighs by its own shape and predicted tokens
+        measured = round(counted_flops * flops_model(shapes) / max(flops_model(counted_shapes), 1))
+    else:  # by the positions (sequences x padded length) the steps compute
+        measured = round(counted_flops * positions / counted_positions)
     return TrainResult(
         steps=steps,
         examples=examples_seen,

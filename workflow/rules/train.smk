@@ -54,7 +54,7 @@ def _run_inputs(wildcards) -> list[str]:
     job = JOBS[f"{RESULTS}/runs/{wildcards.study}/{wildcards.data}/{wildcards.variant}/seed{wildcards.seed}"]
     student = variant_spec(job.variant, f"variants.{job.variant}").get("student")
     start = start_of(job.data)
-    return ([student_flag(student)] if student else []) + ([start_metrics(start)] if start else [])
+    return ([student_flag(student)] if student else []) + ([start_metrics(start)] if start else []) + token_inputs(job)
 
 
 def _run_sets(wildcards) -> str:
