@@ -55,6 +55,7 @@ vision: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/simulator_overhead.py
 	$(BIN)/python benchmarks/mlm_decoder.py
+	$(BIN)/python benchmarks/throughput.py
 
 clean:
 	rm -rf results/runs results/partitions results/mlflow.db results/mlartifacts results/vision/runs

@@ -53,7 +53,9 @@ def main() -> None:
     else:
         model, tokenizer, examples = minilm_and_task("chemprot", args.max_length, args.steps * args.batch_size)
         head = "classification"
-    objective = make_objective(head, tokenizer, max_length=args.max_length, padding="fixed", patches=args.max_length - 1)
+    objective = make_objective(
+        head, tokenizer, max_length=args.max_length, padding="fixed", patches=args.max_length - 1
+    )
     local = LocalConfig(steps=args.steps, batch_size=args.batch_size, lr=5e-5, flop_count_steps=1)
     setup = SimulationSetup([examples], objective, local, args.rounds, 1.0, "weighted", 0, torch.device("cpu"))
     arch = ModelArch.from_model(model)
