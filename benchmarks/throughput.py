@@ -4,7 +4,9 @@ Models (random weights, ``scratch:``): a MiniLM-shaped (6 x 384) and a bert-base
 (15 %, masked positions only) on the real sentence lengths of the shipped corpora (cs, medicine, biology) at
 ``--max-length`` 128. Each configuration trains ``--steps`` timed steps after ``--warmup`` steps through the suite's
 own loop (:func:`fedbt.training.loop.train`): fixed padding pads every batch to 128; dynamic padding pads each batch to
-its longest sequence, batches grouped by length. Reported per configuration: real (non-padding) tokens/s, the
+its longest sequence, batches grouped by length. Seconds are the loop's compute seconds (CUDA: synchronised device
+time; CPU: the process's CPU time over all its threads, which other jobs on the machine do not inflate the way they
+inflate wall time). Reported per configuration: real (non-padding) tokens/s, the
 analytic FLOPs of the steps' actual shapes per second (TFLOP/s) and, given the device's peak (``--peak-tflops``;
 known for H100/H200), MFU. The bert-base dynamic-padding TFLOP/s is saved to ``results/benchmarks/throughput.json``
 for this device: ``fedbt estimate`` uses it as the default sustained throughput.
@@ -18,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -57,13 +58,10 @@ def measure(model, arch, objective, examples, args, device, group_by_length: boo
         "group_by_length": group_by_length,
     }
     loop.train(model, objective, examples, steps=args.warmup, generator=torch.Generator().manual_seed(1), **common)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
     result = loop.train(
         model, objective, examples, steps=args.steps, generator=torch.Generator().manual_seed(2), **common
     )
-    seconds = time.perf_counter() - start
+    seconds = result.seconds  # compute seconds: CUDA synchronised time; CPU process time (all threads)
     flops = sum(analytic_train_flops(arch, plan, s, length, p, head="mlm") for length, (s, p) in result.shapes.items())
     positions = sum(s * length for length, (s, _) in result.shapes.items())
     return {
