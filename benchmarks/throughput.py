@@ -82,12 +82,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (dynamic shapes)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: no thread spin-waiting counted)")
     parser.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s, for MFU")
     parser.add_argument("--save", default=str(THROUGHPUT_FILE), help="where the bert-base figure is saved ('' none)")
     args = parser.parse_args()
 
     device = loop.resolve_device(args.device)
     loop.configure_device(device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
     name = loop.device_name(device)
     peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
     tokenizer = load_tokenizer(ModelConfig(source="minilm"))

@@ -380,8 +380,8 @@ def test_token_cache_is_built_once_reused_and_invalidated(tmp_path, monkeypatch)
     data = DataConfig(data_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"))
     tokenizer = load_tokenizer(ModelConfig(source="tiny"))
     built = []
-    original = run_data.iter_sentences
-    monkeypatch.setattr(run_data, "iter_sentences", lambda *a, **k: built.append(1) or original(*a, **k))
+    original = run_data.iter_grouped
+    monkeypatch.setattr(run_data, "iter_grouped", lambda *a, **k: built.append(1) or original(*a, **k))
     spec = get_corpus(str(corpus))
     first = run_data.corpus_tokens(spec, tokenizer, 16, data)
     again = run_data.corpus_tokens(spec, tokenizer, 16, data)

@@ -195,19 +195,23 @@ def test_papers_scheme_gives_each_client_a_block_of_papers():
 
 
 def test_estimate_of_the_paper_study_offline():
+    """The paper study's S2ORC corpora and hub tasks are not on this machine: their declared sizes cost it."""
     from fedbt.estimate import estimate
 
     study = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
-    for spec in study["studies"].values():
-        spec["seeds"] = spec["seeds"][:1]
-    study["studies"] = {k: study["studies"][k] for k in ("pretrain", "finetune", "vision-finetune")}
+    pretrain, finetune = study["studies"]["pretrain"], study["studies"]["finetune"]
+    pretrain.update(data=["cs", "medicine"], variants=["none", "fedavg", "fedbt"])
+    finetune.update(data=["ncbi_disease", "chemprot"], variants=["fedavg", "fedbt-ft"], seeds=[0])
+    study["studies"] = {"pretrain": pretrain, "finetune": finetune}
     result = estimate(study, tflops=400.0)
     total = result["total"]
-    assert total["jobs"] == sum(row["jobs"] for row in result["studies"].values()) == 30 + 36 + 8
-    assert total["client_flops"] > 0 and total["device_hours"] == pytest.approx(
-        (total["client_flops"] + total["evaluation_flops"]) / 400e12 / 3600
-    )
+    assert total["jobs"] == sum(row["jobs"] for row in result["studies"].values()) == 6 + 4
+    assert total["device_hours"] == pytest.approx((total["client_flops"] + total["evaluation_flops"]) / 400e12 / 3600)
     jobs = {(j["study"], j["data"], j["variant"]): j for j in result["jobs"]}
     fedavg, fedbt = jobs[("pretrain", "cs", "fedavg")], jobs[("pretrain", "cs", "fedbt")]
-    assert 0 < fedbt["client_flops"] < fedavg["client_flops"]
+    assert 0 < fedbt["client_flops"] < fedavg["client_flops"] and fedbt["lengths"] == "max_length"
     assert jobs[("pretrain", "cs", "none")]["client_flops"] == 0
+    assert (
+        jobs[("finetune", "chemprot", "fedbt-ft")]["client_flops"]
+        < jobs[("finetune", "chemprot", "fedavg")]["client_flops"]
+    )
