@@ -23,7 +23,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -34,6 +34,9 @@ from fedbt.federated.simulator import SimulationSetup
 from fedbt.ledger import Ledger
 from fedbt.models import is_vision, load_model, meta_model, model_config_for, sequence_length
 from fedbt.training.objectives import Objective, ObjectiveSettings, available_objectives, get_objective
+
+if TYPE_CHECKING:
+    from fedbt.federated.simulator import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -184,17 +187,24 @@ class Federation:
 
 @dataclass
 class Simulated:
-    """What the rounds produced: one record per round, the ledger, the saved model and the time they took."""
+    """What the rounds produced: one record per round, the ledger, the saved model, the time they took and what the
+    runtime (in-process, or Flower) reports."""
 
     records: list[dict[str, Any]]
     ledger: Ledger
     model_dir: Path
     seconds: float
+    runtime: dict[str, Any]
+    runtime_name: str
 
 
 def build_federation(prepared: PreparedRun) -> Federation:
     """Step 1: the run's data (one call to the data layer), the starting global model (as the method prepares
-    it, on the run's device) and the objective."""
+    it, on the run's device) and the objective.
+
+    Deterministic from the config: a Flower ClientApp builds the same federation as the server to train its
+    share of the data on the same starting model.
+    """
     from fedbt.data.run_data import load_run_data
     from fedbt.training import loop
 
@@ -218,8 +228,9 @@ def build_federation(prepared: PreparedRun) -> Federation:
     return Federation(data, global_model, setup)
 
 
-def simulate(prepared: PreparedRun, federation: Federation) -> Simulated:
-    """Step 2: run the rounds (resuming if possible) and save the global model of the reported round."""
+def simulate(prepared: PreparedRun, federation: Federation, runtime: Runtime | None = None) -> Simulated:
+    """Step 2: run the rounds (resuming if possible) and save the global model of the reported round. ``runtime`` is
+    where clients train (default: in this process; :mod:`fedbt.flower`: Flower ClientApps)."""
     from fedbt.federated.simulator import Simulator
 
     config, out_dir = prepared.config, prepared.out_dir
@@ -237,13 +248,15 @@ def simulate(prepared: PreparedRun, federation: Federation) -> Simulated:
         fingerprint(config),
         round_evaluator(prepared, federation),
         select,
+        runtime,
     )
     records = simulator.run()
     simulator.restore_selected()  # fine-tuning: the model of the reported round is the one saved
     model_dir = out_dir / "model"
     prepared.method.deploy(federation.global_model).save_pretrained(model_dir)
     federation.data.processor.save_pretrained(model_dir)
-    return Simulated(records, ledger, model_dir, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return Simulated(records, ledger, model_dir, seconds, simulator.runtime.report(), simulator.runtime.name)
 
 
 def evaluate(prepared: PreparedRun, model_dir: Path) -> dict[str, Any] | None:
@@ -284,6 +297,7 @@ def record(
         "seed": config.seed,
         "device": str(device),
         "partition": {"path": str(partition.path), "sha256": partition.digest, "sizes": partition.sizes()},
+        "runtime": simulated.runtime,
         "rounds": records,
         "plan_sha256": hashlib.sha256("".join(r["plan_sha256"] for r in records).encode()).hexdigest(),
         "costs": simulated.ledger.summary(),
@@ -307,15 +321,16 @@ def record(
             to_flat_dict(config),
             records,
             metrics["final"],
-            run_tags(str(device)),
+            run_tags(str(device), simulated.runtime_name),
             out_dir,
         )
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
 
 
-def execute(prepared: PreparedRun, fresh: bool = False) -> dict[str, Any]:
-    """Run a prepared run: build the federation, simulate the rounds, evaluate, record. Returns the metrics."""
+def execute(prepared: PreparedRun, fresh: bool = False, runtime: Runtime | None = None) -> dict[str, Any]:
+    """Run a prepared run: build the federation, simulate the rounds (where ``runtime`` says; default: in this
+    process), evaluate, record. Returns the metrics."""
     started = time.perf_counter()
     out_dir = prepared.out_dir
     if fresh and out_dir.exists():
@@ -323,7 +338,7 @@ def execute(prepared: PreparedRun, fresh: bool = False) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(to_yaml(prepared.config))
     federation = build_federation(prepared)
-    simulated = simulate(prepared, federation)
+    simulated = simulate(prepared, federation, runtime)
     evaluation = evaluate(prepared, simulated.model_dir)
     return record(prepared, federation, simulated, evaluation, started)
 

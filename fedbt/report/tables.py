@@ -4,6 +4,7 @@ Markdown, LaTeX and JSON (the machine-readable interface for scripts, ``<table>.
 from __future__ import annotations
 
 import hashlib
+import math
 import statistics
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -204,9 +205,10 @@ def _flops(value: float | None) -> str:
     """FLOPs with an SI prefix: ``6.12 G``, ``1.23 T``."""
     if value is None:
         return DASH
-    for prefix, size in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6)):
+    for prefix, size in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("", 1.0)):
         if abs(value) >= size:
-            return f"{value / size:.3g} {prefix}"
+            scaled = value / size
+            return f"{scaled:.{max(0, 2 - math.floor(math.log10(abs(scaled))))}f} {prefix}".rstrip()
     return f"{value:.3g}"
 
 
