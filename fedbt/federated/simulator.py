@@ -68,7 +68,6 @@ class SimulationSetup:
     aggregation: str
     seed: int
     device: torch.device
-    seq_len: int
 
 
 @dataclass
@@ -142,6 +141,8 @@ class LocalTrainer:
             precision=local.precision,
             max_grad_norm=local.max_grad_norm,
             flop_count_steps=local.flop_count_steps,
+            group_by_length=local.group_by_length,
+            flops_model=lambda shapes: self._analytic_flops(plan, shapes),
         )
         fresh = {n: g for n, g in name_map.items() if not self._is_stale(n, plan)}
         upload = method.encode(extract_to_global(model, fresh, plan.trainable))
@@ -150,17 +151,15 @@ class LocalTrainer:
         row.steps, row.tokens = result.steps, result.tokens
         row.trained_layers = format_layers(plan.trained_layers(self.arch))
         row.measured_flops = result.measured_flops
-        row.analytic_flops = analytic_train_flops(
-            self.arch,
-            plan,
-            sequences=result.examples,
-            seq_len=setup.seq_len,
-            predicted_tokens=result.predicted_tokens,
-            head=setup.objective.head,
-        )
+        row.analytic_flops = self._analytic_flops(plan, result.shapes)
         row.seconds, row.wall_seconds = result.seconds, result.wall_seconds
         row.peak_memory_bytes, row.train_loss = result.peak_memory_bytes, result.mean_loss
         return ClientUpdate(upload, row)
+
+    def _analytic_flops(self, plan: ClientPlan, shapes: Mapping[int, Sequence[int]]) -> int:
+        """Exact analytic FLOPs of steps of the given shapes (padded length -> sequences, predicted tokens)."""
+        head = self.setup.objective.head
+        return sum(analytic_train_flops(self.arch, plan, s, length, p, head=head) for length, (s, p) in shapes.items())
 
     def _is_stale(self, local_name: str, plan: ClientPlan) -> bool:
         """True for a local parameter at one of the plan's stale positions."""
@@ -172,7 +171,10 @@ class LocalTrainer:
         """The cached local model of the plan's depth, loaded from the received tensors, grads set."""
         depth = len(plan.layer_map)
         if depth not in self._local_models:
-            self._local_models[depth] = self.method.prepare_model(build_local_model(self.template, depth))
+            model = self.method.prepare_model(build_local_model(self.template, depth))
+            if self.setup.local.compile:
+                model.compile(dynamic=True)  # in place: parameter names stay those of the model
+            self._local_models[depth] = model
         model = self._local_models[depth]
         name_map = local_to_global_names(self.arch, plan.layer_map)
         stale = {n: g for n, g in name_map.items() if self._is_stale(n, plan)}
