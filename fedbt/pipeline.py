@@ -454,7 +454,7 @@ class Plan:
                     "paper": spec.get("paper"),
                     "reference": spec.get("reference", "fedavg"),
                     "base_arch": spec.get("base_arch", "bert-base-uncased"),
-                    "columns": [{"data": d, "label": self.config["data"][d]["task"]} for d in spec["data"]],
+                    "columns": [{"data": d, "label": self.config["data"][d].get("task") or d} for d in spec["data"]],
                     "rows": rows,
                 }
             )
