@@ -410,6 +410,7 @@ class Plan:
                 "data": list(spec["data"]),
                 "variants": list(spec["variants"]),
                 "seeds": list(spec["seeds"]),
+                "lrs": [lr_label(lr) for lr in self.lr_grid(study) if lr is not None],
             }
             experiments.setdefault(self.experiment(spec["scenario"]), []).append(scope)
         for start in (self.config.get("starting_models") or {}).values():

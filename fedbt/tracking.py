@@ -133,22 +133,27 @@ class StudyScope:
     data: tuple[str, ...]
     variants: tuple[str, ...]
     seeds: tuple[int, ...]
+    lrs: tuple[str, ...] = ()
+    """The ``lr`` tags of its ``lr_grid`` (e.g. ``lr0.0003``); empty: its runs carry no ``lr`` tag."""
 
     def includes(self, tags: Mapping[str, str]) -> bool:
-        """Whether a run with these tags (``data``, ``variant``, ``seed``) is one of the study's."""
+        """Whether a run with these tags (``data``, ``variant``, ``seed``, ``lr``) is one of the study's."""
         return (
             tags.get("data") in self.data
             and tags.get("variant") in self.variants
             and tags.get("seed") in {str(s) for s in self.seeds}
+            and tags.get("lr") in (self.lrs or (None,))
         )
 
     def to_json(self) -> str:
-        return json.dumps({"title": self.title, "data": self.data, "variants": self.variants, "seeds": self.seeds})
+        scope = {"title": self.title, "data": self.data, "variants": self.variants, "seeds": self.seeds}
+        return json.dumps(scope | ({"lrs": self.lrs} if self.lrs else {}))
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> StudyScope:
-        """From ``{"name", "title", "data", "variants", "seeds"}`` (:meth:`fedbt.pipeline.Plan.study_scopes`)."""
-        return cls(spec["name"], spec["title"], tuple(spec["data"]), tuple(spec["variants"]), tuple(spec["seeds"]))
+        """From ``{"name", "title", "data", "variants", "seeds"[, "lrs"]}`` (:meth:`fedbt.pipeline.Plan.study_scopes`)."""
+        fields = ("data", "variants", "seeds", "lrs")
+        return cls(spec["name"], spec["title"], *(tuple(spec.get(field, ())) for field in fields))
 
 
 def study_scopes(experiment_tags: Mapping[str, str]) -> list[StudyScope]:

@@ -282,7 +282,7 @@ def _header(data: TableData) -> list[str]:
         if data.has_lr_grid:
             head.append(f"{name} lr")
         for metric in data.shown[column.data]:
-            label = METRIC_NAMES.get(metric, f"{column.label} {metric}")
+            label = METRIC_NAMES.get(metric, metric if column.label == name else f"{column.label} {metric}")
             head += [f"{name}: {label}", *(["ppl"] if metric == "heldout_mlm_loss" else []), f"p vs {table.reference}"]
         head.append("paper")
     return head
