@@ -1,4 +1,4 @@
-"""The ``fedbt`` command line: ``run``, ``costs``, ``methods``, ``distill``, ``report``, ``track-init``.
+"""The ``fedbt`` command line: ``run``, ``flower``, ``costs``, ``methods``, ``distill``, ``report``, ``track-init``.
 
 Heavy imports (torch, transformers, mlflow) happen inside the subcommands so that ``--help`` is fast.
 Offline by default: the hub and datasets are set offline unless the environment says otherwise.
@@ -57,7 +57,7 @@ def _methods(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fedbt`` command."""
-    from fedbt import cli_costs, cli_distill, cli_report
+    from fedbt import cli_costs, cli_distill, cli_flower, cli_report
 
     parser = argparse.ArgumentParser(prog="fedbt", description="FedBT benchmark suite: federated runs and cost tables.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     methods.add_argument("--json", action="store_true", help="machine-readable output")
     methods.set_defaults(handler=_methods)
 
+    cli_flower.add_parser(sub)
     cli_costs.add_parser(sub)
     cli_distill.add_parser(sub)
     cli_report.add_parser(sub)

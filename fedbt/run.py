@@ -19,13 +19,18 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from fedbt.config import IMAGE_OBJECTIVES, OBJECTIVES, ModelConfig, RunConfig, to_flat_dict, to_yaml
 from fedbt.federated.method import Method, create_method, get_method, load_plugins
 from fedbt.models import is_vision, load_model, load_processor, meta_model, model_config_for, sequence_length
+
+if TYPE_CHECKING:
+    from fedbt.data.partition import Partition
+    from fedbt.federated.simulator import Runtime, SimulationSetup
 
 log = logging.getLogger(__name__)
 
@@ -175,21 +180,31 @@ def _examples(config: RunConfig, tokenizer) -> tuple[list[dict], dict[str, list[
 # ------------------------------------------------------------------------------------------ run
 
 
-def execute(prepared: PreparedRun, fresh: bool = False) -> dict[str, Any]:
-    """Run the rounds (resuming if possible), save the run directory, evaluate, track. Returns metrics."""
+@dataclass
+class Federation:
+    """What a run trains, built from a prepared run: the clients' data, the objective, the starting global model."""
+
+    setup: SimulationSetup
+    global_model: nn.Module
+    processor: Any
+    eval_sets: dict[str, list[dict]]
+    partition: Partition
+    patches: int
+    """Image patches per example (for MIM masking); unused by text models."""
+
+
+def build_federation(prepared: PreparedRun) -> Federation:
+    """Load the data, partition it, load the starting model (prepared by the method) and make the objective.
+
+    Deterministic from the config: a Flower ClientApp builds the same federation as the server to train its
+    share of the data on the same starting model.
+    """
     from fedbt.data.partition import load_or_create_partition
-    from fedbt.federated.simulator import SimulationSetup, Simulator
-    from fedbt.ledger import Ledger
+    from fedbt.federated.simulator import SimulationSetup
     from fedbt.training import loop
     from fedbt.training.objectives import make_objective
 
-    config, out_dir = prepared.config, prepared.out_dir
-    started = time.perf_counter()
-    if fresh and out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(to_yaml(config))
-
+    config = prepared.config
     processor = load_processor(prepared.model_config)  # tokenizer or image processor
     examples, eval_sets, labels, dataset_id = _examples(config, processor)
     fed = config.federation
@@ -209,9 +224,8 @@ def execute(prepared: PreparedRun, fresh: bool = False) -> dict[str, Any]:
     device = loop.resolve_device(config.local.device)
     torch.set_float32_matmul_precision("high")  # TF32 on CUDA; no effect on CPU
     local = config.local
-    method = prepared.method
     global_model = load_model(prepared.model_config, prepared.head, config.seed, prepared.num_labels)
-    global_model = method.prepare_model(global_model).to(device)
+    global_model = prepared.method.prepare_model(global_model).to(device)
     patches = sequence_length(global_model.config, config.model.max_length) - 1
     objective = make_objective(
         local.objective,
@@ -222,7 +236,6 @@ def execute(prepared: PreparedRun, fresh: bool = False) -> dict[str, Any]:
         mask_ratio=local.mim_mask_ratio,
         patches=patches,
     )
-    round_eval = _round_evaluator(config, processor, eval_sets, device, patches)
     setup = SimulationSetup(
         clients=clients,
         objective=objective,
@@ -234,6 +247,28 @@ def execute(prepared: PreparedRun, fresh: bool = False) -> dict[str, Any]:
         device=device,
         seq_len=sequence_length(global_model.config, config.model.max_length),
     )
+    return Federation(setup, global_model, processor, eval_sets, partition, patches)
+
+
+def execute(prepared: PreparedRun, fresh: bool = False, runtime: Runtime | None = None) -> dict[str, Any]:
+    """Run the rounds (resuming if possible), save the run directory, evaluate, track. Returns metrics.
+
+    ``runtime`` is where clients train (default: in this process; :mod:`fedbt.flower`: Flower ClientApps).
+    """
+    from fedbt.federated.simulator import Simulator
+    from fedbt.ledger import Ledger
+
+    config, out_dir = prepared.config, prepared.out_dir
+    started = time.perf_counter()
+    if fresh and out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(to_yaml(config))
+
+    federation = build_federation(prepared)
+    method, global_model, processor = prepared.method, federation.global_model, federation.processor
+    device, local = federation.setup.device, config.local
+    round_eval = _round_evaluator(config, processor, federation.eval_sets, device, federation.patches)
     ledger = Ledger(out_dir / "ledger.csv")
     select = None
     if config.scenario == "finetune":
@@ -241,8 +276,17 @@ def execute(prepared: PreparedRun, fresh: bool = False) -> dict[str, Any]:
 
         primary = get_task(config.data.task).metrics[0]
         select = functools.partial(selected_round, primary=primary)
-    checkpoints = out_dir / "checkpoint"
-    simulator = Simulator(global_model, method, setup, ledger, checkpoints, fingerprint(config), round_eval, select)
+    simulator = Simulator(
+        global_model,
+        method,
+        federation.setup,
+        ledger,
+        out_dir / "checkpoint",
+        fingerprint(config),
+        round_eval,
+        select=select,
+        runtime=runtime,
+    )
     records = simulator.run()
     simulator.restore_selected()  # fine-tuning: the model of the reported round is the one saved
     model_dir = out_dir / "model"
@@ -262,6 +306,7 @@ def execute(prepared: PreparedRun, fresh: bool = False) -> dict[str, Any]:
             config.data.data_dir,
             local.device,
         )
+    partition = federation.partition
     metrics = {
         "run_key": run_key(config),
         "name": config.name,
@@ -274,6 +319,7 @@ def execute(prepared: PreparedRun, fresh: bool = False) -> dict[str, Any]:
         "seed": config.seed,
         "device": str(device),
         "partition": {"path": str(partition.path), "sha256": partition.digest, "sizes": partition.sizes()},
+        "runtime": simulator.runtime.report(),
         "rounds": records,
         "plan_sha256": hashlib.sha256("".join(r["plan_sha256"] for r in records).encode()).hexdigest(),
         "costs": ledger.summary(),
@@ -297,7 +343,7 @@ def execute(prepared: PreparedRun, fresh: bool = False) -> dict[str, Any]:
             to_flat_dict(config),
             records,
             metrics["final"],
-            run_tags(str(device)),
+            run_tags(str(device), simulator.runtime.name),
             out_dir,
         )
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))

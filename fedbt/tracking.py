@@ -69,9 +69,14 @@ def ensure_experiment(uri: str, name: str) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
-def run_tags(device: str) -> dict[str, str]:
-    """Provenance tags: git commit, package versions, device, host."""
-    tags = {"fedbt.device": device, "fedbt.python": platform.python_version(), "fedbt.host": platform.node()}
+def run_tags(device: str, runtime: str = "in-process") -> dict[str, str]:
+    """Provenance tags: git commit, package versions, device, host, and the runtime clients trained in."""
+    tags = {
+        "fedbt.device": device,
+        "fedbt.runtime": runtime,
+        "fedbt.python": platform.python_version(),
+        "fedbt.host": platform.node(),
+    }
     for package in ("fedbt-bench", "torch", "transformers", "datasets", "mlflow"):
         try:
             tags[f"fedbt.version.{package}"] = metadata.version(package)

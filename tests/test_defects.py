@@ -15,7 +15,7 @@ import fedbt.checkpoint as checkpoint_module
 from fedbt.config import ModelConfig
 from fedbt.errors import FedBTError
 from fedbt.federated.method import create_method
-from fedbt.federated.simulator import Simulator
+from fedbt.federated.simulator import LocalTrainer, Simulator
 from fedbt.ledger import NO_DATA, TRAINED
 from fedbt.models import ModelArch, load_model, meta_model, model_config_for
 from fedbt.run import execute, prepare
@@ -75,21 +75,21 @@ def test_stale_positions_keep_the_starting_weights_and_stay_out_of_the_upload(ti
     prepared = prepare(run)
     model = load_model(prepared.model_config, "mlm", seed)
     captured = {}
-    original = Simulator._prepare_local_model
+    original = LocalTrainer._prepare_local_model
 
-    def spy(self, client_plan):
-        local, name_map = original(self, client_plan)
+    def spy(self, client_plan, received):
+        local, name_map = original(self, client_plan, received)
         captured["stale_trainable"] = [
             n for n, p in local.named_parameters() if self._is_stale(n, client_plan) and p.requires_grad
         ]
         return local, name_map
 
     simulator = Simulator(model, prepared.method, _setup(prepared, model), _ledger(tmp_path), tmp_path / "ck", "f")
-    Simulator._prepare_local_model = spy
+    LocalTrainer._prepare_local_model = spy
     try:
         payload, row = simulator.train_client(round_idx, 0)
     finally:
-        Simulator._prepare_local_model = original
+        LocalTrainer._prepare_local_model = original
     assert captured["stale_trainable"] == []
     assert set(payload) == plan.trainable and row.status == TRAINED
 

@@ -1,15 +1,20 @@
-"""The generic round loop of the in-process federated simulation.
+"""The generic round loop of a federated run, and the client side it drives.
 
-Per round: select clients; for each client ask the method for its :class:`ClientPlan`, load the local
-model (one instance per local depth, reused across clients) from the global tensors it names, mark the
-planned tensors trainable, train locally, take the trained tensors as the upload, and record bytes, FLOPs,
-seconds and memory in the ledger. Uploads stream into a weighted average; the method turns the average into
-new global tensors; the round is checkpointed. Nothing here knows a method by name.
+Per round: select clients; for each client ask the method for its :class:`ClientPlan` and encode the global
+tensors it downloads (a :class:`ClientTask`); the client (:class:`LocalTrainer`) loads its local model (one
+instance per local depth, reused across clients) from the tensors it received, marks the planned tensors
+trainable, trains locally and encodes the trained tensors as its upload; bytes, FLOPs, seconds and memory go
+into the ledger. Uploads stream into a weighted average; the method turns the average into new global
+tensors; the round is checkpointed. Nothing here knows a method by name.
 
 A client with no examples, or whose plan trains nothing, sits the round out: nothing is sent or computed, it
 has no weight in the average, and its ledger row says why (``status``). A run that selects a round by its
 scores (federated fine-tuning: the best dev round) keeps that round's global tensors, in memory and in the
 checkpoint, so the model it saves is the model it reports.
+
+Where clients train is a :class:`Runtime`: :class:`InProcess` trains them one after the other in this
+process; :mod:`fedbt.flower` sends the same tasks to Flower ClientApps, which train them with the same
+:class:`LocalTrainer`.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -65,6 +71,144 @@ class SimulationSetup:
     seq_len: int
 
 
+@dataclass
+class ClientTask:
+    """What the server sends one client for one round: its plan and the global tensors it downloads."""
+
+    round_idx: int
+    client_id: int
+    plan: ClientPlan
+    download: dict[str, torch.Tensor]
+    """The downloaded global tensors as the method encodes them (what travels)."""
+
+
+@dataclass
+class ClientUpdate:
+    """What one client sends back: its trained tensors and its ledger row (without the download counts)."""
+
+    upload: dict[str, torch.Tensor]
+    """The trained tensors as the method encodes them (what travels)."""
+    row: LedgerRow
+
+
+class LocalTrainer:
+    """The client side: builds a client's local model out of the global tensors it received and trains it.
+
+    ``template`` is a model of the global architecture (class and config; for methods with stale layers, its
+    weights are the starting model's). The in-process runtime passes the global model itself; a Flower
+    ClientApp passes its own copy of the starting model.
+    """
+
+    def __init__(self, template: nn.Module, method: Method, setup: SimulationSetup):
+        self.template = template
+        self.method = method
+        self.setup = setup
+        self.arch = ModelArch.from_model(template)
+        if self.arch != method.arch:
+            raise FedBTError(f"{method.name}: the global model's parameters differ from those the method planned for")
+        self.clients = method.arrange_clients(setup.clients)
+        self.steps_scale = len(setup.clients) / len(self.clients)
+        self.initial_params = (
+            {n: p.detach().clone() for n, p in template.named_parameters()} if method.uses_stale_layers else {}
+        )
+        self._local_models: dict[int, nn.Module] = {}
+
+    def train(self, task: ClientTask) -> ClientUpdate:
+        """Train client ``task.client_id`` on its data from the tensors of ``task``: its encoded upload and row."""
+        setup, local, method, plan = self.setup, self.setup.local, self.method, task.plan
+        round_idx, client_id = task.round_idx, task.client_id
+        examples = self.clients[client_id]
+        row = LedgerRow(round=round_idx, client=client_id, examples=len(examples))
+        model, name_map = self._prepare_local_model(plan, method.decode(task.download))
+        steps = loop.steps_for(len(examples), local.batch_size, local.epochs, local.steps)
+        if local.steps is not None:
+            steps = max(1, round(steps * self.steps_scale))
+        torch.manual_seed(derive_seed(setup.seed, DROPOUT, round_idx, client_id))
+        result = loop.train(
+            model,
+            setup.objective,
+            examples,
+            steps=steps,
+            batch_size=local.batch_size,
+            lr=local.lr,
+            weight_decay=local.weight_decay,
+            generator=torch.Generator().manual_seed(derive_seed(setup.seed, DATA, round_idx, client_id)),
+            device=setup.device,
+            precision=local.precision,
+            max_grad_norm=local.max_grad_norm,
+            flop_count_steps=local.flop_count_steps,
+        )
+        fresh = {n: g for n, g in name_map.items() if not self._is_stale(n, plan)}
+        upload = method.encode(extract_to_global(model, fresh, plan.trainable))
+        if method.transmits:
+            row.upload_params, row.upload_bytes = payload_nbytes(upload)
+        row.steps, row.tokens = result.steps, result.tokens
+        row.trained_layers = format_layers(plan.trained_layers(self.arch))
+        row.measured_flops = result.measured_flops
+        row.analytic_flops = analytic_train_flops(
+            self.arch,
+            plan,
+            sequences=result.examples,
+            seq_len=setup.seq_len,
+            predicted_tokens=result.predicted_tokens,
+            head=setup.objective.head,
+        )
+        row.seconds, row.wall_seconds = result.seconds, result.wall_seconds
+        row.peak_memory_bytes, row.train_loss = result.peak_memory_bytes, result.mean_loss
+        return ClientUpdate(upload, row)
+
+    def _is_stale(self, local_name: str, plan: ClientPlan) -> bool:
+        """True for a local parameter at one of the plan's stale positions."""
+        return self.arch.layer_of(local_name) in plan.stale_positions
+
+    def _prepare_local_model(
+        self, plan: ClientPlan, received: Mapping[str, torch.Tensor]
+    ) -> tuple[nn.Module, dict[str, str]]:
+        """The cached local model of the plan's depth, loaded from the received tensors, grads set."""
+        depth = len(plan.layer_map)
+        if depth not in self._local_models:
+            self._local_models[depth] = self.method.prepare_model(build_local_model(self.template, depth))
+        model = self._local_models[depth]
+        name_map = local_to_global_names(self.arch, plan.layer_map)
+        stale = {n: g for n, g in name_map.items() if self._is_stale(n, plan)}
+        load_from_global(model, received, {n: g for n, g in name_map.items() if n not in stale})
+        load_from_global(model, self.initial_params, stale)
+        for local_name, param in model.named_parameters():
+            param.requires_grad_(name_map[local_name] in plan.trainable and local_name not in stale)
+        return model, name_map
+
+
+class Runtime(Protocol):
+    """Where the clients of a round train."""
+
+    name: str
+
+    def train_clients(
+        self, server: Simulator, round_idx: int, clients: list[int]
+    ) -> Iterator[tuple[dict[str, torch.Tensor], LedgerRow]]:
+        """Each selected client's decoded upload and ledger row, in client order."""
+        ...
+
+    def report(self) -> dict[str, Any]:
+        """What the runtime measured, for the run's metrics (e.g. bytes on a real wire)."""
+        ...
+
+
+class InProcess:
+    """Clients train one after the other in this process, on one reused local model per depth."""
+
+    name = "in-process"
+
+    def train_clients(
+        self, server: Simulator, round_idx: int, clients: list[int]
+    ) -> Iterator[tuple[dict[str, torch.Tensor], LedgerRow]]:
+        for client_id in progress(clients, f"round {round_idx} clients", leave=False):
+            yield server.train_client(round_idx, client_id)
+
+    def report(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+
 class Simulator:
     """Runs the rounds of one method on one global model, resuming from the last completed round."""
 
@@ -78,9 +222,10 @@ class Simulator:
         fingerprint: str,
         round_eval: Callable[[nn.Module], dict[str, float]] | None = None,
         select: Callable[[list[dict]], int | None] | None = None,
+        runtime: Runtime | None = None,
     ):
         """``select`` maps the records so far to the best round (None: no selection); its round's global tensors
-        are kept (:meth:`restore_selected`)."""
+        are kept (:meth:`restore_selected`). ``runtime`` is where clients train (default: :class:`InProcess`)."""
         self.global_model = global_model
         self.method = method
         self.setup = setup
@@ -88,16 +233,11 @@ class Simulator:
         self.checkpoint_dir = checkpoint_dir
         self.fingerprint = fingerprint
         self.round_eval = round_eval
-        self.arch = ModelArch.from_model(global_model)
-        if self.arch != method.arch:
-            raise FedBTError(f"{method.name}: the global model's parameters differ from those the method planned for")
-        self.clients = method.arrange_clients(setup.clients)
-        self.steps_scale = len(setup.clients) / len(self.clients)
+        self.runtime = runtime or InProcess()
+        self.trainer = LocalTrainer(global_model, method, setup)
+        self.arch = self.trainer.arch
+        self.clients = self.trainer.clients
         self.global_params = dict(global_model.named_parameters())
-        self.initial_params = (
-            {n: p.detach().clone() for n, p in self.global_params.items()} if method.uses_stale_layers else {}
-        )
-        self._local_models: dict[int, nn.Module] = {}
         self.records: list[dict] = []
         self.select = select
         self.best_round: int | None = None
@@ -142,12 +282,11 @@ class Simulator:
         rows: list[LedgerRow] = []
         plans = []
         clients = self.selected_clients(round_idx)
-        for client_id in progress(clients, f"round {round_idx} clients", leave=False):
-            payload, row = self.train_client(round_idx, client_id)
+        for payload, row in self.runtime.train_clients(self, round_idx, clients):
             if payload:
                 average.add(payload, client_weight(row.examples, self.setup.aggregation))
             rows.append(row)
-            plans.append(self._plan_summary(round_idx, client_id, row))
+            plans.append(self._plan_summary(round_idx, row.client, row))
             del payload
         if len(average):
             self._write_global(self.method.aggregate(self.global_params, average.result()))
@@ -190,76 +329,37 @@ class Simulator:
         ]
 
     def train_client(self, round_idx: int, client_id: int) -> tuple[dict[str, torch.Tensor], LedgerRow]:
-        """Train one client in one round from the current global model: its (decoded) upload and ledger row.
+        """Train one client in one round from the current global model: its (decoded) upload and ledger row."""
+        task = self.client_task(round_idx, client_id)
+        if self.sits_out(task):
+            return {}, self.idle_row(task)
+        return self.receive(task, self.trainer.train(task))
 
-        A client with no examples, or a plan with nothing to train, sits the round out (no transfer, no compute,
-        no weight in the average).
-        """
-        setup, local, method = self.setup, self.setup.local, self.method
-        plan = method.plan(round_idx, client_id)
-        examples = self.clients[client_id]
-        row = LedgerRow(round=round_idx, client=client_id, examples=len(examples))
-        if not examples or not plan.trainable:
-            row.status = NO_DATA if not examples else IDLE
-            return {}, row
-        model, name_map = self._prepare_local_model(plan)
-        steps = loop.steps_for(len(examples), local.batch_size, local.epochs, local.steps)
-        if local.steps is not None:
-            steps = max(1, round(steps * self.steps_scale))
-        torch.manual_seed(derive_seed(setup.seed, DROPOUT, round_idx, client_id))
-        result = loop.train(
-            model,
-            setup.objective,
-            examples,
-            steps=steps,
-            batch_size=local.batch_size,
-            lr=local.lr,
-            weight_decay=local.weight_decay,
-            generator=torch.Generator().manual_seed(derive_seed(setup.seed, DATA, round_idx, client_id)),
-            device=setup.device,
-            precision=local.precision,
-            max_grad_norm=local.max_grad_norm,
-            flop_count_steps=local.flop_count_steps,
-        )
-        fresh = {n: g for n, g in name_map.items() if not self._is_stale(n, plan)}
-        upload = method.encode(extract_to_global(model, fresh, plan.trainable))
-        if method.transmits:
-            row.upload_params, row.upload_bytes = payload_nbytes(upload)
-            download = method.encode({n: self.global_params[n] for n in plan.download_names(self.arch)})
-            row.download_params, row.download_bytes = payload_nbytes(download)
-        row.steps, row.tokens = result.steps, result.tokens
-        row.trained_layers = format_layers(plan.trained_layers(self.arch))
-        row.measured_flops = result.measured_flops
-        row.analytic_flops = analytic_train_flops(
-            self.arch,
-            plan,
-            sequences=result.examples,
-            seq_len=setup.seq_len,
-            predicted_tokens=result.predicted_tokens,
-            head=setup.objective.head,
-        )
-        row.seconds, row.wall_seconds = result.seconds, result.wall_seconds
-        row.peak_memory_bytes, row.train_loss = result.peak_memory_bytes, result.mean_loss
-        return method.decode(upload), row
+    # ------------------------------------------------------------- the server's side of one client
 
-    def _is_stale(self, local_name: str, plan: ClientPlan) -> bool:
-        """True for a local parameter at one of the plan's stale positions."""
-        return self.arch.layer_of(local_name) in plan.stale_positions
+    def client_task(self, round_idx: int, client_id: int) -> ClientTask:
+        """The client's plan for the round and the global tensors it downloads, encoded by the method."""
+        plan = self.method.plan(round_idx, client_id)
+        download = {n: self.global_params[n] for n in plan.download_names(self.arch)} if plan.trainable else {}
+        return ClientTask(round_idx, client_id, plan, self.method.encode(download))
 
-    def _prepare_local_model(self, plan: ClientPlan) -> tuple[nn.Module, dict[str, str]]:
-        """The cached local model of the plan's depth, loaded from the global tensors, grads set."""
-        depth = len(plan.layer_map)
-        if depth not in self._local_models:
-            self._local_models[depth] = self.method.prepare_model(build_local_model(self.global_model, depth))
-        model = self._local_models[depth]
-        name_map = local_to_global_names(self.arch, plan.layer_map)
-        load_from_global(model, self.global_params, name_map)
-        if plan.stale_positions:
-            stale = {n: g for n, g in name_map.items() if self._is_stale(n, plan)}
-            load_from_global(model, self.initial_params, stale)
-        for local_name, param in model.named_parameters():
-            param.requires_grad_(name_map[local_name] in plan.trainable and not self._is_stale(local_name, plan))
-        return model, name_map
+    def sits_out(self, task: ClientTask) -> bool:
+        """A client with no examples, or a plan with nothing to train, sits the round out (no transfer, no
+        compute, no weight in the average)."""
+        return not task.plan.trainable or not self.clients[task.client_id]
+
+    def idle_row(self, task: ClientTask) -> LedgerRow:
+        """The ledger row of a client that sat the round out, saying why."""
+        examples = len(self.clients[task.client_id])
+        status = NO_DATA if not examples else IDLE
+        return LedgerRow(round=task.round_idx, client=task.client_id, examples=examples, status=status)
+
+    def receive(self, task: ClientTask, update: ClientUpdate) -> tuple[dict[str, torch.Tensor], LedgerRow]:
+        """A client's update as the server takes it: the decoded upload and the row with the download counted."""
+        row = update.row
+        if self.method.transmits:
+            row.download_params, row.download_bytes = payload_nbytes(task.download)
+        return self.method.decode(update.upload), row
 
     def _write_global(self, tensors: Mapping[str, torch.Tensor]) -> None:
         with torch.no_grad():
