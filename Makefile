@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-fast lint format smoke minilm reproduce vision bench clean
+.PHONY: install test test-fast lint format smoke minilm reproduce vision hetero bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,9 +52,14 @@ vision: $(STAMP)
 	$(BIN)/snakemake --profile workflow/profiles/default --configfile config/vision.yaml --forcerun report
 	$(BIN)/snakemake --configfile config/vision.yaml --report results/vision/report.html
 
+# The heterogeneous-clients study (three resource tiers, MiniLM): results/hetero/.
+hetero: $(STAMP)
+	$(BIN)/snakemake --profile workflow/profiles/default --configfile config/hetero.yaml --forcerun report
+	$(BIN)/snakemake --configfile config/hetero.yaml --report results/hetero/report.html
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/simulator_overhead.py
 	$(BIN)/python benchmarks/mlm_decoder.py
 
 clean:
-	rm -rf results/runs results/partitions results/mlflow.db results/mlartifacts results/vision/runs
+	rm -rf results/runs results/partitions results/mlflow.db results/mlartifacts results/vision/runs results/hetero/runs

@@ -101,6 +101,8 @@ def prepare(config: RunConfig) -> PreparedRun:
     model_config = dataclasses.replace(config.model, source=source)
     hf_config = model_config_for(model_config, num_labels)
     _check_modality(config, hf_config)
+    from fedbt.federated.tiers import tiers_from_config
+
     method = create_method(
         config.method.name,
         meta_model(hf_config, head),
@@ -108,6 +110,7 @@ def prepare(config: RunConfig) -> PreparedRun:
         config.seed,
         config.method.options,
         config.scenario,
+        tiers_from_config(config.federation.tiers),
     )
     return PreparedRun(config, method, head, num_labels, model_config, config.resolved_out_dir())
 
@@ -201,6 +204,7 @@ def build_federation(prepared: PreparedRun) -> Federation:
     """
     from fedbt.data.partition import load_or_create_partition
     from fedbt.federated.simulator import SimulationSetup
+    from fedbt.federated.tiers import deal
     from fedbt.training import loop
     from fedbt.training.objectives import make_objective
 
@@ -246,6 +250,7 @@ def build_federation(prepared: PreparedRun) -> Federation:
         seed=config.seed,
         device=device,
         seq_len=sequence_length(global_model.config, config.model.max_length),
+        tiers=deal(prepared.method.tiers, fed.clients, config.seed) if fed.tiers else (),
     )
     return Federation(setup, global_model, processor, eval_sets, partition, patches)
 
@@ -329,6 +334,8 @@ def execute(prepared: PreparedRun, fresh: bool = False, runtime: Runtime | None 
     }
     if select is not None:
         metrics["selection"] = best_round(records, primary)
+    if config.federation.tiers:
+        metrics["tiers"] = _tier_summary(ledger, method)
     metrics["final"] = final_metrics(metrics)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     shutil.rmtree(out_dir / "checkpoint", ignore_errors=True)  # the run is complete; model/ holds its state
@@ -348,6 +355,26 @@ def execute(prepared: PreparedRun, fresh: bool = False, runtime: Runtime | None 
         )
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
+
+
+def _tier_summary(ledger, method: Method) -> dict[str, Any]:
+    """The ledger's costs per resource tier, with a warning for each memory budget a tier's clients exceeded."""
+    summary = ledger.tier_summary(method.tiers)
+    measures = {
+        "state_exceeds_budget": ("max_state_mb", "training state (parameters, gradients, optimizer)"),
+        "peak_memory_exceeds_budget": ("max_peak_memory_mb", "peak memory of the training process"),
+    }
+    for name, tier in summary.items():
+        for flag, (measure, what) in measures.items():
+            if tier[flag]:
+                log.warning(
+                    "tier %s: %s %.1f MB exceeds its budget of %.1f MB",
+                    name,
+                    what,
+                    tier[measure],
+                    tier["memory_budget_mb"],
+                )
+    return summary
 
 
 def final_metrics(metrics: dict[str, Any]) -> dict[str, float]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,11 +115,14 @@ def train(
     max_grad_norm: float | None = 1.0,
     flop_count_steps: int = 0,
     optimizer: torch.optim.Optimizer | None = None,
+    extra_loss: Callable[[], torch.Tensor | None] | None = None,
 ) -> TrainResult:
     """Train ``model``'s trainable parameters for ``steps`` steps and measure the pass.
 
     A fresh AdamW (``lr``, ``weight_decay``) is made unless ``optimizer`` is given (to continue one across
-    several calls, e.g. epochs of centralised fine-tuning).
+    several calls, e.g. epochs of centralised fine-tuning, or a method's own local optimizer). ``extra_loss``
+    (e.g. a proximal term) is added to the objective's loss at every step; the mean loss reported is the
+    objective's alone.
     """
     model.train()
     optimizer = optimizer if optimizer is not None else adamw(model, lr, weight_decay)
@@ -135,7 +138,8 @@ def train(
         with counter or contextlib.nullcontext():
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss = objective.loss(model, batch)
-            loss.backward()
+            extra = extra_loss() if extra_loss is not None else None
+            (loss if extra is None else loss + extra).backward()
         if counter is not None:
             counted_flops += counter.get_total_flops()
             counted_examples += len(batch_examples)
@@ -161,6 +165,18 @@ def train(
         measured_flops=measured,
         peak_memory_bytes=peak.read(),
     )
+
+
+def training_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Bytes a client holds to train ``model``, activations excluded: every parameter, a gradient per trainable
+    parameter and the optimizer's state tensors (AdamW: two moments), counted from the tensors themselves
+    (deterministic, unlike peak memory)."""
+    params = list(model.parameters())
+    nbytes = sum(p.numel() * p.element_size() for p in params)
+    nbytes += sum(p.numel() * p.element_size() for p in params if p.requires_grad)
+    for state in optimizer.state.values():
+        nbytes += sum(t.numel() * t.element_size() for t in state.values() if torch.is_tensor(t) and t.dim() > 0)
+    return nbytes
 
 
 class ComputeClock:

@@ -231,6 +231,7 @@ def report_spec() -> dict:
                 "paper": spec.get("paper"),
                 "reference": spec.get("reference", "fedavg"),
                 "base_arch": spec.get("base_arch", "bert-base-uncased"),
+                "base_tiers": spec.get("base_tiers"),
                 "columns": columns,
                 "rows": rows,
             }
