@@ -132,33 +132,25 @@ class LocalTrainer:
         self._client_hooks = self._loss_hook or type(method).client_state is not Method.client_state
 
     def train(self, task: ClientTask) -> ClientUpdate:
-        """Train client ``task.client_id`` on its data from the tensors of ``task``: its encoded upload and row."""
+        """Train client ``task.client_id`` on its data from the tensors of ``task``: its encoded upload, ledger row
+        and new state."""
         setup, local, method, plan = self.setup, self.setup.local, self.method, task.plan
-        round_idx, client_id = task.round_idx, task.client_id
-        examples = self.clients[client_id]
-        row = LedgerRow(round=round_idx, client=client_id, examples=len(examples))
+        examples = self.clients[task.client_id]
         received = method.decode(task.download)
         model, name_map = self._prepare_local_model(plan, received)
-        steps = loop.steps_for(len(examples), local.batch_size, local.epochs, local.steps)
-        if local.steps is not None:
-            steps = max(1, round(steps * self.steps_scale))
         fresh = {n: g for n, g in name_map.items() if not self._is_stale(n, plan)}
-        trained = [(fresh[n], p) for n, p in model.named_parameters() if p.requires_grad]
-        hooks = self._client_hooks
-        start = {g: received[g].detach().to(setup.device) for g, _ in trained} if hooks else {}
-        state = {n: t.to(setup.device) for n, t in task.state.items()} if hooks else {}
-        context = LocalContext(round_idx, client_id, plan, model, trained, start, state, steps, local.lr)
+        context = self._context(task, model, fresh, received, self._steps(len(examples)))
         optimizer = method.local_optimizer(model, local) or loop.adamw(model, local.lr, local.weight_decay)
-        torch.manual_seed(derive_seed(setup.seed, DROPOUT, round_idx, client_id))
+        torch.manual_seed(derive_seed(setup.seed, DROPOUT, task.round_idx, task.client_id))
         result = loop.train(
             model,
             setup.objective,
             examples,
-            steps=steps,
+            steps=context.steps,
             batch_size=local.batch_size,
             lr=local.lr,
             weight_decay=local.weight_decay,
-            generator=torch.Generator().manual_seed(derive_seed(setup.seed, DATA, round_idx, client_id)),
+            generator=torch.Generator().manual_seed(derive_seed(setup.seed, DATA, task.round_idx, task.client_id)),
             device=setup.device,
             precision=local.precision,
             max_grad_norm=local.max_grad_norm,
@@ -166,10 +158,41 @@ class LocalTrainer:
             optimizer=optimizer,
             extra_loss=(lambda: method.local_loss(context)) if self._loss_hook else None,
         )
+        upload = method.encode(extract_to_global(model, fresh, plan.trainable))
+        row = self._row(task, len(examples), result, upload)
         row.state_bytes = loop.training_state_bytes(model, optimizer)
         new_state = {n: t.detach().cpu() for n, t in method.client_state(context).items()}
-        upload = method.encode(extract_to_global(model, fresh, plan.trainable))
-        if method.transmits:
+        return ClientUpdate(upload, row, new_state)
+
+    def _steps(self, examples: int) -> int:
+        """Local steps of a client with ``examples`` examples (a fixed budget scales with the clients pooled)."""
+        local = self.setup.local
+        steps = loop.steps_for(examples, local.batch_size, local.epochs, local.steps)
+        return max(1, round(steps * self.steps_scale)) if local.steps is not None else steps
+
+    def _context(
+        self,
+        task: ClientTask,
+        model: nn.Module,
+        fresh: Mapping[str, str],
+        received: Mapping[str, torch.Tensor],
+        steps: int,
+    ) -> LocalContext:
+        """What the client-side hooks see; the received values and the state only for methods whose hooks read them."""
+        device = self.setup.device
+        trained = [(fresh[n], p) for n, p in model.named_parameters() if p.requires_grad]
+        hooks = self._client_hooks
+        start = {g: received[g].detach().to(device) for g, _ in trained} if hooks else {}
+        state = {n: t.to(device) for n, t in task.state.items()} if hooks else {}
+        return LocalContext(
+            task.round_idx, task.client_id, task.plan, model, trained, start, state, steps, self.setup.local.lr
+        )
+
+    def _row(self, task: ClientTask, examples: int, result: loop.TrainResult, upload: Mapping) -> LedgerRow:
+        """The client's ledger row (the server adds the download and the tier)."""
+        setup, plan = self.setup, task.plan
+        row = LedgerRow(round=task.round_idx, client=task.client_id, examples=examples)
+        if self.method.transmits:
             row.upload_params, row.upload_bytes = payload_nbytes(upload)
         row.steps, row.tokens = result.steps, result.tokens
         row.trained_layers = format_layers(plan.trained_layers(self.arch))
@@ -184,7 +207,7 @@ class LocalTrainer:
         )
         row.seconds, row.wall_seconds = result.seconds, result.wall_seconds
         row.peak_memory_bytes, row.train_loss = result.peak_memory_bytes, result.mean_loss
-        return ClientUpdate(upload, row, new_state)
+        return row
 
     def _is_stale(self, local_name: str, plan: ClientPlan) -> bool:
         """True for a local parameter at one of the plan's stale positions."""
