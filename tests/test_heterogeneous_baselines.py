@@ -350,3 +350,27 @@ def test_every_new_method_runs_with_three_tiers_on_a_tiny_vit(tmp_path, name):
     trained = [r for r in rows if r.status == TRAINED]
     assert trained and all(r.upload_bytes > 0 and r.measured_flops > 0 for r in trained)
     assert {r.tier for r in rows} == {"tier0", "tier1", "tier2"}
+
+
+# ------------------------------------------------------------------------------------------------- Flower
+
+
+@pytest.mark.flower
+@pytest.mark.parametrize("name", ["example-feddyn", "heterofl"])
+def test_hooks_state_and_slices_run_the_same_over_flower(tmp_path, monkeypatch, name):
+    """Client state, the extra loss, the local optimizer, the server step (FedDyn) and width slices (HeteroFL) go
+    through Flower's ClientApps exactly as in process, with three tiers."""
+    pytest.importorskip("flwr", reason="needs the Flower extra: pip install -e '.[flower]'")
+    from fedbt.flower.local import LocalFederation
+    from tests.test_flower import THREADS, assert_same_run, assert_wire_matches_ledger, in_process, run_settings
+
+    plugin = _feddyn(tmp_path, monkeypatch)
+    tiers = "federation.tiers=[{share: 0.34, local_layers: 2}, {share: 0.33, local_layers: 3}, {share: 0.33}]"
+    settings = run_settings(tmp_path, f"plugins=[{plugin}]", f"method.name={name}", tiers)
+    with LocalFederation("simulation", 3, tmp_path / "flower", cwd=REPO, env=THREADS) as federation:
+        run = federation.run(settings, timeout=900)
+        assert run.succeeded, f"{run.status}\n{run.output[-4000:]}\n{federation.logs()}"
+    in_process(settings, tmp_path / "reference")
+    assert_same_run(tmp_path / "run", tmp_path / "reference")
+    if name == "heterofl":  # FedDyn's client state also rides in the messages (outside the ledger's payload)
+        assert_wire_matches_ledger(tmp_path / "run")
