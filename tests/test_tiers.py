@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -212,3 +213,63 @@ def test_fedbt_costs_prints_a_row_per_tier(capsys):
     assert ratios == [0.0, 0.0, 1.0] and json.loads(text)["tier_mix"]["upload_ratio_vs_fedavg"] == pytest.approx(0.2)
     status, text = _costs(capsys, "--method", "fedbt", "--tiers", "[{share: 0.5}, {share: 0.2}]")
     assert status == 2 and "--tiers': the shares must sum to 1" in text
+
+
+# -------------------------------------------------------------------------------------------------- report
+
+
+def _tier(flops: float, upload: float, state: float, budget: float | None) -> dict:
+    return {
+        "measured_flops_per_client_round": flops,
+        "upload_mb_per_client_round": upload,
+        "max_state_mb": state,
+        "max_peak_memory_mb": 900.0,
+        "memory_budget_mb": budget,
+        "state_exceeds_budget": None if budget is None else state > budget,
+        "peak_memory_exceeds_budget": None if budget is None else budget < 900.0,
+    }
+
+
+def test_tables_of_a_study_with_tiers_have_cost_columns_per_tier(tmp_path):
+    """The golden runs with tier costs added: per-tier FLOPs, FLOP % of fedavg's same tier, upload, state (! over
+    the budget) in Markdown, and a ``tiers`` object per row in the JSON (the documented fields stay)."""
+    from fedbt.report.build import build_report
+    from fedbt.report.spec import from_dict
+    from tests.test_report import RUNS, spec_dict
+
+    tiers = {
+        "fedavg": {"weak": _tier(8e9, 90.0, 364.0, 121.0), "strong": _tier(8e9, 90.0, 364.0, None)},
+        "fedbt": {"weak": _tier(2e9, 1.0, 86.0, 121.0), "strong": _tier(4e9, 1.0, 114.0, None)},
+    }
+    spec = spec_dict()
+    table = spec["tables"][0]
+    table["base_tiers"] = [{"share": 0.5, "local_layers": 4}, {"share": 0.5, "local_layers": 12}]
+    spec["tables"] = [table]
+    for row in table["rows"]:
+        paths = []
+        for path in row["runs"]["cs"]:
+            metrics = json.loads(Path(path).read_text())
+            metrics["tiers"] = tiers[row["variant"]]
+            copy = tmp_path / "runs" / row["variant"] / Path(path).parent.name / "metrics.json"
+            copy.parent.mkdir(parents=True)
+            copy.write_text(json.dumps(metrics))
+            paths.append(str(copy))
+        row["runs"]["cs"] = paths
+    assert RUNS.is_dir()
+    build_report(from_dict(spec), tmp_path / "out")
+    markdown = (tmp_path / "out/tables/pretrain.md").read_text()
+    header = next(line for line in markdown.splitlines() if line.startswith("| method"))
+    for column in ("weak FLOPs", "weak FLOP %", "weak upload MB", "weak state MB", "strong state MB"):
+        assert f" {column} |" in header
+    fedavg = next(line for line in markdown.splitlines() if line.startswith("| fedavg |"))
+    fedbt = next(line for line in markdown.splitlines() if line.startswith("| fedbt |"))
+    assert "| 364.0 ! |" in fedavg and "| 86.0 |" in fedbt, "the budget mark"
+    assert "| 25.0 |" in fedbt and "| 50.0 |" in fedbt, "FLOP % of fedavg's same tier"
+    assert "weak 121 MB" in markdown and "resource tiers on bert-base-uncased" in markdown
+    rows = json.loads((tmp_path / "out/tables/pretrain.json").read_text())["rows"]
+    assert rows[1]["tiers"]["weak"]["flops_pct"] == pytest.approx(25.0)
+    assert rows[0]["tiers"]["weak"]["state_exceeds_budget"] is True
+    assert {"flops_pct", "upload_pct", "bert_base_upload_pct", "scores"} <= set(rows[1])
+    assert rows[1]["bert_base_upload_pct"] == pytest.approx(7.04, abs=0.01), (
+        "fedbt uploads layer l + head on every tier"
+    )
