@@ -110,6 +110,7 @@ def test_fedprox_pulls_local_training_towards_the_global_model(tiny_config, tmp_
         )
     )
     assert same["rounds"][0]["train_loss"] == fedavg["rounds"][0]["train_loss"], "mu = 0 is FedAvg"
+    assert same["plan_sha256"] != fedavg["plan_sha256"], "equal plans, another training rule: no equal-plan warning"
     assert drift(1000.0) < drift(0.0)
 
 

@@ -266,6 +266,16 @@ class InProcess:
         return {"name": self.name}
 
 
+HOOKS = ("local_optimizer", "local_loss", "client_state", "aggregate")
+
+
+def training_rule(method: Method) -> list:
+    """What besides the plans decides a method's training, for the plan digests: the hooks it overrides, with its
+    name and options (empty for a method without hooks, so two such methods with equal plans share digests)."""
+    hooks = [hook for hook in HOOKS if getattr(type(method), hook) is not getattr(Method, hook)]
+    return [{"hooks": hooks, "method": method.name, "options": method.options_dict()}] if hooks else []
+
+
 class Simulator:
     """Runs the rounds of one method on one global model, resuming from the last completed round."""
 
@@ -299,6 +309,7 @@ class Simulator:
         # a method that pools the clients (centralised training) trains in one place: no tiers there
         self.tiers = list(setup.tiers) if len(setup.tiers) == len(self.clients) else []
         self.client_states: dict[int, dict[str, torch.Tensor]] = {}
+        self._rule = training_rule(method)
         self.records: list[dict] = []
         self.select = select
         self.best_round: int | None = None
@@ -364,7 +375,7 @@ class Simulator:
             "client_wall_seconds": sum(r.wall_seconds for r in rows),
             "measured_flops": sum(r.measured_flops for r in rows),
             "analytic_flops": sum(r.analytic_flops for r in rows),
-            "plan_sha256": hashlib.sha256(json.dumps(plans).encode()).hexdigest(),
+            "plan_sha256": hashlib.sha256(json.dumps(plans + self._rule).encode()).hexdigest(),
         }
         if self.round_eval is not None:
             record.update(self.round_eval(self.method.deploy(self.global_model)))
