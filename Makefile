@@ -4,13 +4,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+FLOWER_STAMP := $(VENV)/.installed-flower
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-fast lint format smoke minilm reproduce vision hetero bench clean
+.PHONY: install install-flower test test-fast test-flower lint format smoke minilm reproduce vision hetero bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,12 +21,23 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+# The optional Flower runtime (flwr[simulation], i.e. with Ray): about 20 s on top of the core install.
+$(FLOWER_STAMP): $(STAMP)
+	$(BIN)/pip install -e '.[dev,flower]'
+	touch $(FLOWER_STAMP)
+
+install-flower: $(FLOWER_STAMP)
+
+# loadgroup keeps the Flower tests (one SuperLink per module) on one worker.
+test: $(FLOWER_STAMP)
 	$(BIN)/ruff check fedbt baselines tests benchmarks
-	$(BIN)/pytest -n 2 --durations=10
+	$(BIN)/pytest -n 2 --dist loadgroup --durations=10
 
 test-fast: $(STAMP)
-	$(BIN)/pytest -n 2 -m "not e2e"
+	$(BIN)/pytest -n 2 -m "not e2e and not flower"
+
+test-flower: $(FLOWER_STAMP)
+	$(BIN)/pytest -n 2 --dist loadgroup -m flower
 
 lint: $(STAMP)
 	$(BIN)/ruff check fedbt baselines tests benchmarks
@@ -57,9 +69,10 @@ hetero: $(STAMP)
 	$(BIN)/snakemake --profile workflow/profiles/default --configfile config/hetero.yaml --forcerun report
 	$(BIN)/snakemake --configfile config/hetero.yaml --report results/hetero/report.html
 
-bench: $(STAMP)
+bench: $(FLOWER_STAMP)
 	$(BIN)/python benchmarks/simulator_overhead.py
 	$(BIN)/python benchmarks/mlm_decoder.py
+	$(BIN)/python benchmarks/flower_runtime.py
 
 clean:
 	rm -rf results/runs results/partitions results/mlflow.db results/mlartifacts results/vision/runs results/hetero/runs

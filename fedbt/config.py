@@ -8,6 +8,7 @@ naming the dotted key and what is allowed, before any data or model is touched.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -226,6 +227,9 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _coerce(hint: Any, value: Any, key: str) -> Any:
     """Check ``value`` against type ``hint`` (ints are accepted where floats are expected)."""
     origin = get_origin(hint)
@@ -261,6 +265,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads 3e-4 (no dot) as a string
     if hint in (int, float) and isinstance(value, bool):
         raise ConfigError(key, f"got {value!r}, expected {hint.__name__}")
     if not isinstance(value, hint):

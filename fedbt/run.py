@@ -281,16 +281,9 @@ def execute(prepared: PreparedRun, fresh: bool = False, runtime: Runtime | None 
 
         primary = get_task(config.data.task).metrics[0]
         select = functools.partial(selected_round, primary=primary)
+    checkpoints = out_dir / "checkpoint"
     simulator = Simulator(
-        global_model,
-        method,
-        federation.setup,
-        ledger,
-        out_dir / "checkpoint",
-        fingerprint(config),
-        round_eval,
-        select=select,
-        runtime=runtime,
+        global_model, method, federation.setup, ledger, checkpoints, fingerprint(config), round_eval, select, runtime
     )
     records = simulator.run()
     simulator.restore_selected()  # fine-tuning: the model of the reported round is the one saved

@@ -70,3 +70,10 @@ def test_resolved_config_round_trips(tmp_path):
     flat = to_flat_dict(config)
     assert flat["federation.partition.scheme"] == "iid"
     assert flat["seed"] == 3
+
+
+def test_a_float_written_without_a_dot_is_a_float():
+    config = load_config(None, ["local.lr=3e-4", "local.weight_decay=1E-2"])
+    assert config.local.lr == 3e-4 and config.local.weight_decay == 0.01
+    with pytest.raises(ConfigError, match="local.lr"):
+        load_config(None, ["local.lr=fast"])

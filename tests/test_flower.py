@@ -28,10 +28,10 @@ from fedbt.ledger import LedgerRow, payload_nbytes  # noqa: E402
 from fedbt.run import execute, prepare  # noqa: E402
 from tests.conftest import REPO, tiny_overrides  # noqa: E402
 
-pytestmark = pytest.mark.flower
+pytestmark = [pytest.mark.flower, pytest.mark.xdist_group("flower")]
 SMOKE = REPO / "config/runs/smoke.yaml"
 THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-TIMING = {"seconds", "peak_memory_bytes"}
+TIMING = {"seconds", "wall_seconds", "peak_memory_bytes"}
 FRAMING_PER_TENSOR, FRAMING_PER_MESSAGE = 512, 8192
 """Stated framing overhead bound: object headers, array metadata and the record entry of each tensor, plus the
 message metadata and the JSON fields (plan, ledger row) of each message."""

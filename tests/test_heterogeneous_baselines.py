@@ -357,6 +357,7 @@ def test_every_new_method_runs_with_three_tiers_on_a_tiny_vit(tmp_path, name):
 
 
 @pytest.mark.flower
+@pytest.mark.xdist_group("flower")
 @pytest.mark.parametrize("name", ["example-feddyn", "heterofl"])
 def test_hooks_state_and_slices_run_the_same_over_flower(tmp_path, monkeypatch, name):
     """Client state, the extra loss, the local optimizer, the server step (FedDyn) and width slices (HeteroFL) go

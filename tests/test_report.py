@@ -148,3 +148,18 @@ def test_rows_with_identical_plans_are_flagged(tmp_path):
     assert json.loads((tmp_path / "tables" / "pretrain.json").read_text())["identical_plans"] == [
         ["fedbt", "fedbt-twin"]
     ]
+
+
+def test_cost_figure_plots_each_run_against_its_cumulative_spend(report):
+    from fedbt.report.runs import load_run
+
+    out, _ = report
+    assert (out / "figures" / "pretrain_cost.png").stat().st_size > 0
+    run = load_run(RUNS / "pretrain" / "cs" / "fedbt" / "seed0")
+    metrics = json.loads((RUNS / "pretrain" / "cs" / "fedbt" / "seed0" / "metrics.json").read_text())
+    last = metrics["rounds"][-1]["round"]
+    assert run.spent[last] == (
+        sum(r["measured_flops"] for r in metrics["rounds"]),
+        sum(r["upload_bytes"] for r in metrics["rounds"]),
+    )
+    assert list(run.spent) == sorted(run.spent) and set(run.curve) <= set(run.spent)

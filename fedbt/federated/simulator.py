@@ -84,7 +84,12 @@ class SimulationSetup:
 
 @dataclass
 class ClientTask:
-    """What the server sends one client for one round: its plan and the global tensors it downloads."""
+    """What the server sends one client for one round: its plan and the global tensors it downloads.
+
+    Everything a client needs beyond its own data and the starting model travels in a task (and comes back in a
+    :class:`ClientUpdate`), so that a remote client (a Flower ClientApp, a new process each round) gets it too:
+    a field added here (e.g. client state kept by the server and checkpointed) travels without further code.
+    """
 
     round_idx: int
     client_id: int
@@ -404,7 +409,11 @@ class Simulator:
         return summary
 
     def train_client(self, round_idx: int, client_id: int) -> tuple[dict[str, torch.Tensor], LedgerRow]:
-        """Train one client in one round from the current global model: its (decoded) upload and ledger row."""
+        """Train one client in one round from the current global model: its (decoded) upload and ledger row.
+
+        A client with no examples, or a plan with nothing to train, sits the round out (no transfer, no compute,
+        no weight in the average).
+        """
         task = self.client_task(round_idx, client_id)
         if self.sits_out(task):
             return {}, self.idle_row(task)
@@ -424,18 +433,18 @@ class Simulator:
         """The client's plan for the round, the global tensors (or blocks) it downloads, encoded by the method, and
         the state it kept from its last round."""
         plan = self.plan(round_idx, client_id)
-        names = plan.download_names(self.arch) if plan.trainable else []
-        download = {n: plan.block(n, self.global_params[n]) for n in names}
-        state = self.client_states.get(client_id, {})
-        return ClientTask(round_idx, client_id, plan, self.method.encode(download), state)
+        task = ClientTask(round_idx, client_id, plan, {}, self.client_states.get(client_id, {}))
+        if not self.sits_out(task):
+            names = plan.download_names(self.arch)
+            task.download = self.method.encode({n: plan.block(n, self.global_params[n]) for n in names})
+        return task
 
     def sits_out(self, task: ClientTask) -> bool:
-        """A client with no examples, or a plan with nothing to train, sits the round out (no transfer, no
-        compute, no weight in the average)."""
-        return not task.plan.trainable or not self.clients[task.client_id]
+        """A client with no examples, or whose plan trains nothing, sits the round out."""
+        return not self.clients[task.client_id] or not task.plan.trainable
 
     def idle_row(self, task: ClientTask) -> LedgerRow:
-        """The ledger row of a client that sat the round out, saying why."""
+        """The ledger row of a client that sat the round out, saying why (``status``)."""
         examples = len(self.clients[task.client_id])
         status = NO_DATA if not examples else IDLE
         row = LedgerRow(round=task.round_idx, client=task.client_id, examples=examples, status=status)

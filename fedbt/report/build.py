@@ -53,7 +53,12 @@ def build_report(spec: Spec, out: str | Path) -> list[Path]:
             written.append(path)
         for group in identical_plans(data.rows):
             log.warning("%s: %s trained and sent the same tensors every round (equal plans)", table.name, group)
-        makers = {"rounds": figures.rounds_figure, "pareto": figures.pareto_figure, "compute": figures.compute_figure}
+        makers = {
+            "rounds": figures.rounds_figure,
+            "pareto": figures.pareto_figure,
+            "cost": figures.cost_figure,
+            "compute": figures.compute_figure,
+        }
         for kind in FIGURE_KINDS:
             written += makers[kind](table, results, out / "figures" / f"{table.name}_{kind}")
         for row in table.rows:

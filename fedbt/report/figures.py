@@ -1,5 +1,6 @@
-"""Figures (PNG and PDF): score per round, score against uplink bytes (Pareto), client compute per method,
-and the layer schedule of each FedBT variant."""
+"""Figures (PNG and PDF): score per round, score against uplink bytes (Pareto), score against the cost spent
+so far (cumulative client FLOPs and upload, per round), client compute per method, and the layer schedule of
+each FedBT variant."""
 
 from __future__ import annotations
 
@@ -92,6 +93,38 @@ def pareto_figure(table: Table, results: Mapping[str, RunResult], stem: Path) ->
         ax.set_xscale("log")
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize=7, loc="best")
+    return save(fig, stem)
+
+
+def cost_figure(table: Table, results: Mapping[str, RunResult], stem: Path) -> list[Path]:
+    """Per column, two panels: the per-round curve (held-out MLM loss, or dev score) of every row against the
+    client FLOPs and against the bytes uploaded so far (all clients, cumulative; mean over seeds). A method
+    close to FedAvg at a fraction of the cost reaches FedAvg's level further left."""
+    fig, axes = plt.subplots(
+        2, len(table.columns), figsize=(4.2 * len(table.columns), 6.4), squeeze=False, sharey="col"
+    )
+    fig.suptitle(textwrap.fill(table.title, width=int(55 * len(table.columns))), fontsize=9)
+    for col, column in enumerate(table.columns):
+        ylabel = ""
+        for row in table.rows:
+            runs = [r for r in _runs(row, column.data, results) if r.curve and any(f for f, _ in r.spent.values())]
+            if not runs:
+                continue
+            ylabel = runs[0].curve_name
+            rounds = sorted(set().union(*(r.curve for r in runs)))
+            y = [statistics.fmean(r.curve[i] for r in runs if i in r.curve) for i in rounds]
+            for ax, part in ((axes[0][col], 0), (axes[1][col], 1)):
+                x = [statistics.fmean(r.spent[i][part] for r in runs if i in r.spent) for i in rounds]
+                ax.plot(x, y, marker="o", markersize=3, label=row.variant)
+        for ax, xlabel in (
+            (axes[0][col], "cumulative client FLOPs (measured)"),
+            (axes[1][col], "cumulative bytes uploaded"),
+        ):
+            ax.set(xlabel=xlabel, ylabel=ylabel)
+            ax.set_xscale("log")
+            ax.grid(alpha=0.3)
+        axes[0][col].set_title(_title(column))
+    axes[0][-1].legend(fontsize=7, loc="best")
     return save(fig, stem)
 
 

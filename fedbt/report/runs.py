@@ -43,6 +43,8 @@ class RunResult:
     scores: dict[str, dict[str, float]]
     curve_name: str
     curve: dict[int, float]
+    spent: dict[int, tuple[float, float]]
+    """Round -> (client FLOPs measured, bytes uploaded) summed over all clients up to the end of that round."""
     costs: RunCosts
     upload_bytes_total: float
     plan_sha256: str | None
@@ -93,6 +95,10 @@ def load_run(path: str | Path) -> RunResult:
     else:  # heldout_mlm_loss (text) or heldout_mim_loss (images)
         curve_name = next((k for k in metrics["rounds"][0] if k.startswith("heldout_")), "heldout_mlm_loss")
     curve = {int(r["round"]): float(r[curve_name]) for r in metrics["rounds"] if curve_name in r}
+    spent, flops, upload = {}, 0.0, 0.0
+    for record in metrics["rounds"]:
+        flops, upload = flops + float(record["measured_flops"]), upload + float(record["upload_bytes"])
+        spent[int(record["round"])] = (flops, upload)
     return RunResult(
         path=str(path),
         scenario=metrics["scenario"],
@@ -104,6 +110,7 @@ def load_run(path: str | Path) -> RunResult:
         scores=scores,
         curve_name=curve_name,
         curve=curve,
+        spent=spent,
         costs=_costs(metrics["costs"]),
         upload_bytes_total=float(metrics["costs"]["total_upload_bytes"]),
         plan_sha256=metrics.get("plan_sha256"),

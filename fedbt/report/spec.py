@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-FIGURE_KINDS = ("rounds", "pareto", "compute")
+FIGURE_KINDS = ("rounds", "pareto", "cost", "compute")
 SCHEDULE_FIGURE = "layer_schedule"
 
 
