@@ -12,6 +12,7 @@ export DO_NOT_TRACK := true
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install install-flower test test-fast test-flower lint format smoke minilm reproduce vision hetero bench clean
+.PHONY: config-docs check-ui test-slurm
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +29,8 @@ $(FLOWER_STAMP): $(STAMP)
 
 install-flower: $(FLOWER_STAMP)
 
-# loadgroup keeps the Flower tests (one SuperLink per module) on one worker.
+# loadgroup keeps the Flower tests (one SuperLink per module) on one worker. The tests include `snakemake --lint`
+# (tests/test_pipeline.py) and the check that config/README.md matches the schema.
 test: $(FLOWER_STAMP)
 	$(BIN)/ruff check fedbt baselines tests benchmarks
 	$(BIN)/pytest -n 2 --dist loadgroup --durations=10
@@ -56,23 +58,39 @@ minilm: $(STAMP)
 # --forcerun report: the committed tables are the report's outputs, so force it; Snakemake then runs every job
 # whose metrics.json is missing (all of them in a fresh clone, none on a second call).
 reproduce: $(STAMP)
-	$(BIN)/snakemake --profile workflow/profiles/default --forcerun report
+	$(BIN)/snakemake --forcerun report
 	$(BIN)/snakemake --report results/report.html
 
 # The vision study (small ViT on CIFAR-10, its starting model pre-trained by the pipeline): results/vision/.
 vision: $(STAMP)
-	$(BIN)/snakemake --profile workflow/profiles/default --configfile config/vision.yaml --forcerun report
+	$(BIN)/snakemake --configfile config/vision.yaml --forcerun report
 	$(BIN)/snakemake --configfile config/vision.yaml --report results/vision/report.html
 
 # The heterogeneous-clients study (three resource tiers, MiniLM): results/hetero/.
 hetero: $(STAMP)
-	$(BIN)/snakemake --profile workflow/profiles/default --configfile config/hetero.yaml --forcerun report
+	$(BIN)/snakemake --configfile config/hetero.yaml --forcerun report
 	$(BIN)/snakemake --configfile config/hetero.yaml --report results/hetero/report.html
 
 bench: $(FLOWER_STAMP)
 	$(BIN)/python benchmarks/simulator_overhead.py
 	$(BIN)/python benchmarks/mlm_decoder.py
 	$(BIN)/python benchmarks/flower_runtime.py
+
+# config/README.md's key table, regenerated from workflow/schemas/config.schema.yaml (a test checks it is current).
+config-docs: $(STAMP)
+	$(BIN)/python -m fedbt.config_docs config/README.md
+
+# Heavy checks with Debian packages CI lacks (installed here as root); both run the tiny test study in /tmp.
+# check-ui: MLflow's UI and the report in headless Chromium; screenshots in $(CHECK_UI_OUT).
+CHECK_UI_OUT ?= /tmp/fedbt-check-ui
+check-ui: $(STAMP)
+	command -v chromium > /dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+	$(BIN)/python -u tests/integration/check_ui.py --out $(CHECK_UI_OUT)
+
+# test-slurm: a single-node Slurm (slurm-wlm + munge) started here, the test study through profiles/slurm.
+test-slurm: $(STAMP)
+	$(BIN)/pip install -q -e '.[dev,slurm]'
+	$(BIN)/python -u tests/integration/check_slurm.py
 
 clean:
 	rm -rf results/runs results/partitions results/mlflow.db results/mlartifacts results/vision/runs results/hetero/runs

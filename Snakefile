@@ -1,6 +1,6 @@
 # fedbt-bench pipeline: `snakemake --cores all` reproduces every table and figure of the study in
 # config/config.yaml (or --configfile config/paper.yaml); `snakemake --report results/report.html` bundles them.
-# Rules only orchestrate the `fedbt` CLI; see docs/pipeline.md.
+# Rules only orchestrate the `fedbt` CLI, planned by fedbt/pipeline.py; see docs/pipeline.md and config/README.md.
 from snakemake.utils import min_version, validate
 
 min_version("9.0")

@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run one federated training config (resumes a killed run)")
-    run.add_argument("config", help="YAML run config, e.g. config/runs/smoke.yaml")
+    run.add_argument("config", nargs="?", help="YAML run config, e.g. config/runs/smoke.yaml (default: the defaults)")
     run.add_argument("--out", help="run directory (default results/runs/<study>/<name>)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     run.add_argument("--fresh", action="store_true", help="discard an earlier checkpoint in the run directory")

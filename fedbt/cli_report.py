@@ -1,5 +1,5 @@
-"""``fedbt report`` (tables and figures from finished runs) and ``fedbt track-init`` (create the MLflow store
-and experiments once, before parallel jobs start). Heavy imports happen inside the handlers."""
+"""``fedbt report`` (tables and figures from finished runs) and ``fedbt track-init`` (create the MLflow store,
+experiments and study filters once, before parallel jobs start). Heavy imports happen inside the handlers."""
 
 from __future__ import annotations
 
@@ -14,9 +14,15 @@ def add_parser(subparsers) -> None:
     report.add_argument("--out", default="results", help="output folder (tables/ and figures/ go here)")
     report.set_defaults(handler=main)
 
-    track = subparsers.add_parser("track-init", help="create the MLflow store and experiments (before fan-out)")
+    track = subparsers.add_parser(
+        "track-init", help="create the MLflow store, experiments and study filters (before jobs fan out)"
+    )
     track.add_argument("--uri", default="sqlite:///results/mlflow.db", help="MLflow tracking URI")
-    track.add_argument("--experiment", action="append", default=[], help="experiment name (repeatable)")
+    track.add_argument(
+        "--studies",
+        default="{}",
+        help='JSON: experiment -> its studies, [{"name", "title", "data", "variants", "seeds"}, ...]',
+    )
     track.set_defaults(handler=track_init)
 
 
@@ -31,9 +37,17 @@ def main(args: argparse.Namespace) -> int:
 
 
 def track_init(args: argparse.Namespace) -> int:
-    """Create the store (with MLflow's ``Default`` experiment) and each experiment if missing; print their ids."""
-    from fedbt.tracking import ensure_experiment
+    """Create the store, each experiment and its studies' filters (re-tagging runs already there); print where
+    each study's runs are in the MLflow UI."""
+    from fedbt.tracking import StudyScope, runs_view, sync_studies
 
-    ids = {name: ensure_experiment(args.uri, name) for name in args.experiment or ["Default"]}
-    print(json.dumps({"uri": args.uri, "experiments": ids}, indent=1))
+    views = {}
+    for experiment, scopes in json.loads(args.studies).items():
+        studies = [StudyScope.from_dict(scope) for scope in scopes]
+        experiment_id = sync_studies(args.uri, experiment, studies)
+        views[experiment] = runs_view(experiment_id)
+        views.update({f"{experiment} / {s.name}": runs_view(experiment_id, s.name) for s in studies})
+    print(f"MLflow: mlflow ui --backend-store-uri {args.uri}")
+    for name, url in views.items():
+        print(f"  {name}: {url}")
     return 0

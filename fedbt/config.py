@@ -134,11 +134,18 @@ class EvaluationConfig:
 
 @dataclass
 class TrackingConfig:
-    """Where the MLflow run goes (the sqlite store by default)."""
+    """Where and what the live MLflow run logs (the sqlite store by default; see :mod:`fedbt.tracking`)."""
 
     enabled: bool = True
     uri: str = "sqlite:///results/mlflow.db"
     experiment: str | None = None
+    """The MLflow experiment (default: the study's name; the pipeline uses one per scenario)."""
+    tags: dict[str, str] = field(default_factory=dict)
+    """Extra run tags; the pipeline sets ``variant`` and ``data`` (the study config's labels)."""
+    log_model: bool = True
+    """Log the run directory's ``model/`` as the run's MLflow model (off for paper-scale studies: disk)."""
+    system_metrics: bool = False
+    """Sample CPU, memory and GPU use into ``system/*`` metrics while the run trains."""
 
 
 @dataclass

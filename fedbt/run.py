@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from fedbt.config import IMAGE_OBJECTIVES, OBJECTIVES, ModelConfig, RunConfig, to_flat_dict, to_yaml
+from fedbt.config import IMAGE_OBJECTIVES, OBJECTIVES, ModelConfig, RunConfig, to_yaml
 from fedbt.federated.method import Method, create_method, get_method, load_plugins
 from fedbt.models import is_vision, load_model, load_processor, meta_model, model_config_for, sequence_length
 
@@ -256,21 +256,32 @@ def build_federation(prepared: PreparedRun) -> Federation:
 
 
 def execute(prepared: PreparedRun, fresh: bool = False, runtime: Runtime | None = None) -> dict[str, Any]:
-    """Run the rounds (resuming if possible), save the run directory, evaluate, track. Returns metrics.
+    """Run the rounds (resuming if possible), save the run directory, evaluate, all inside the job's live MLflow
+    run (:mod:`fedbt.tracking`: RUNNING now, each round as it ends, then FINISHED, FAILED or KILLED). Returns
+    metrics.
 
     ``runtime`` is where clients train (default: in this process; :mod:`fedbt.flower`: Flower ClientApps).
     """
+    from fedbt.tracking import open_run
+
+    if fresh and prepared.out_dir.exists():
+        shutil.rmtree(prepared.out_dir)  # its checkpoint and its MLflow run id with it
+    with open_run(prepared.config, prepared.out_dir, run_key(prepared.config)) as tracker:
+        return _execute(prepared, tracker, runtime)
+
+
+def _execute(prepared: PreparedRun, tracker, runtime: Runtime | None) -> dict[str, Any]:
+    from fedbt.data.provenance import run_datasets
     from fedbt.federated.simulator import Simulator
     from fedbt.ledger import Ledger
 
     config, out_dir = prepared.config, prepared.out_dir
     started = time.perf_counter()
-    if fresh and out_dir.exists():
-        shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(to_yaml(config))
 
     federation = build_federation(prepared)
+    tracker.log_inputs(run_datasets(config, federation.partition))
     method, global_model, processor = prepared.method, federation.global_model, federation.processor
     device, local = federation.setup.device, config.local
     round_eval = _round_evaluator(config, processor, federation.eval_sets, device, federation.patches)
@@ -285,6 +296,7 @@ def execute(prepared: PreparedRun, fresh: bool = False, runtime: Runtime | None 
     simulator = Simulator(
         global_model, method, federation.setup, ledger, checkpoints, fingerprint(config), round_eval, select, runtime
     )
+    simulator.observers.append(tracker.log_round)  # each round reaches MLflow as it ends
     records = simulator.run()
     simulator.restore_selected()  # fine-tuning: the model of the reported round is the one saved
     model_dir = out_dir / "model"
@@ -332,20 +344,10 @@ def execute(prepared: PreparedRun, fresh: bool = False, runtime: Runtime | None 
     metrics["final"] = final_metrics(metrics)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     shutil.rmtree(out_dir / "checkpoint", ignore_errors=True)  # the run is complete; model/ holds its state
-    if config.tracking.enabled:
-        from fedbt.tracking import log_run, run_tags
-
-        metrics["mlflow_run_id"] = log_run(
-            config.tracking.uri,
-            config.tracking.experiment or config.study,
-            run_key(config),
-            config.name,
-            to_flat_dict(config),
-            records,
-            metrics["final"],
-            run_tags(str(device), simulator.runtime.name),
-            out_dir,
-        )
+    tags = {"fedbt.device": str(device), "fedbt.runtime": simulator.runtime.name}
+    run_id = tracker.finish(metrics["final"], tags, model_dir)
+    if run_id is not None:
+        metrics["mlflow_run_id"] = run_id
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
 

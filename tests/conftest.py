@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 for _key, _value in {
     "HF_HUB_OFFLINE": "1",
@@ -57,3 +58,20 @@ def tiny_config(tmp_path):
         return load_config(REPO / "config/runs/smoke.yaml", tiny_overrides(tmp_path) + list(extra))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def _empty_mlflow_db(tmp_path_factory) -> Path:
+    """An MLflow sqlite store with its schema (creating the tables takes seconds; copying the file does not)."""
+    from fedbt.tracking import ensure_experiment
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    ensure_experiment(f"sqlite:///{path}", "Default")
+    return path
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path, _empty_mlflow_db) -> str:
+    """The URI of a fresh MLflow store at ``tmp_path/mlflow.db`` (where ``tiny_config`` tracks to)."""
+    shutil.copyfile(_empty_mlflow_db, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -75,6 +75,31 @@ def test_bad_config_fails_at_planning_naming_the_key(tmp_path, change, message):
     assert not (tmp_path / "results" / "runs").exists()
 
 
+def test_lint_is_clean_and_the_default_profile_is_found(tmp_path):
+    """`snakemake --lint` has nothing to say, and a plain call picks up profiles/default (next to the Snakefile)."""
+    result = subprocess.run(
+        [str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--lint"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
+    assert f"Using workflow specific profile {ROOT / 'profiles' / 'default'}" in result.stdout + result.stderr
+
+
+def test_config_readme_documents_every_schema_key():
+    from fedbt.config_docs import README, updated
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    text = README.read_text()
+    assert updated(text, schema) == text, "config/README.md is out of date: run `make config-docs`"
+    for key in ("resources.gpus", "tracking.experiment", "studies.<study>.seeds", "students.<student>.<flag>"):
+        assert f"| `{key}` |" in text
+
+
 @pytest.mark.parametrize(
     ("name", "runs", "starts"),
     [("config.yaml", 69, 1), ("paper.yaml", 564, 0), ("vision.yaml", 10, 1), ("hetero.yaml", 26, 1)],
@@ -132,7 +157,7 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     results = tmp_path / "results"
     for study in ("pretrain", "finetune"):
-        for suffix in ("md", "tex"):
+        for suffix in ("md", "tex", "html"):
             assert (results / "tables" / f"{study}.{suffix}").stat().st_size > 0
         for kind in ("rounds", "pareto", "compute"):
             for suffix in ("png", "pdf"):
@@ -145,6 +170,8 @@ def test_tiny_pipeline_end_to_end(tmp_path):
         finished = db.execute("select count(*) from runs where status = 'FINISHED' and lifecycle_stage = 'active'")
         assert {"pretrain", "finetune"} <= experiments
         assert finished.fetchone()[0] == 4
+        members = dict(db.execute("select key, count(*) from tags where key like 'study.%' group by key"))
+        assert members == {"study.pretrain": 2, "study.finetune": 2, "study.shared": 1}, "the shared run in both"
 
     html = snakemake(tmp_path, config, "--report", str(tmp_path / "report.html"))
     assert html.returncode == 0, html.stderr[-2000:]

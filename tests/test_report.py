@@ -74,6 +74,17 @@ def test_latex_table_is_a_booktabs_table_with_every_row(report):
     assert "fedbt & " in tex and "$\\pm$" in tex and "\\label{tab:pretrain}" in tex
 
 
+def test_html_table_has_the_markdown_rows(report):
+    """The HTML table (shown inline by `snakemake --report`) holds the same cells as the Markdown one."""
+    out, _ = report
+    page = (out / "tables" / "pretrain.html").read_text()
+    markdown = (out / "tables" / "pretrain.md").read_text().splitlines()
+    rows = [line.strip("|").split("|") for line in markdown if line.startswith("| ") and "---" not in line]
+    assert page.count("<tr>") == len(rows) and page.count("<th>") == len(rows[0])
+    for cell in rows[-1]:
+        assert f"<td>{cell.strip()}</td>" in page
+
+
 def test_every_declared_output_is_written(report):
     out, written = report
     expected = output_files(["pretrain", "finetune"], str(out))

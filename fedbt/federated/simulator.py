@@ -305,6 +305,8 @@ class Simulator:
         self.checkpoint_dir = checkpoint_dir
         self.fingerprint = fingerprint
         self.round_eval = round_eval
+        # Called with each round's record once it is checkpointed (after a resume, first with the restored ones).
+        self.observers: list[Callable[[dict], None]] = []
         self.runtime = runtime or InProcess()
         self.trainer = LocalTrainer(global_model, method, setup)
         self.arch = self.trainer.arch
@@ -325,12 +327,19 @@ class Simulator:
     def run(self) -> list[dict]:
         """Run (or finish) all rounds; returns one record per round."""
         start = self._resume()
+        for record in self.records:  # restored from the checkpoint: observers catch up on rounds they missed
+            self._notify(record)
         rounds = progress(range(start, self.setup.rounds), "rounds", total=self.setup.rounds, initial=start)
         for round_idx in rounds:
             self.records.append(self._run_round(round_idx))
             self._keep_selected(round_idx)
             self._checkpoint(round_idx)
+            self._notify(self.records[-1])
         return self.records
+
+    def _notify(self, record: dict) -> None:
+        for observe in self.observers:
+            observe(record)
 
     def _keep_selected(self, round_idx: int) -> None:
         if self.select is not None and self.select(self.records) == round_idx:

@@ -9,7 +9,7 @@ from pathlib import Path
 from fedbt.report import costs, figures
 from fedbt.report.runs import RunResult, load_run
 from fedbt.report.spec import FIGURE_KINDS, SCHEDULE_FIGURE, Spec
-from fedbt.report.tables import build_table, identical_plans, to_json, to_latex, to_markdown
+from fedbt.report.tables import build_table, identical_plans, to_html, to_json, to_latex, to_markdown
 
 log = logging.getLogger(__name__)
 BERT_BASE_LAYERS = 12
@@ -31,7 +31,7 @@ def load_results(spec: Spec) -> dict[str, RunResult]:
 
 
 def build_report(spec: Spec, out: str | Path) -> list[Path]:
-    """Write ``out/tables/<table>.md|.tex|.json`` and ``out/figures/<table>_<kind>.png|.pdf`` for every table, and
+    """Write ``out/tables/<table>.md|.tex|.json|.html`` and ``out/figures/<table>_<kind>.png|.pdf`` for every table, and
     ``out/figures/layer_schedule.png|.pdf``; returns the written paths."""
     out = Path(out)
     (out / "tables").mkdir(parents=True, exist_ok=True)
@@ -48,6 +48,7 @@ def build_report(spec: Spec, out: str | Path) -> list[Path]:
             (out / "tables" / f"{table.name}.md", to_markdown(data)),
             (out / "tables" / f"{table.name}.tex", to_latex(data)),
             (out / "tables" / f"{table.name}.json", json.dumps(to_json(data), indent=1) + "\n"),
+            (out / "tables" / f"{table.name}.html", to_html(data)),
         ):
             path.write_text(text)
             written.append(path)

@@ -77,7 +77,7 @@ def from_dict(raw: dict[str, Any]) -> Spec:
 
 def output_files(table_names: list[str], out: str = "results") -> dict[str, list[str]]:
     """The files ``fedbt report`` writes for these tables, by kind (``tables``, ``figures``)."""
-    tables = [f"{out}/tables/{name}.{ext}" for name in table_names for ext in ("md", "tex", "json")]
+    tables = [f"{out}/tables/{name}.{ext}" for name in table_names for ext in ("md", "tex", "json", "html")]
     figures = [
         f"{out}/figures/{name}_{kind}.{ext}" for name in table_names for kind in FIGURE_KINDS for ext in ("png", "pdf")
     ]

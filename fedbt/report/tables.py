@@ -4,9 +4,11 @@ Markdown, LaTeX and JSON (the machine-readable interface for scripts, ``<table>.
 from __future__ import annotations
 
 import hashlib
+import math
 import statistics
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from html import escape
 from typing import Any
 
 from fedbt import paper
@@ -272,9 +274,10 @@ def _flops(value: float | None) -> str:
     """FLOPs with an SI prefix: ``6.12 G``, ``1.23 T``."""
     if value is None:
         return DASH
-    for prefix, size in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6)):
+    for prefix, size in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("", 1.0)):
         if abs(value) >= size:
-            return f"{value / size:.3g} {prefix}"
+            scaled = value / size
+            return f"{scaled:.{max(0, 2 - math.floor(math.log10(abs(scaled))))}f} {prefix}".rstrip()
     return f"{value:.3g}"
 
 
@@ -456,3 +459,21 @@ def to_json(data: TableData) -> dict[str, Any]:
         "identical_plans": identical_plans(rows),
         "notes": notes(data),
     }
+
+
+def to_html(data: TableData) -> str:
+    """The table as a small standalone HTML page (what ``snakemake --report`` shows inline)."""
+    head = "".join(f"<th>{escape(h)}</th>" for h in _header(data))
+    body = "".join(
+        "<tr>" + "".join(f"<td>{escape(c)}</td>" for c in _cells(data.table, row, "±")) + "</tr>" for row in data.rows
+    )
+    style = (
+        "body{font-family:sans-serif;font-size:13px} table{border-collapse:collapse} "
+        "th,td{border:1px solid #ccc;padding:3px 6px;text-align:right} td:first-child,th:first-child{text-align:left}"
+    )
+    title = escape(data.table.title)
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{title}</title><style>{style}</style></head>'
+        f"<body><h3>{title}</h3><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        f"<p>{escape(notes(data))}</p></body></html>\n"
+    )

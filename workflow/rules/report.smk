@@ -1,35 +1,25 @@
 # The report: paper-style tables and figures from the finished runs.
 
-from fedbt.report.spec import output_files
-
-REPORT_OUTPUTS = output_files(list(config["studies"]), RESULTS)
-REPORT_SPEC = json.dumps(report_spec(), sort_keys=True)
-
-
-def _captioned(paths: list[str], category: str) -> list:
-    """Mark outputs for `snakemake --report`, each with the caption of its kind (workflow/report/*.rst)."""
-    marked = []
-    for path in paths:
-        stem = Path(path).stem
-        study = next((s for s in config["studies"] if stem == s or stem.startswith(f"{s}_")), None)
-        kind = stem.removeprefix(f"{study}_") if study and stem != study else ("table" if study else stem)
-        caption = f"{workflow.basedir}/workflow/report/{kind}.rst"
-        subcategory = config["studies"][study]["title"] if study else "Method"
-        marked.append(report(path, caption=caption, category=category, subcategory=subcategory))
-    return marked
-
 
 rule report:
     """All tables (Markdown + LaTeX) and figures (PNG + PDF) of every study."""
     input:
-        [job.metrics for job in JOBS.values()],
+        [LAYOUT.run_metrics(job.study, job.data, job.variant, job.seed) for job in PLAN.jobs.values()],
     output:
-        _captioned(REPORT_OUTPUTS["tables"], "Tables"),
-        _captioned(REPORT_OUTPUTS["figures"], "Figures"),
+        captioned([t for t in REPORT_OUTPUTS["tables"] if t.endswith(".html")], "Tables"),
+        [t for t in REPORT_OUTPUTS["tables"] if not t.endswith(".html")],
+        captioned(REPORT_OUTPUTS["figures"], "Figures"),
     params:
-        spec=REPORT_SPEC,
-        out=RESULTS,
+        spec=json.dumps(PLAN.report_spec(), sort_keys=True),
+        out=lambda wc, output: str(Path(output[0]).parents[1]),
+    resources:
+        mem_mb=2000,
+        runtime=30,
     log:
-        f"{RESULTS}/runs/.report.log",
+        LAYOUT.report_log,
+    message:
+        "fedbt report: tables and figures of {} studies".format(len(config["studies"]))
+    conda:
+        "../envs/fedbt.yaml"
     shell:
-        "MPLBACKEND=Agg {FEDBT} report --spec {params.spec:q} --out {params.out} > {log} 2>&1"
+        "MPLBACKEND=Agg fedbt report --spec {params.spec:q} --out {params.out} > {log} 2>&1"

@@ -1,85 +1,84 @@
-# Training jobs: the MLflow store (at start), the distilled students, and one `fedbt run` per job.
+# Training jobs: the MLflow store (at start), the distilled students, the starting models and one `fedbt run`
+# per job. Each is one process with `threads` CPU threads; on Slurm, one sbatch job with RESOURCES.
 
 
 onstart:
-    # Create the MLflow store and one experiment per study before any job starts, so parallel jobs never race
-    # on the schema. A start hook, not a rule: a marker file in the DAG would rerun every job when it changes.
-    if TRACKING_ON:
-        experiments = " ".join(f"--experiment {shlex.quote(s)}" for s in sorted(config["studies"]))
-        shell(f"{FEDBT} track-init --uri {shlex.quote(TRACKING_URI)} {experiments} > /dev/null")
+    # Create the MLflow store, one experiment per scenario and each study's filter before any job starts, so
+    # parallel jobs never race on the schema. A start hook, not a rule: a marker file would rerun every job.
+    if PLAN.tracking_on:
+        shell("fedbt track-init {TRACK_INIT}")
 
 
 rule distill_student:
     """Build a distilled student once; every `distill` job of every study uses it."""
     input:
-        lambda wc: student_inputs(wc.student),
+        lambda wc: PLAN.student_inputs(wc.student),
     output:
-        student_flag("{student}"),
+        LAYOUT.student_flag("{student}"),
     params:
-        flags=lambda wc: student_flags(wc.student),
+        flags=lambda wc: PLAN.student_flags(wc.student),
         out=lambda wc, output: str(Path(output[0]).parent),
     threads: config.get("threads", 1)
     resources:
-        gpu=1,
+        gpu=RESOURCES["gpu"],
+        mem_mb=RESOURCES["mem_mb"],
+        runtime=RESOURCES["runtime"],
     log:
-        f"{RESULTS}/runs/_students/{{student}}.log",
+        LAYOUT.student_log("{student}"),
+    message:
+        "fedbt distill: student {wildcards.student}"
+    conda:
+        "../envs/fedbt.yaml"
     shell:
-        "{GPU_ENV} OMP_NUM_THREADS={threads} {FEDBT} distill {params.flags} --out {params.out} > {log} 2>&1"
-
-
-# One `fedbt run` from the base config and a job's `--set`s, one thread budget per job (also GPU slot claiming).
-FEDBT_RUN = (
-    "{GPU_ENV} OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} "
-    "{FEDBT} run {BASE_CONFIG} --out {params.out} {params.sets} > {log} 2>&1"
-)
+        "OMP_NUM_THREADS={threads} fedbt distill {params.flags} --out {params.out} > {log} 2>&1"
 
 
 rule starting_model:
     """Build a starting model once (a centralised `fedbt run`); the data sets that name it start from its model/."""
     output:
-        start_metrics("{start}"),
+        LAYOUT.start_metrics("{start}"),
     params:
-        sets=lambda wc: set_flags(start_overrides(wc.start)),
+        sets=lambda wc: set_flags(PLAN.start_sets(wc.start)),
         out=lambda wc, output: str(Path(output[0]).parent),
     threads: config.get("threads", 1)
     resources:
-        gpu=1,
+        gpu=RESOURCES["gpu"],
+        mem_mb=RESOURCES["mem_mb"],
+        runtime=RESOURCES["runtime"],
     log:
-        f"{RESULTS}/runs/_start/{{start}}.log",
+        LAYOUT.start_log("{start}"),
+    message:
+        "fedbt run: starting model {wildcards.start}"
+    conda:
+        "../envs/fedbt.yaml"
     shell:
-        FEDBT_RUN
-
-
-def _run_inputs(wildcards) -> list[str]:
-    job = JOBS[f"{RESULTS}/runs/{wildcards.study}/{wildcards.data}/{wildcards.variant}/seed{wildcards.seed}"]
-    student = variant_spec(job.variant, f"variants.{job.variant}").get("student")
-    start = start_of(job.data)
-    return ([student_flag(student)] if student else []) + ([start_metrics(start)] if start else [])
-
-
-def _run_sets(wildcards) -> str:
-    job = JOBS[f"{RESULTS}/runs/{wildcards.study}/{wildcards.data}/{wildcards.variant}/seed{wildcards.seed}"]
-    return set_flags(job_overrides(job))
+        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} fedbt run --out {params.out} {params.sets} > {log} 2>&1"
 
 
 rule run:
     """One federated run; its output is metrics.json (a killed run resumes from its checkpoint on rerun)."""
     input:
-        _run_inputs,
+        lambda wc: PLAN.run_inputs(PLAN.job(wc.study, wc.data, wc.variant, wc.seed)),
     output:
-        f"{RESULTS}/runs/{{study}}/{{data}}/{{variant}}/seed{{seed}}/metrics.json",
+        LAYOUT.run_metrics("{study}", "{data}", "{variant}", "{seed}"),
     wildcard_constraints:
         study="[^/]+",
         data="[^/]+",
         variant="[^/]+",
         seed=r"\d+",
     params:
-        sets=_run_sets,
+        sets=lambda wc: set_flags(PLAN.job_sets(PLAN.job(wc.study, wc.data, wc.variant, wc.seed))),
         out=lambda wc, output: str(Path(output[0]).parent),
     threads: config.get("threads", 1)
     resources:
-        gpu=1,
+        gpu=RESOURCES["gpu"],
+        mem_mb=RESOURCES["mem_mb"],
+        runtime=RESOURCES["runtime"],
     log:
-        f"{RESULTS}/runs/{{study}}/{{data}}/{{variant}}/seed{{seed}}.log",
+        LAYOUT.run_log("{study}", "{data}", "{variant}", "{seed}"),
+    message:
+        "fedbt run: {wildcards.study}/{wildcards.data}/{wildcards.variant}/seed{wildcards.seed}"
+    conda:
+        "../envs/fedbt.yaml"
     shell:
-        FEDBT_RUN
+        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} fedbt run --out {params.out} {params.sets} > {log} 2>&1"

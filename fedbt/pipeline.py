@@ -1,0 +1,372 @@
+"""Planning of the Snakemake pipeline: a study config (``config/*.yaml``) -> the jobs, each one ``fedbt run``
+with its ``--set`` overrides, the starting models and distilled students they need, the studies that read each
+job (for MLflow) and the report specification. Bookkeeping only, no Snakemake and no training: the rules in
+``workflow/rules/`` call this module and stay thin.
+
+A job is identified by (scenario, data set, variant, seed). It runs once, in the directory of the first study
+that lists it (:meth:`Layout.run_dir`), and every study whose table needs it reads that run. Every job's run
+config is loaded by fedbt's own config loader while planning, so a bad key fails before any job starts,
+named (``job results/runs/...: config key 'federation.rouns': unknown key; ...``).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedbt.config import load_config
+from fedbt.errors import ConfigError, FedBTError
+from fedbt.report.spec import output_files
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the pipeline writes, under the ``results`` root: the one place that spells the paths."""
+
+    results: str = "results"
+
+    def run_dir(self, study: str, data: str, variant: str, seed: int | str) -> str:
+        """A job's run directory (works with Snakemake wildcards: ``run_dir("{study}", ...)``)."""
+        return f"{self.results}/runs/{study}/{data}/{variant}/seed{seed}"
+
+    def run_metrics(self, study: str, data: str, variant: str, seed: int | str) -> str:
+        """A job's output: its run directory's ``metrics.json``."""
+        return f"{self.run_dir(study, data, variant, seed)}/metrics.json"
+
+    def run_log(self, study: str, data: str, variant: str, seed: int | str) -> str:
+        return f"{self.run_dir(study, data, variant, seed)}.log"
+
+    def student_dir(self, name: str) -> str:
+        """A distilled student's checkpoint directory (``method.options.student`` of the distill variant)."""
+        return f"{self.results}/runs/_students/{name}"
+
+    def student_flag(self, name: str) -> str:
+        """The file that marks a student as built (its costs)."""
+        return f"{self.student_dir(name)}/distill_costs.json"
+
+    def student_log(self, name: str) -> str:
+        return f"{self.student_dir(name)}.log"
+
+    def start_dir(self, name: str) -> str:
+        """A starting model's run directory; its ``model/`` is the ``model.source`` of the data sets naming it."""
+        return f"{self.results}/runs/_start/{name}"
+
+    def start_metrics(self, name: str) -> str:
+        return f"{self.start_dir(name)}/metrics.json"
+
+    def start_log(self, name: str) -> str:
+        return f"{self.start_dir(name)}.log"
+
+    @property
+    def partitions(self) -> str:
+        return f"{self.results}/partitions"
+
+    @property
+    def report_log(self) -> str:
+        return f"{self.results}/runs/.report.log"
+
+    @property
+    def mlflow_uri(self) -> str:
+        """The default MLflow store: ``sqlite:///<results>/mlflow.db``."""
+        return f"sqlite:///{self.results}/mlflow.db"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One ``fedbt run`` of the pipeline: ``study`` is the first study listing it (its run directory's)."""
+
+    study: str
+    scenario: str
+    data: str
+    variant: str
+    seed: int
+
+    @property
+    def identity(self) -> tuple[str, str, str, int]:
+        return (self.scenario, self.data, self.variant, self.seed)
+
+
+def yaml_value(value: Any) -> str:
+    """A value as one-line YAML that ``fedbt run --set`` parses back to the same value (5.0e-05, [0, 1], {})."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    return text.removesuffix("...").strip()
+
+
+def as_sets(layers: list[dict[str, Any]]) -> list[str]:
+    """Override layers (later ones win) as ``key=value`` items for ``fedbt run --set``."""
+    return [f"{key}={yaml_value(value)}" for layer in layers for key, value in layer.items()]
+
+
+def set_flags(items: list[str]) -> str:
+    """``--set`` flags for a shell command line, each item quoted."""
+    return " ".join(f"--set {shlex.quote(item)}" for item in items)
+
+
+def job_environment(bin_dir: str | Path, gpus: int, path: str) -> dict[str, str]:
+    """What the pipeline exports to its jobs: this environment's ``bin`` first on ``PATH`` (so ``fedbt`` is the
+    one Snakemake runs with) and, with ``--resources gpu=N``, ``FEDBT_GPUS=N`` (each job claims a free GPU slot,
+    :mod:`fedbt.gpu`)."""
+    environment = {"PATH": f"{bin_dir}:{path}"}
+    if gpus:
+        environment["FEDBT_GPUS"] = str(gpus)
+    return environment
+
+
+class Plan:
+    """The jobs of a study config (validated by ``workflow/schemas/config.schema.yaml``, defaults filled)."""
+
+    def __init__(self, config: dict[str, Any]):
+        self.config = config
+        self.layout = Layout(config.get("results", "results"))
+        tracking = config.get("tracking") or {}
+        self.tracking_on = tracking.get("enabled", True)
+        self.tracking_uri = tracking.get("uri") or self.layout.mlflow_uri
+        self.experiment_pattern = tracking.get("experiment", "{scenario}")
+        self.tracking_layer = {
+            "tracking.enabled": self.tracking_on,
+            "tracking.uri": self.tracking_uri,
+            "tracking.log_model": tracking.get("log_model", True),
+            "tracking.system_metrics": tracking.get("system_metrics", False),
+        }
+        self.jobs = self._plan_jobs()
+        self._by_identity = {job.identity: job for job in self.jobs.values()}
+        self._validate_run_configs()
+
+    # ------------------------------------------------------------------------------ checks
+
+    def variant(self, name: str, key: str) -> dict[str, Any]:
+        """The spec of variant ``name`` (``key``: where it was named, for the error)."""
+        variants, students = self.config["variants"], self.config.get("students") or {}
+        if name not in variants:
+            raise ConfigError(key, f"unknown variant {name!r}; defined variants: {', '.join(variants)}")
+        spec = variants[name] or {}
+        student = spec.get("student")
+        if student is not None and student not in students:
+            raise ConfigError(
+                f"variants.{name}.student", f"unknown student {student!r}; defined: {', '.join(students)}"
+            )
+        return spec
+
+    def start_of(self, data: str) -> str | None:
+        """The starting model a data set's jobs begin from (None: the configured ``model.source``)."""
+        name = self.config["data"][data].get("start")
+        starts = self.config.get("starting_models") or {}
+        if name is not None and name not in starts:
+            raise ConfigError(f"data.{data}.start", f"unknown starting model {name!r}; defined: {', '.join(starts)}")
+        return name
+
+    def _plan_jobs(self) -> dict[str, Job]:
+        jobs, owner = {}, {}
+        data_sets = self.config["data"]
+        for study, spec in self.config["studies"].items():
+            for i, data in enumerate(spec["data"]):
+                key = f"studies.{study}.data[{i}]"
+                if data not in data_sets:
+                    raise ConfigError(key, f"unknown data set {data!r}; defined: {', '.join(data_sets)}")
+                if data_sets[data]["scenario"] != spec["scenario"]:
+                    raise ConfigError(key, f"{data!r} is a {data_sets[data]['scenario']} data set")
+                self.start_of(data)
+                for j, variant in enumerate(spec["variants"]):
+                    self.variant(variant, f"studies.{study}.variants[{j}]")
+                    for seed in spec["seeds"]:
+                        identity = (spec["scenario"], data, variant, seed)
+                        job = Job(owner.setdefault(identity, study), *identity)
+                        jobs[self.layout.run_dir(job.study, data, variant, seed)] = job
+            reference = spec.get("reference", "fedavg")
+            if reference not in spec["variants"]:
+                raise ConfigError(f"studies.{study}.reference", f"{reference!r} is not among its variants")
+        return jobs
+
+    def _validate_run_configs(self) -> None:
+        for name in self.config.get("students") or {}:
+            self.student_start(name)
+        for run_dir, job in self.jobs.items():
+            try:
+                load_config(None, self.job_sets(job))
+            except ConfigError as error:
+                raise FedBTError(f"job {run_dir}: {error}") from None
+        for name in self.config.get("starting_models") or {}:
+            try:
+                load_config(None, self.start_sets(name))
+            except ConfigError as error:
+                raise FedBTError(f"starting model {name}: {error}") from None
+
+    # ------------------------------------------------------------------------------ jobs
+
+    def job(self, study: str, data: str, variant: str, seed: int | str) -> Job:
+        """The job whose run directory these (wildcard) values name."""
+        return self.jobs[self.layout.run_dir(study, data, variant, seed)]
+
+    def experiment(self, scenario: str) -> str:
+        """The MLflow experiment of a scenario's runs (``tracking.experiment``, default ``{scenario}``)."""
+        return self.experiment_pattern.format(scenario=scenario)
+
+    def _data_layer(self) -> dict[str, Any]:
+        """Where every run reads the data and keeps its partitions."""
+        return {"data.data_dir": self.config.get("data_dir", "data"), "data.partition_dir": self.layout.partitions}
+
+    def job_sets(self, job: Job) -> list[str]:
+        """Every ``--set`` of a job, in order: data, defaults, scenario, data set, starting model, variant,
+        identity and tracking."""
+        spec = self.variant(job.variant, f"variants.{job.variant}")
+        options = dict(spec.get("options") or {})
+        if spec.get("student"):
+            options["student"] = self.layout.student_dir(spec["student"])
+        start = self.start_of(job.data)
+        starting = {"model.source": f"{self.layout.start_dir(start)}/model"} if start else {}
+        identity = {
+            "scenario": job.scenario,
+            "method.name": spec.get("method", job.variant),
+            "method.options": options,
+            "seed": job.seed,
+            "name": f"{job.data}-{job.variant}-seed{job.seed}",
+            "study": job.study,
+            "tracking.experiment": self.experiment(job.scenario),
+            "tracking.tags": {"variant": job.variant, "data": job.data},
+        }
+        layers = [
+            self._data_layer(),
+            self.config.get("defaults") or {},
+            (self.config.get("scenarios") or {}).get(job.scenario) or {},
+            self.config["data"][job.data].get("overrides") or {},
+            starting,
+            spec.get("overrides") or {},
+            identity,
+            self.tracking_layer,
+        ]
+        return as_sets(layers)
+
+    def start_sets(self, name: str) -> list[str]:
+        """The ``--set`` s of the centralised run that builds starting model ``name``."""
+        overrides = self.config["starting_models"][name]["overrides"]
+        scenario = overrides.get("scenario", "pretrain")
+        identity = {
+            "name": name,
+            "study": "_start",
+            "tracking.experiment": self.experiment(scenario),
+            "tracking.tags": {"variant": name, "data": name},
+        }
+        return as_sets([self._data_layer(), overrides, identity, self.tracking_layer])
+
+    def run_inputs(self, job: Job) -> list[str]:
+        """The files a job needs first: its distilled student and its starting model, if any."""
+        student = self.variant(job.variant, f"variants.{job.variant}").get("student")
+        start = self.start_of(job.data)
+        return ([self.layout.student_flag(student)] if student else []) + (
+            [self.layout.start_metrics(start)] if start else []
+        )
+
+    def student_start(self, name: str) -> str | None:
+        """The starting model that is student ``name``'s teacher (``students.<name>.start``), if any."""
+        start = self.config["students"][name].get("start")
+        starts = self.config.get("starting_models") or {}
+        if start is not None and start not in starts:
+            raise ConfigError(
+                f"students.{name}.start", f"unknown starting model {start!r}; defined: {', '.join(starts)}"
+            )
+        return start
+
+    def student_flags(self, name: str) -> str:
+        """The ``fedbt distill`` flags of student ``name`` (a ``start`` becomes ``--teacher`` its model)."""
+        spec = {k: v for k, v in self.config["students"][name].items() if k != "start"}
+        start = self.student_start(name)
+        if start is not None:
+            spec["teacher"] = f"{self.layout.start_dir(start)}/model"
+        return " ".join(f"--{k} {shlex.quote(str(v))}" for k, v in spec.items())
+
+    def student_inputs(self, name: str) -> list[str]:
+        """The starting model a student's teacher is, if any."""
+        start = self.student_start(name)
+        return [self.layout.start_metrics(start)] if start else []
+
+    def resources(self) -> dict[str, int]:
+        """Resources of one training job (``run``, ``starting_model``, ``distill_student``): GPUs, memory,
+        minutes."""
+        spec = self.config.get("resources") or {}
+        return {"gpu": spec.get("gpus", 1), "mem_mb": spec.get("mem_mb", 4000), "runtime": spec.get("runtime", 240)}
+
+    # ------------------------------------------------------------------------------ studies and report
+
+    def study_scopes(self) -> dict[str, list[dict[str, Any]]]:
+        """Per MLflow experiment, the scope of each of its studies (``fedbt track-init --studies``): the run tags
+        (data, variant, seed) of the runs its table reads."""
+        experiments: dict[str, list[dict[str, Any]]] = {}
+        for study, spec in self.config["studies"].items():
+            scope = {
+                "name": study,
+                "title": spec["title"],
+                "data": list(spec["data"]),
+                "variants": list(spec["variants"]),
+                "seeds": list(spec["seeds"]),
+            }
+            experiments.setdefault(self.experiment(spec["scenario"]), []).append(scope)
+        for start in (self.config.get("starting_models") or {}).values():
+            experiments.setdefault(self.experiment(start["overrides"].get("scenario", "pretrain")), [])
+        return experiments
+
+    def study_runs(self, study: str) -> dict[str, dict[str, list[str]]]:
+        """Per variant and data set, the ``metrics.json`` of each seed that study ``study``'s table reads."""
+        spec = self.config["studies"][study]
+
+        def metrics(data: str, variant: str, seed: int) -> str:
+            owner = self._by_identity[(spec["scenario"], data, variant, seed)].study
+            return self.layout.run_metrics(owner, data, variant, seed)
+
+        return {v: {d: [metrics(d, v, s) for s in spec["seeds"]] for d in spec["data"]} for v in spec["variants"]}
+
+    def report_spec(self) -> dict[str, Any]:
+        """The tables (one per study) with the runs of every cell, for ``fedbt report --spec``."""
+        tables = []
+        for study, spec in self.config["studies"].items():
+            runs = self.study_runs(study)
+            rows = []
+            for variant in spec["variants"]:
+                vspec = self.variant(variant, f"variants.{variant}")
+                method = vspec.get("method", variant)
+                bert_base = vspec.get("bert_base", {"method": method, "options": {}})
+                if bert_base is not None:
+                    bert_base = {"method": method, "options": {}, **bert_base}
+                paper_row = (vspec.get("paper") or {}).get(spec.get("paper"))
+                options = vspec.get("options") or {}
+                row = {"variant": variant, "method": method, "options": options, "runs": runs[variant]}
+                rows.append(row | {"paper_row": paper_row, "bert_base": bert_base})
+            tables.append(
+                {
+                    "name": study,
+                    "title": spec["title"],
+                    "scenario": spec["scenario"],
+                    "paper": spec.get("paper"),
+                    "reference": spec.get("reference", "fedavg"),
+                    "base_arch": spec.get("base_arch", "bert-base-uncased"),
+                    "base_tiers": spec.get("base_tiers"),
+                    "columns": [{"data": d, "label": self.config["data"][d]["task"]} for d in spec["data"]],
+                    "rows": rows,
+                }
+            )
+        return {"tables": tables}
+
+    def report_outputs(self) -> dict[str, list[str]]:
+        """The tables and figures ``fedbt report`` writes, by kind."""
+        return output_files(list(self.config["studies"]), self.layout.results)
+
+    def report_captions(self, paths: list[str]) -> list[tuple[str, str, str]]:
+        """Per report output: (path, caption file under ``workflow/report/``, subcategory = its study's title)."""
+        studies = self.config["studies"]
+        captioned = []
+        for path in paths:
+            stem = Path(path).stem
+            study = next((s for s in studies if stem == s or stem.startswith(f"{s}_")), None)
+            kind = stem.removeprefix(f"{study}_") if study and stem != study else ("table" if study else stem)
+            captioned.append((path, f"{kind}.rst", studies[study]["title"] if study else "Method"))
+        return captioned
+
+
+def track_init_args(plan: Plan) -> str:
+    """The arguments of ``fedbt track-init`` for a plan's store and studies."""
+    studies = json.dumps(plan.study_scopes(), sort_keys=True)
+    return f"--uri {shlex.quote(plan.tracking_uri)} --studies {shlex.quote(studies)}"

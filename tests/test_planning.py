@@ -1,0 +1,177 @@
+"""The pipeline's planning (fedbt/pipeline.py) without Snakemake: jobs, their overrides, shared runs, the
+studies each run belongs to, the report specification and the errors that name the config key."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from fedbt.config import load_config
+from fedbt.errors import ConfigError, FedBTError
+from fedbt.pipeline import Layout, Plan, as_sets, job_environment, set_flags, yaml_value
+from fedbt.tracking import StudyScope
+
+from .conftest import REPO
+
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def study_config(name: str) -> dict:
+    """A shipped study config as Snakemake sees it: validated, the schema's defaults filled in."""
+    config = yaml.safe_load((REPO / "config" / name).read_text())
+    validate(config, str(SCHEMA))
+    return config
+
+
+@pytest.fixture(scope="module")
+def default_plan() -> Plan:
+    return Plan(study_config("config.yaml"))
+
+
+def test_layout_is_spelled_in_one_place():
+    layout = Layout("out")
+    assert layout.run_dir("pretrain", "cs", "fedbt", 0) == "out/runs/pretrain/cs/fedbt/seed0"
+    assert layout.run_metrics("{study}", "{data}", "{variant}", "{seed}") == (
+        "out/runs/{study}/{data}/{variant}/seed{seed}/metrics.json"
+    )
+    assert layout.run_log("a", "b", "c", 1) == "out/runs/a/b/c/seed1.log"
+    assert layout.student_flag("s") == "out/runs/_students/s/distill_costs.json"
+    assert layout.start_metrics("v") == "out/runs/_start/v/metrics.json"
+    assert layout.mlflow_uri == "sqlite:///out/mlflow.db"
+
+
+@pytest.mark.parametrize(("name", "runs"), [("config.yaml", 69), ("paper.yaml", 513), ("test.yaml", 4)])
+def test_shared_jobs_run_once_in_the_first_study(name, runs):
+    plan = Plan(study_config(name))
+    assert len(plan.jobs) == runs
+    assert len({job.identity for job in plan.jobs.values()}) == runs
+
+
+def test_a_job_shared_by_studies_lives_in_the_first_study_and_feeds_each_table(default_plan):
+    fedavg_cs = default_plan.layout.run_metrics("pretrain", "cs", "fedavg", 0)
+    tables = {t["name"]: t for t in default_plan.report_spec()["tables"]}
+    for study in ("pretrain", "ablation", "depth-pretrain"):
+        row = next(r for r in tables[study]["rows"] if r["variant"] == "fedavg")
+        assert row["runs"]["cs"] == [fedavg_cs], study
+    assert "results/runs/ablation/cs/fedavg/seed0" not in default_plan.jobs
+    assert "results/runs/ablation/cs/fedbt-all/seed0" in default_plan.jobs
+
+
+def test_every_study_scope_holds_exactly_the_runs_its_table_reads(default_plan):
+    """The MLflow study filter (run tags matched against the scope) selects the runs of the study's table."""
+    scopes = {s["name"]: StudyScope.from_dict(s) for group in default_plan.study_scopes().values() for s in group}
+    for table in default_plan.report_spec()["tables"]:
+        wanted = {path for row in table["rows"] for paths in row["runs"].values() for path in paths}
+        scope = scopes[table["name"]]
+        selected = {
+            default_plan.layout.run_metrics(job.study, job.data, job.variant, job.seed)
+            for job in default_plan.jobs.values()
+            if scope.includes({"data": job.data, "variant": job.variant, "seed": str(job.seed)})
+            and job.scenario == table["scenario"]
+        }
+        assert selected == wanted, table["name"]
+
+
+def test_experiments_are_one_per_scenario_and_named_by_the_config():
+    plan = Plan(study_config("vision.yaml"))
+    assert set(plan.study_scopes()) == {"vision-pretrain", "vision-finetune"}
+    assert set(Plan(study_config("config.yaml")).study_scopes()) == {"pretrain", "finetune"}
+
+
+def test_job_overrides_in_order_and_loadable(default_plan):
+    job = default_plan.job("pretrain", "cs", "distill", "0")
+    sets = default_plan.job_sets(job)
+    assert sets[0] == "data.data_dir=data" and sets[1] == "data.partition_dir=results/partitions"
+    assert "method.options={student: results/runs/_students/minilm-L3}" in sets
+    assert "tracking.tags={data: cs, variant: distill}" in sets
+    assert "tracking.experiment=pretrain" in sets and "study=pretrain" in sets
+    config = load_config(None, sets)
+    assert config.name == "cs-distill-seed0" and config.method.name == "distill"
+    assert config.federation.rounds == 3 and config.evaluation.task == "citation_intent"
+    assert default_plan.run_inputs(job) == [
+        "results/runs/_students/minilm-L3/distill_costs.json",
+        "results/runs/_start/minilm-mlm/metrics.json",
+    ]
+    flags = default_plan.student_flags("minilm-L3")
+    assert flags.startswith("--layers 0,2,4") and flags.endswith("--teacher results/runs/_start/minilm-mlm/model")
+    assert default_plan.student_inputs("minilm-L3") == ["results/runs/_start/minilm-mlm/metrics.json"]
+
+
+def test_variant_overrides_win_over_defaults():
+    config = study_config("test.yaml")
+    config["variants"]["fedbt"]["overrides"] = {"federation.rounds": 3}
+    plan = Plan(config)
+    rounds = [s for s in plan.job_sets(plan.job("pretrain", "cs", "fedbt", 0)) if s.startswith("federation.rounds")]
+    assert rounds == ["federation.rounds=1", "federation.rounds=3"]
+    assert load_config(None, plan.job_sets(plan.job("pretrain", "cs", "fedbt", 0))).federation.rounds == 3
+
+
+def test_starting_model_feeds_the_data_sets_that_name_it():
+    plan = Plan(study_config("vision.yaml"))
+    job = next(j for j in plan.jobs.values() if j.data == "cifar10-iid")
+    model = "results/vision/runs/_start/vit-cifar-central/model"
+    assert f"model.source={model}" in plan.job_sets(job)
+    assert plan.run_inputs(job) == ["results/vision/runs/_start/vit-cifar-central/metrics.json"]
+    start = load_config(None, plan.start_sets("vit-cifar-central"))
+    assert start.study == "_start" and start.tracking.experiment == "vision-pretrain"
+
+
+def test_resources_and_tracking_settings_reach_the_jobs():
+    plan = Plan(study_config("paper.yaml"))
+    assert plan.resources() == {"gpu": 1, "mem_mb": 16000, "runtime": 720}
+    assert Plan(study_config("test.yaml")).resources()["gpu"] == 0
+    sets = plan.job_sets(next(iter(plan.jobs.values())))
+    assert "tracking.log_model=false" in sets and "tracking.uri=sqlite:///results/mlflow.db" in sets
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        (lambda c: c["studies"]["pretrain"]["variants"].append("fedbt-x"), "studies.pretrain.variants[2]"),
+        (lambda c: c["studies"]["finetune"]["data"].append("cs"), "studies.finetune.data[1]"),
+        (lambda c: c["studies"]["pretrain"]["data"].append("nope"), "studies.pretrain.data[1]"),
+        (lambda c: c["studies"]["pretrain"].update(reference="lora"), "studies.pretrain.reference"),
+        (lambda c: c["variants"]["fedbt"].update(student="nobody"), "variants.fedbt.student"),
+        (lambda c: c["data"]["cs"].update(start="nothing"), "data.cs.start"),
+        (lambda c: c.update(students={"s": {"start": "nothing", "layers": "0"}}), "students.s.start"),
+    ],
+)
+def test_bad_study_config_names_the_key(change, key):
+    config = copy.deepcopy(study_config("test.yaml"))
+    change(config)
+    with pytest.raises(ConfigError) as error:
+        Plan(config)
+    assert error.value.key == key
+
+
+def test_bad_run_config_key_names_the_job():
+    config = study_config("test.yaml")
+    config["defaults"]["federation.rouns"] = 2
+    with pytest.raises(FedBTError, match=r"job results/runs/pretrain/cs/fedavg/seed0: config key 'federation.rouns'"):
+        Plan(config)
+
+
+def test_values_round_trip_through_set_flags():
+    assert yaml_value(5e-5) == "5.0e-05" and yaml_value([0, 1]) == "[0, 1]" and yaml_value({}) == "{}"
+    items = as_sets([{"local.lr": 5e-5, "method.options": {"local_layers": 2}}, {"local.lr": 1e-3}])
+    assert load_config(None, items).local.lr == 1e-3
+    assert set_flags(["name=a b"]) == "--set 'name=a b'"
+
+
+def test_job_environment_puts_this_fedbt_first_and_claims_gpus_only_when_capped():
+    assert job_environment("/venv/bin", 0, "/usr/bin") == {"PATH": "/venv/bin:/usr/bin"}
+    assert job_environment("/venv/bin", 4, "/usr/bin")["FEDBT_GPUS"] == "4"
+
+
+def test_report_captions_by_kind(default_plan):
+    outputs = default_plan.report_outputs()
+    captions = dict((p, (c, s)) for p, c, s in default_plan.report_captions(outputs["tables"] + outputs["figures"]))
+    assert captions["results/tables/depth-pretrain.md"][0] == "table.rst"
+    assert captions["results/figures/depth-pretrain_pareto.png"] == (
+        "pareto.rst",
+        "Client depth L_k in further pre-training (CS corpus, citation intent)",
+    )
+    assert captions["results/figures/layer_schedule.png"] == ("layer_schedule.rst", "Method")
