@@ -74,6 +74,7 @@ hetero: $(STAMP)
 bench: $(FLOWER_STAMP)
 	$(BIN)/python benchmarks/simulator_overhead.py
 	$(BIN)/python benchmarks/mlm_decoder.py
+	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/flower_runtime.py
 
 # config/README.md's key table, regenerated from workflow/schemas/config.schema.yaml (a test checks it is current).

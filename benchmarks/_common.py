@@ -37,7 +37,7 @@ def minilm_and_corpus(max_length: int, examples: int, threads: int | None = None
 def minilm_and_task(task: str, max_length: int, examples: int, threads: int | None = None):
     """(MiniLM sequence-classification model, tokenizer, tokenised first ``examples`` train rows of ``task``)."""
     from fedbt.data.tasks import get_task, load_task
-    from fedbt.evaluation import tokenize_task
+    from fedbt.training.objectives import get_objective
 
     if threads:
         torch.set_num_threads(threads)
@@ -46,7 +46,7 @@ def minilm_and_task(task: str, max_length: int, examples: int, threads: int | No
     spec = get_task(task)
     train = load_task(task, "data")["train"].select(range(examples))
     model = load_model(model_config, "classification", seed=0, num_labels=len(spec.labels))
-    return model, tokenizer, tokenize_task(train, tokenizer, max_length, spec.kind)
+    return model, tokenizer, get_objective(spec.kind).encode(train, tokenizer, max_length)
 
 
 def median_seconds(action: Callable[[], object], repeats: int) -> float:

@@ -54,12 +54,10 @@ def main() -> None:
         model, tokenizer, examples = minilm_and_task("chemprot", args.max_length, args.steps * args.batch_size)
         head = "classification"
     objective = make_objective(
-        head, tokenizer, mlm_probability=0.15, masked_only=True, pad_to=args.max_length, patches=args.max_length - 1
+        head, tokenizer, max_length=args.max_length, padding="fixed", patches=args.max_length - 1
     )
     local = LocalConfig(steps=args.steps, batch_size=args.batch_size, lr=5e-5, flop_count_steps=1)
-    setup = SimulationSetup(
-        [examples], objective, local, args.rounds, 1.0, "weighted", 0, torch.device("cpu"), args.max_length
-    )
+    setup = SimulationSetup([examples], objective, local, args.rounds, 1.0, "weighted", 0, torch.device("cpu"))
     arch = ModelArch.from_model(model)
     totals = {name: {"seconds": 0.0, "measured": 0, "analytic": 0, "upload": 0} for name in args.methods}
     with tempfile.TemporaryDirectory() as tmp:

@@ -27,7 +27,7 @@ def main() -> None:
 
     model, tokenizer, examples = minilm_and_corpus(args.max_length, args.batch_size * args.steps)
     paths = {
-        name: make_objective("mlm", tokenizer, mlm_probability=0.15, masked_only=masked, pad_to=args.max_length)
+        name: make_objective("mlm", tokenizer, max_length=args.max_length, padding="fixed", masked_only=masked)
         for name, masked in (("masked-only", True), ("full-logits", False))
     }
     batch = paths["masked-only"].collate(examples[: args.batch_size], torch.Generator().manual_seed(0))

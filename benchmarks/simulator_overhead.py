@@ -51,7 +51,7 @@ def simulator_rounds(model, objective, clients, rounds: int, steps: int, batch_s
     seconds the simulator spent outside local training (weight copies, upload extraction, aggregation,
     checkpoints, ledger), measured inside the run and so insensitive to load on the machine between runs."""
     local = LocalConfig(steps=steps, batch_size=batch_size, lr=lr, flop_count_steps=1)
-    setup = SimulationSetup(clients, objective, local, rounds, 1.0, "weighted", 0, torch.device("cpu"), 64)
+    setup = SimulationSetup(clients, objective, local, rounds, 1.0, "weighted", 0, torch.device("cpu"))
     with tempfile.TemporaryDirectory() as tmp:
         method = create_method("fedavg", ModelArch.from_model(model), rounds, 0, {}, "pretrain")
         simulator = Simulator(model, method, setup, Ledger(Path(tmp) / "ledger.csv"), Path(tmp) / "ckpt", "bench")
@@ -70,7 +70,7 @@ def main() -> None:
     args = parser.parse_args()
 
     model, tokenizer, examples = minilm_and_corpus(args.max_length, args.clients * 200)
-    objective = make_objective("mlm", tokenizer, mlm_probability=0.15, masked_only=True, pad_to=args.max_length)
+    objective = make_objective("mlm", tokenizer, max_length=args.max_length, padding="fixed")
     clients = [examples[i :: args.clients] for i in range(args.clients)]
     work = (args.rounds, args.steps, args.batch_size, 5e-5)
     plain_rounds(copy.deepcopy(model), objective, clients, 1, 1, args.batch_size, 5e-5)  # warm-up

@@ -1,4 +1,5 @@
-"""The ``fedbt`` command line: ``run``, ``flower``, ``costs``, ``methods``, ``distill``, ``report``, ``track-init``.
+"""The ``fedbt`` command line: ``run``, ``flower``, ``costs``, ``methods``, ``distill``, ``report``, ``track-init``,
+``prepare-corpus``, ``tokenize``, ``estimate``, ``objectives``.
 
 Heavy imports (torch, transformers, mlflow) happen inside the subcommands so that ``--help`` is fast.
 Offline by default: the hub and datasets are set offline unless the environment says otherwise.
@@ -57,7 +58,7 @@ def _methods(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fedbt`` command."""
-    from fedbt import cli_costs, cli_distill, cli_flower, cli_report
+    from fedbt import cli_costs, cli_data, cli_distill, cli_flower, cli_report
 
     parser = argparse.ArgumentParser(prog="fedbt", description="FedBT benchmark suite: federated runs and cost tables.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_flower.add_parser(sub)
     cli_costs.add_parser(sub)
+    cli_data.add_parsers(sub)
     cli_distill.add_parser(sub)
     cli_report.add_parser(sub)
     return parser

@@ -10,7 +10,6 @@ import json
 import sys
 from typing import Any
 
-from fedbt.config import OBJECTIVES
 from fedbt.errors import ConfigError, FedBTError
 
 EXIT_ERROR = 2
@@ -43,8 +42,8 @@ def add_parser(subparsers) -> None:
         "--head",
         "--task-head",
         dest="head",
-        choices=OBJECTIVES,
-        help="output head: mlm (pre-training), classification or token_classification (fine-tuning); default: "
+        help="output head (an objective, see `fedbt objectives`): mlm (pre-training), classification or "
+        "token_classification (fine-tuning); default: "
         "mlm, or the paper's fine-tuning head (token_classification) for a method that only fine-tunes. On an "
         "image architecture mlm means mim (masked image modelling) and classification image_classification",
     )
@@ -200,7 +199,7 @@ def implied_head(method: str) -> str:
 def main(args: argparse.Namespace) -> int:
     """Print the cost table (text, or JSON with ``--json``); errors go to stderr with exit status 2."""
     from fedbt import paper
-    from fedbt.costs import SCENARIO_OF_HEAD, compare_paper, cost_table
+    from fedbt.costs import compare_paper, cost_table, scenario_of
     from fedbt.federated.method import load_plugins
 
     try:
@@ -218,7 +217,7 @@ def main(args: argparse.Namespace) -> int:
         table = cost_table(
             args.arch,
             args.method,
-            paper.ROUNDS[SCENARIO_OF_HEAD[head]] if args.rounds is None else args.rounds,
+            paper.ROUNDS[scenario_of(head)] if args.rounds is None else args.rounds,
             parse_options(args.option, args.local_layers, args.student),
             head=head,
             clients=args.clients,
@@ -226,7 +225,7 @@ def main(args: argparse.Namespace) -> int:
             **common,
         )
         if args.compare_paper:
-            table["paper"] = compare_paper(SCENARIO_OF_HEAD[head], **common)
+            table["paper"] = compare_paper(scenario_of(head), **common)
     except FedBTError as error:
         print(f"fedbt costs: error: {error}", file=sys.stderr)
         return EXIT_ERROR

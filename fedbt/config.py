@@ -8,6 +8,7 @@ naming the dotted key and what is allowed, before any data or model is touched.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import types
 import typing
@@ -20,13 +21,7 @@ import yaml
 from fedbt.errors import ConfigError
 
 Scenario = Literal["pretrain", "finetune"]
-Objective = Literal["mlm", "classification", "token_classification", "mim", "image_classification"]
-OBJECTIVES: tuple[str, ...] = get_args(Objective)
-"""Every objective by name (``local.objective``); each also names the model head it trains."""
-PRETRAIN_OBJECTIVES = ("mlm", "mim")
-"""Objectives of the pretrain scenario: masked language modelling (text), masked image modelling (ViT)."""
-IMAGE_OBJECTIVES = ("mim", "image_classification")
-"""Objectives (and heads) of image models; the others are those of text models."""
+SourceKind = Literal["corpus", "classification", "token_classification", "image_classification"]
 
 
 @dataclass
@@ -52,14 +47,21 @@ class ModelConfig:
 class PartitionConfig:
     """How the training data is split across clients (see :mod:`fedbt.data.partition`)."""
 
-    scheme: Literal["iid", "uniform", "skewed", "dirichlet", "quantity"] = "iid"
+    scheme: Literal["iid", "uniform", "skewed", "dirichlet", "quantity", "papers"] = "iid"
     alpha: float = 0.5
     min_size: int = 1
+    papers_per_client: int = 12000
+    """Scheme ``papers`` (S2ORC corpora): consecutive papers per client (the paper's 12,000)."""
 
 
 @dataclass
 class DataConfig:
-    """What the clients train on: a domain corpus (pre-training) or a task's train split (fine-tuning)."""
+    """What the clients train on: a domain corpus (pre-training) or a task's train split (fine-tuning).
+
+    ``corpus`` and ``task`` (and ``evaluation.task``) name a shipped data set, a data set declared under
+    ``sources``, a local file or directory, or a hub id ``hf:<id>[:<config>]`` (see :mod:`fedbt.data.sources`).
+    ``cache_dir`` holds the token caches (one per source, tokenizer and ``model.max_length``).
+    """
 
     data_dir: str = "data"
     corpus: str | None = "cs"
@@ -67,6 +69,47 @@ class DataConfig:
     max_examples: int | None = None
     heldout_examples: int = 256
     partition_dir: str = "results/partitions"
+    cache_dir: str = field(default_factory=lambda: os.environ.get("FEDBT_CACHE_DIR", "results/cache"))
+    """Token caches (default ``results/cache``, or ``$FEDBT_CACHE_DIR``: one cache shared by several studies)."""
+
+
+@dataclass
+class DealConfig:
+    """One upstream split dealt into several of ours, label-stratified and deterministic (rows ordered by label
+    and the sha256 of their text, then dealt in the cycle ``into``: ``{dev: 1, test: 1}`` alternates)."""
+
+    source: str
+    into: dict[str, int]
+
+
+@dataclass
+class SourceConfig:
+    """A data set declared in the config (``sources.<name>``) and used by name as ``data.corpus``, ``data.task``
+    or ``evaluation.task``.
+
+    ``location`` is a local file or directory (relative paths are under ``data.data_dir``) or a hub id
+    ``hf:<id>[:<config>]`` (pinned by ``revision``). ``columns`` maps roles (``text``, ``label``, ``tokens``,
+    ``tags``, ``image``) to column names; ``splits`` maps our splits (``train``, ``dev``, ``test``) to the
+    upstream split (hub split or file stem); ``labels`` fixes the label set (default: inferred from train);
+    ``label_names`` names integer-coded labels without a ``ClassLabel`` (index -> name); ``sizes`` are the
+    expected rows per split (checked; :mod:`fedbt.estimate` uses them when the data is not on this machine).
+    Corpora (``kind: corpus``): one document per row, split into sentences unless ``segment`` is false.
+    """
+
+    location: str
+    kind: SourceKind = "classification"
+    revision: str | None = None
+    columns: dict[str, str] = field(default_factory=dict)
+    splits: dict[str, str] = field(default_factory=dict)
+    deal: DealConfig | None = None
+    labels: list[str] | None = None
+    label_names: list[str] | None = None
+    metrics: list[str] | None = None
+    sizes: dict[str, int] = field(default_factory=dict)
+    segment: bool = True
+    min_words: int = 5
+    delimiter: str | None = None
+    description: str = ""
 
 
 @dataclass
@@ -103,7 +146,8 @@ class FederationConfig:
 class LocalConfig:
     """Local training on one client in one round (a fresh AdamW each round, as in the paper's code)."""
 
-    objective: Objective = "mlm"
+    objective: str = "mlm"
+    """A registered objective (:mod:`fedbt.training.objectives`); it also names the model head it trains."""
     steps: int | None = None
     epochs: float = 1.0
     batch_size: int = 16
@@ -117,6 +161,12 @@ class LocalConfig:
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     flop_count_steps: int = 1
+    padding: Literal["dynamic", "fixed"] = "dynamic"
+    """Pad each batch to its longest sequence (dynamic) or every batch to ``model.max_length`` (fixed)."""
+    group_by_length: bool = True
+    """Batch examples of similar length together (transformers' ``group_by_length``): less padding."""
+    compile: bool = False
+    """``torch.compile`` the local models (CUDA; off by default)."""
 
 
 @dataclass
@@ -173,6 +223,7 @@ class RunConfig:
     local: LocalConfig = field(default_factory=LocalConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    sources: dict[str, SourceConfig] = field(default_factory=dict)
 
     def resolved_out_dir(self) -> Path:
         """The run directory: ``out_dir`` if set, else ``results/runs/<study>/<name>``."""
@@ -267,7 +318,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(key, f"got {value!r}, expected a mapping")
-        return dict(value)
+        key_type, value_type = get_args(hint) or (str, Any)
+        return {_coerce(key_type, k, key): _coerce(value_type, v, f"{key}.{k}") for k, v in value.items()}
     if hint is Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
@@ -324,20 +376,26 @@ def validate(config: RunConfig) -> None:
     _require(data.heldout_examples >= 0, "data.heldout_examples", "must be >= 0 (0 disables per-round scores)")
     if data.max_examples is not None:
         _require(data.max_examples >= fed.clients, "data.max_examples", "must be >= federation.clients")
+    from fedbt.training.objectives import available_objectives, get_objective
+
+    fitting = [name for name, o in available_objectives().items() if o.scenario == config.scenario]
+    _require(
+        get_objective(local.objective).scenario == config.scenario,
+        "local.objective",
+        f"the {config.scenario} scenario trains one of {', '.join(fitting)}, got {local.objective!r}",
+    )
     if config.scenario == "pretrain":
-        _require(
-            local.objective in PRETRAIN_OBJECTIVES,
-            "local.objective",
-            f"the pretrain scenario trains one of {', '.join(PRETRAIN_OBJECTIVES)}, got {local.objective!r}",
-        )
         _require(data.corpus is not None, "data.corpus", "the pretrain scenario needs a corpus")
     else:
-        _require(
-            local.objective not in PRETRAIN_OBJECTIVES,
-            "local.objective",
-            f"the finetune scenario trains a task objective, not {local.objective!r}",
-        )
         _require(data.task is not None, "data.task", "the finetune scenario needs a task")
+    for name, source in config.sources.items():
+        _require(bool(source.location.strip()), f"sources.{name}.location", "must not be empty")
+        if source.deal is not None:
+            _require(
+                all(share >= 1 for share in source.deal.into.values()) and bool(source.deal.into),
+                f"sources.{name}.deal.into",
+                "must map splits to shares >= 1",
+            )
     ev = config.evaluation
     _require(ev.epochs >= 1, "evaluation.epochs", "must be >= 1")
     _require(len(ev.seeds) >= 1, "evaluation.seeds", "must list at least one seed")

@@ -17,79 +17,22 @@ import torch
 from torch import nn
 
 from fedbt import paper
-from fedbt.config import IMAGE_OBJECTIVES
 from fedbt.errors import ConfigError, FedBTError
 from fedbt.federated.method import ClientPlan, Method, available_methods, create_method, get_method
 from fedbt.federated.tiers import FULL, Tier
 from fedbt.models import ModelArch, layer_widths
+from fedbt.training.objectives import ObjectiveSettings, available_objectives, get_objective
 
 MIB = 2**20
 MB = 10**6
-SCENARIO_OF_HEAD = {
-    "mlm": "pretrain",
-    "classification": "finetune",
-    "token_classification": "finetune",
-    "mim": "pretrain",
-    "image_classification": "finetune",
-}
-VISION_HEADS = {
-    "mlm": "mim",
-    "mim": "mim",
-    "classification": "image_classification",
-    "token_classification": "image_classification",
-    "image_classification": "image_classification",
-}
-"""The head an image model takes for a requested head: its pre-training head, or image classification."""
+
+
+def scenario_of(head: str) -> str:
+    """The scenario whose cost figures use ``head`` (the objective's ``scenario``)."""
+    return get_objective(head, key="head").scenario
 
 
 # ---------------------------------------------------------------------------------- analytic FLOPs
-
-
-def _named(arch: ModelArch, suffix: str, names: list[str] | None = None) -> str | None:
-    """The parameter whose name ends with ``suffix`` (searched in ``names``, default all)."""
-    return next((n for n in (names if names is not None else arch.names) if n.endswith(suffix)), None)
-
-
-def _head_stages(arch: ModelArch, head: str, sequences: int, predicted_tokens: int) -> list[tuple[int, str, list[str]]]:
-    """The head's matmuls bottom-up: ``(flops, weight name, names whose training makes the output need a
-    gradient)``."""
-    H = arch.hidden_size
-    head_names = arch.head_params()
-    if head in IMAGE_OBJECTIVES:  # ViT: final LayerNorm (0 FLOPs), then the head's matmul
-        norm = [n for n in head_names if ".layernorm." in n]
-        out = _named(arch, "decoder.0.weight" if head == "mim" else "classifier.weight", head_names)
-        if out is None or not norm:
-            raise FedBTError(f"no {head} head (final layernorm and decoder.0 / classifier) found")
-        rows = predicted_tokens if head == "mim" else sequences  # MIM reconstructs every patch; [CLS] only
-        group = [n for n in head_names if n not in norm]
-        return [(0, norm[0], norm), (rows * 2 * arch.param_numel[out], out, group)]
-    if head == "mlm":
-        transform = _named(arch, "transform.dense.weight", head_names)
-        # The decoder weight is usually tied to the word embeddings and then listed under that name only.
-        decoder = _named(arch, "decoder.weight", head_names) or _named(arch, "word_embeddings.weight")
-        if transform is None or decoder is None:
-            raise FedBTError("no MLM head (transform.dense.weight, decoder/word-embedding weight) found")
-        transform_group = [n for n in head_names if ".transform." in n]
-        return [
-            (predicted_tokens * 2 * H * H, transform, transform_group),
-            (predicted_tokens * 2 * arch.param_numel[decoder], decoder, [decoder]),
-        ]
-    if head == "classification":
-        classifier = _named(arch, "classifier.weight", head_names)
-        if classifier is None:
-            raise FedBTError("no classification head (classifier.weight) found")
-        stages = []
-        pooler = _named(arch, "pooler.dense.weight")
-        if pooler is not None:
-            stages.append((sequences * 2 * H * H, pooler, [n for n in arch.names if ".pooler." in n]))
-        stages.append((sequences * 2 * arch.param_numel[classifier], classifier, [classifier]))
-        return stages
-    if head == "token_classification":  # the classifier runs at every (padded) position
-        classifier = _named(arch, "classifier.weight", head_names)
-        if classifier is None:
-            raise FedBTError("no token-classification head (classifier.weight) found")
-        return [(predicted_tokens * 2 * arch.param_numel[classifier], classifier, [classifier])]
-    raise FedBTError(f"unknown head {head!r}; allowed: {', '.join(SCENARIO_OF_HEAD)}")
 
 
 def analytic_train_flops(
@@ -150,7 +93,7 @@ def analytic_train_flops(
         if grad or trains:
             backward += tokens * (weights + 2 * attention - (0 if grad else skipped_qkv))
         grad = grad or trains
-    for flops, weight, group in _head_stages(arch, head, sequences, predicted_tokens):
+    for flops, weight, group in get_objective(head, key="head").head_stages(arch, sequences, predicted_tokens):
         forward += flops
         backward += flops * ((weight in trainable) + grad)
         grad = grad or any(n in trainable for n in group)
@@ -218,18 +161,23 @@ def _totals(rows: list[dict[str, Any]]) -> dict[str, int | float]:
 
 
 def head_for(arch_name: str, head: str) -> str:
-    """``head`` for a text architecture; for an image architecture its counterpart (:data:`VISION_HEADS`).
-    A head of the other modality is a :class:`ConfigError`."""
+    """``head`` for an architecture of its modality; a text head on an image architecture becomes its
+    ``image_counterpart`` (``mlm`` -> ``mim``); other mismatches are a :class:`ConfigError`."""
     from fedbt.models import arch_config, is_vision
 
-    vision = is_vision(arch_config(arch_name))
-    if vision and head not in VISION_HEADS:
-        raise ConfigError("head", f"{arch_name!r} is an image model; allowed heads: mim, image_classification")
-    if not vision and head in IMAGE_OBJECTIVES:
+    objective = get_objective(head, key="head")
+    modality = "image" if is_vision(arch_config(arch_name)) else "text"
+    if objective.modality == modality:
+        return head
+    counterpart = objective.image_counterpart if modality == "image" else None
+    if counterpart is None:
+        allowed = [name for name, o in available_objectives().items() if o.modality == modality]
         raise ConfigError(
-            "head", f"{arch_name!r} is a text model; allowed heads: mlm, classification, token_classification"
+            "head",
+            f"{arch_name!r} is {'an' if modality == 'image' else 'a'} {modality} model; "
+            f"allowed heads: {', '.join(allowed)}",
         )
-    return VISION_HEADS[head] if vision else head
+    return counterpart
 
 
 @cache
@@ -239,7 +187,7 @@ def meta_arch(arch_name: str, head: str, num_labels: int = 2) -> tuple[nn.Module
     from fedbt.models import arch_config, meta_model
 
     config = arch_config(arch_name)
-    if head in ("classification", "image_classification"):
+    if get_objective(head, key="head").scenario == "finetune":
         config.num_labels = num_labels
     try:
         model = meta_model(config, head)
@@ -279,8 +227,6 @@ def cost_table(
     (its rounds, totals and ratios to full-model FedAvg), and ``tier_mix``: the ratios of the clients' mean
     cost when the tiers hold their shares of the clients.
     """
-    if head not in SCENARIO_OF_HEAD:
-        raise ConfigError("head", f"unknown head {head!r}; allowed: {', '.join(SCENARIO_OF_HEAD)}")
     for key, value in (
         ("rounds", rounds),
         ("clients", clients),
@@ -293,7 +239,7 @@ def cost_table(
             raise ConfigError(key, f"got {value}, must be >= 1")
     if not 0 < mlm_probability < 1:
         raise ConfigError("mlm_probability", f"got {mlm_probability}, must be in (0, 1)")
-    scenario = SCENARIO_OF_HEAD[head]
+    scenario = scenario_of(head)
     head = head_for(arch_name, head)
     # The architecture the method trains: a distillation baseline names its student, others keep arch_name.
     source = get_method(method).starting_model(options, arch_name)
@@ -306,11 +252,8 @@ def cost_table(
         arranged = instance.arrange_clients([[{}] * sequences for _ in range(n_clients)])
         arch = instance.arch
         length = arch.num_patches + 1 if arch.vision else seq_len
-        tokens = len(arranged[0]) * length
-        if arch.vision:
-            predicted = len(arranged[0]) * arch.num_patches
-        else:
-            predicted = round(mlm_probability * tokens) if masked_only else tokens
+        settings = ObjectiveSettings(max_length=length, mlm_probability=mlm_probability, masked_only=masked_only)
+        predicted = get_objective(head).expected_predicted(len(arranged[0]), len(arranged[0]) * length, settings)
         flops_args = {"sequences": len(arranged[0]), "seq_len": length, "predicted_tokens": predicted, "head": head}
         rounds_costs = [
             _round_costs(instance, tensors, i, len(arranged), flops_args, dtype_bytes, tier) for i in range(rounds)

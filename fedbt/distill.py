@@ -93,6 +93,9 @@ class DistillationLoss:
         hidden = squared / (len(pairs) * real.sum() * student.last_hidden_state.shape[-1])
         return soft + self.hidden_weight * hidden
 
+    def shape(self, batch: dict[str, torch.Tensor]) -> tuple[int, int]:
+        return self.masking.shape(batch)
+
     def input_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         return self.masking.input_tokens(batch)
 
@@ -142,7 +145,7 @@ def distill_student(settings: DistillSettings, out_dir: str | Path, teacher_conf
 
     teacher = load_model(teacher_config, "mlm", settings.seed).to(device).eval().requires_grad_(False)
     student = init_student(teacher, settings.layers)
-    masking = make_objective("mlm", tokenizer, mlm_probability=0.15, masked_only=True, pad_to=settings.max_length)
+    masking = make_objective("mlm", tokenizer, max_length=settings.max_length, padding="fixed")
     objective = DistillationLoss(teacher, masking, tuple(settings.layers), settings.temperature, settings.hidden_weight)
     steps = loop.steps_for(len(examples), settings.batch_size, settings.epochs, settings.steps)
     result = loop.train(

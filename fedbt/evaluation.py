@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from fedbt.config import EvaluationConfig, ModelConfig
-from fedbt.data.tasks import TaskSpec, get_task, load_task, subset
-from fedbt.metrics import compute_metrics
+from fedbt.config import DataConfig, EvaluationConfig, ModelConfig
+from fedbt.data.run_data import task_examples
+from fedbt.data.tasks import get_task
 from fedbt.models import load_model, load_model_from_dir, load_processor, sequence_length
 from fedbt.seeding import derive_seed
 from fedbt.training.loop import adamw, predict, resolve_device, steps_for, train
-from fedbt.training.objectives import make_objective
-from fedbt.training.token_classification import decode_predictions, tokenize_ner
+from fedbt.training.objectives import ObjectiveSettings, get_objective
 
 SOURCE = "source"
 """``model_dir`` value meaning "the model config's source, without further training" (the reference)."""
@@ -31,38 +29,9 @@ SOURCE = "source"
 WEIGHT_DECAY = 0.01
 
 
-HEAD_OF_KIND = {
-    "classification": "classification",
-    "ner": "token_classification",
-    "image_classification": "image_classification",
-}
-"""The model head (and training objective) that fine-tunes a task of each kind."""
-
-
-def tokenize_task(dataset_split, tokenizer, max_length: int, kind: str = "classification") -> list[dict]:
-    """Training examples of a task split, in order, truncated to ``max_length`` tokens and unpadded:
-    ``{"input_ids", "label"}`` for classification, ``{"input_ids", "labels"}`` (first-subword tags) for NER;
-    ``{"image", "label"}`` (uint8 pixels, prepared per batch by the objective) for image classification."""
-    if kind == "image_classification":
-        from fedbt.training.vision import image_examples
-
-        rows = dataset_split.with_format("numpy")[:]
-        return image_examples(rows["image"].astype("uint8"), rows["label"].tolist())
-    if kind == "ner":
-        return tokenize_ner(dataset_split["tokens"], dataset_split["tags"], tokenizer, max_length)
-    encoded = tokenizer(list(dataset_split["text"]), truncation=True, max_length=max_length)
-    return [
-        {"input_ids": ids, "label": int(label)}
-        for ids, label in zip(encoded["input_ids"], dataset_split["label"], strict=True)
-    ]
-
-
-def score(spec: TaskSpec, examples: Sequence[dict], predictions: Sequence) -> dict[str, float]:
-    """The task's metrics for ``predictions`` (from :func:`~fedbt.training.loop.predict`) of ``examples``."""
-    if spec.kind == "ner":
-        predicted, gold = decode_predictions(predictions, [e["labels"] for e in examples], spec.labels)
-        return compute_metrics(spec.metrics, predicted, gold)
-    return compute_metrics(spec.metrics, list(predictions), [e["label"] for e in examples])
+def score(task, examples, predictions) -> dict[str, float]:
+    """The task's metrics for ``predictions`` of ``examples`` (the objective of the task's kind scores them)."""
+    return get_objective(task.kind).score(task, examples, predictions)
 
 
 def finetune_and_score(
@@ -73,6 +42,8 @@ def finetune_and_score(
     data_dir: str | Path = "data",
     device: str = "auto",
     tokenizer=None,
+    data: DataConfig | None = None,
+    sources=None,
 ) -> dict:
     """Fine-tune the model in ``model_dir`` (or ``"source"``: ``model_config.source``) on ``task`` once per
     seed of ``eval_config`` and score it by the test score at the best dev epoch.
@@ -80,23 +51,22 @@ def finetune_and_score(
     Returns ``{"task", "metrics", "primary", "seeds": [{"seed", "best_epoch", "dev", "test", "per_epoch",
     "seconds"}, ...], "mean", "std"}``; epochs count from 1, ``mean``/``std`` are over the seeds' test
     scores (sample std, 0.0 for a single seed). ``tokenizer`` is the text tokenizer or image processor (default:
-    that of ``model_config``).
+    that of ``model_config``). ``data`` gives the data and cache folders (default: ``data_dir`` and the defaults);
+    ``sources`` the run config's declared data sets.
     """
-    spec = get_task(task, key="evaluation.task")
-    splits = load_task(task, data_dir, key="evaluation.task")
+    spec = get_task(task, key="evaluation.task", sources=sources)
+    data = data or DataConfig(data_dir=str(data_dir))
     tokenizer = tokenizer if tokenizer is not None else load_processor(model_config)
     limits = {
         "train": eval_config.max_train_examples,
         "dev": eval_config.max_eval_examples,
         "test": eval_config.max_eval_examples,
     }
-    examples = {
-        split: tokenize_task(subset(splits[split], limit), tokenizer, model_config.max_length, spec.kind)
-        for split, limit in limits.items()
-    }
-    head = HEAD_OF_KIND[spec.kind]
+    objective_type = get_objective(spec.kind, key="evaluation.task")
+    examples = task_examples(spec, tokenizer, model_config.max_length, limits, data, objective_type, sources)
+    head = spec.kind
     torch_device = resolve_device(device)
-    primary = spec.metrics[0]
+    primary = spec.scored_metrics[0]
     steps_per_epoch = steps_for(len(examples["train"]), eval_config.batch_size, 1, None)
 
     seeds = []
@@ -108,7 +78,8 @@ def finetune_and_score(
             model = load_model_from_dir(model_dir, head, seed, num_labels=len(spec.labels))
         model.to(torch_device)
         patches = sequence_length(model.config, model_config.max_length) - 1
-        objective = make_objective(head, tokenizer, pad_to=None, patches=patches)
+        settings = ObjectiveSettings(max_length=model_config.max_length, patches=patches)
+        objective = objective_type.build(tokenizer, settings)
         generator = torch.Generator().manual_seed(seed)
         optimizer = adamw(model, eval_config.lr, WEIGHT_DECAY)  # one optimizer across all epochs
         per_epoch = []
@@ -148,10 +119,10 @@ def finetune_and_score(
         )
         del model  # free it before the next seed's copy is loaded
 
-    tests = {metric: [s["test"][metric] for s in seeds] for metric in spec.metrics}
+    tests = {metric: [s["test"][metric] for s in seeds] for metric in spec.scored_metrics}
     return {
         "task": spec.name,
-        "metrics": list(spec.metrics),
+        "metrics": list(spec.scored_metrics),
         "primary": primary,
         "seeds": seeds,
         "mean": {metric: statistics.mean(values) for metric, values in tests.items()},

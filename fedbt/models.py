@@ -38,6 +38,8 @@ from fedbt.errors import ConfigError, FedBTError
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 ARCH_CONFIG_DIR = Path(__file__).parent / "arch_configs"
 ARCH_ALIASES = {"minilm": "sentence-transformers/all-MiniLM-L6-v2", "vit-base": "google/vit-base-patch16-224-in21k"}
+ATTENTION = "sdpa"
+"""PyTorch's fused scaled-dot-product attention (flash / memory-efficient kernels on CUDA)."""
 SCRATCH = "scratch:"
 """Prefix of a model source built with random weights from an architecture (see :func:`arch_config`)."""
 
@@ -78,10 +80,12 @@ def sequence_length(config, max_length: int) -> int:
 
 
 def load_tokenizer(model_config: ModelConfig):
-    """The tokenizer of the model source (``tiny`` uses MiniLM's uncased BERT vocabulary)."""
+    """The tokenizer of the model source (``tiny`` and ``scratch:`` text models use MiniLM's uncased BERT
+    vocabulary)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_source(model_config.source))
+    source = "minilm" if model_config.source.startswith(SCRATCH) else model_config.source
+    return AutoTokenizer.from_pretrained(resolve_source(source))
 
 
 def load_processor(model_config: ModelConfig):
@@ -100,19 +104,13 @@ def load_processor(model_config: ModelConfig):
     return ViTImageProcessorPil(size=size, image_mean=[0.5] * 3, image_std=[0.5] * 3)
 
 
-def _auto_class(head: str):
+def auto_class(head: str):
+    """The transformers Auto class of the model with ``head`` (the objective's ``auto_class``)."""
     import transformers
 
-    classes = {
-        "mlm": transformers.AutoModelForMaskedLM,
-        "classification": transformers.AutoModelForSequenceClassification,
-        "token_classification": transformers.AutoModelForTokenClassification,
-        "mim": transformers.AutoModelForMaskedImageModeling,
-        "image_classification": transformers.AutoModelForImageClassification,
-    }
-    if head not in classes:
-        raise ConfigError("local.objective", f"unknown head {head!r}; allowed: {', '.join(classes)}")
-    return classes[head]
+    from fedbt.training.objectives import get_objective
+
+    return getattr(transformers, get_objective(head).auto_class)
 
 
 def model_config_for(model_config: ModelConfig, num_labels: int | None = None):
@@ -149,13 +147,13 @@ def quiet_transformers() -> None:
 def load_model(model_config: ModelConfig, head: str, seed: int, num_labels: int | None = None) -> nn.Module:
     """The starting global model with the given head; new head weights are initialised from ``seed``."""
     quiet_transformers()
-    auto = _auto_class(head)
+    auto = auto_class(head)
     config = model_config_for(model_config, num_labels)
     torch.manual_seed(seed)
     if model_config.source == "tiny" or model_config.source.startswith(SCRATCH):
-        model = auto.from_config(config)
+        model = auto.from_config(config, attn_implementation=ATTENTION)
     else:
-        model = auto.from_pretrained(resolve_source(model_config.source), config=config)
+        model = auto.from_pretrained(resolve_source(model_config.source), config=config, attn_implementation=ATTENTION)
     return model.float()
 
 
@@ -164,7 +162,7 @@ def load_model_from_dir(path: str | Path, head: str, seed: int, num_labels: int 
     quiet_transformers()
     torch.manual_seed(seed)
     kwargs = {"num_labels": num_labels} if num_labels is not None else {}
-    return _auto_class(head).from_pretrained(str(path), **kwargs).float()
+    return auto_class(head).from_pretrained(str(path), attn_implementation=ATTENTION, **kwargs).float()
 
 
 # ---------------------------------------------------------------------------------- arch configs
@@ -238,7 +236,7 @@ def arch_config(arch: str, key: str = "arch"):
 def meta_model(config, head: str) -> nn.Module:
     """An instance of the architecture on the meta device: shapes and names, no memory, no weights."""
     with torch.device("meta"):
-        return _auto_class(head).from_config(config)
+        return auto_class(head).from_config(config)
 
 
 # -------------------------------------------------------------------------------------- surgery

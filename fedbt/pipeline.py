@@ -11,6 +11,7 @@ named (``job results/runs/...: config key 'federation.rouns': unknown key; ...``
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 from dataclasses import dataclass
@@ -67,6 +68,18 @@ class Layout:
         return f"{self.results}/partitions"
 
     @property
+    def token_cache(self) -> str:
+        """The token caches every job of the study memory-maps (:mod:`fedbt.data.tokens`)."""
+        return f"{self.results}/cache"
+
+    def token_stamp(self, digest: str) -> str:
+        """The output of the ``tokenize`` job that builds one data set's caches (their folders, as JSON)."""
+        return f"{self.token_cache}/stamps/{digest}.json"
+
+    def token_log(self, digest: str) -> str:
+        return f"{self.token_cache}/stamps/{digest}.log"
+
+    @property
     def report_log(self) -> str:
         return f"{self.results}/runs/.report.log"
 
@@ -74,6 +87,21 @@ class Layout:
     def mlflow_uri(self) -> str:
         """The default MLflow store: ``sqlite:///<results>/mlflow.db``."""
         return f"sqlite:///{self.results}/mlflow.db"
+
+
+TOKEN_KEYS = (
+    "scenario",
+    "model.",
+    "data.corpus",
+    "data.task",
+    "data.data_dir",
+    "data.cache_dir",
+    "evaluation.task",
+    "local.objective",
+    "sources",
+    "plugins",
+)
+"""The run-config overrides that decide what a job reads, hence which token caches it needs."""
 
 
 @dataclass(frozen=True)
@@ -207,8 +235,12 @@ class Plan:
         return self.experiment_pattern.format(scenario=scenario)
 
     def _data_layer(self) -> dict[str, Any]:
-        """Where every run reads the data and keeps its partitions."""
-        return {"data.data_dir": self.config.get("data_dir", "data"), "data.partition_dir": self.layout.partitions}
+        """Where every run reads the data and keeps its partitions and token caches."""
+        return {
+            "data.data_dir": self.config.get("data_dir", "data"),
+            "data.partition_dir": self.layout.partitions,
+            "data.cache_dir": self.layout.token_cache,
+        }
 
     def job_sets(self, job: Job) -> list[str]:
         """Every ``--set`` of a job, in order: data, defaults, scenario, data set, starting model, variant,
@@ -254,12 +286,51 @@ class Plan:
         return as_sets([self._data_layer(), overrides, identity, self.tracking_layer])
 
     def run_inputs(self, job: Job) -> list[str]:
-        """The files a job needs first: its distilled student and its starting model, if any."""
+        """The files a job needs first: its distilled student, its starting model and its token caches."""
         student = self.variant(job.variant, f"variants.{job.variant}").get("student")
         start = self.start_of(job.data)
-        return ([self.layout.student_flag(student)] if student else []) + (
-            [self.layout.start_metrics(start)] if start else []
+        stamp = self.token_stamp(job)
+        return (
+            ([self.layout.student_flag(student)] if student else [])
+            + ([self.layout.start_metrics(start)] if start else [])
+            + ([stamp] if stamp else [])
         )
+
+    # ------------------------------------------------------------------------------ token caches
+
+    def token_sets(self, job: Job) -> list[str] | None:
+        """The ``--set`` s of the ``fedbt tokenize`` job a run reads from: the overrides that decide what it reads
+        (data, model, objective; not the method, seed or federation). None for image data (not token-cached).
+
+        A job starting from a starting model tokenises with that model's base source: the starting model saves
+        its base model's tokenizer."""
+        sets = [item for item in self.job_sets(job) if item.startswith(TOKEN_KEYS)]
+        from fedbt.training.objectives import get_objective
+
+        objective = next((s.split("=", 1)[1] for s in reversed(sets) if s.startswith("local.objective=")), "mlm")
+        if get_objective(objective).modality == "image":  # images are held in memory, not token-cached
+            return None
+        start = self.start_of(job.data)
+        if start is not None:
+            base = self.config["starting_models"][start]["overrides"]["model.source"]
+            sets = [s for s in sets if not s.startswith("model.source=")] + [f"model.source={yaml_value(base)}"]
+        return sets + ["method.name=fedavg", "method.options={}", "tracking.enabled=false", "name=tokenize"]
+
+    def token_stamp(self, job: Job) -> str | None:
+        """The output of the ``tokenize`` job a run waits for (jobs reading the same data share one)."""
+        sets = self.token_sets(job)
+        if sets is None:
+            return None
+        return self.layout.token_stamp(hashlib.sha1("\n".join(sorted(sets)).encode()).hexdigest()[:16])
+
+    def token_jobs(self) -> dict[str, list[str]]:
+        """Every ``tokenize`` job: its stamp -> its ``--set`` s."""
+        jobs = {}
+        for job in self.jobs.values():
+            stamp = self.token_stamp(job)
+            if stamp is not None:
+                jobs.setdefault(stamp, self.token_sets(job))
+        return jobs
 
     def student_start(self, name: str) -> str | None:
         """The starting model that is student ``name``'s teacher (``students.<name>.start``), if any."""

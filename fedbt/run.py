@@ -1,11 +1,15 @@
-"""One federated run from a config, one way through:
+"""One federated run from a config, one way through, in four named steps:
 
-config -> data -> partition (shared index file) -> tokenised client data -> simulator (rounds, ledger,
-checkpoints) -> run directory (``config.yaml``, ``ledger.csv``, ``metrics.json``, ``model/``) ->
-downstream evaluation -> MLflow run.
+1. :func:`prepare` checks everything that does not need weights or data (keys, names, method options, the
+   objective against the task and the model's modality) and returns a :class:`PreparedRun`;
+2. :func:`build_federation` gets the data in one call (:func:`fedbt.data.run_data.load_run_data`: tokenised
+   once into the shared cache, partitioned by the shared index file), the starting global model and the objective;
+3. :func:`simulate` runs the rounds (resuming from a checkpoint) and saves the model of the reported round;
+4. :func:`evaluate` fine-tunes and scores it downstream (``evaluation.task``), and :func:`record` writes
+   ``metrics.json`` and the MLflow run.
 
-Everything that can be wrong with the config (keys, method options, task and corpus names, layer
-indices) is checked in :func:`prepare` before any weights or data are loaded.
+:func:`execute` is that sequence. The run directory holds ``config.yaml``, ``ledger.csv``, ``metrics.json`` and
+``model/``.
 """
 
 from __future__ import annotations
@@ -17,20 +21,24 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import nn
 
-from fedbt.config import IMAGE_OBJECTIVES, OBJECTIVES, ModelConfig, RunConfig, to_yaml
+from fedbt.config import ModelConfig, RunConfig, to_yaml
+from fedbt.data.run_data import RunData
 from fedbt.federated.method import Method, create_method, get_method, load_plugins
-from fedbt.models import is_vision, load_model, load_processor, meta_model, model_config_for, sequence_length
+from fedbt.federated.simulator import SimulationSetup
+from fedbt.ledger import Ledger
+from fedbt.models import is_vision, load_model, meta_model, model_config_for, sequence_length
+from fedbt.training.objectives import Objective, ObjectiveSettings, available_objectives, get_objective
 
 if TYPE_CHECKING:
-    from fedbt.data.partition import Partition
-    from fedbt.federated.simulator import Runtime, SimulationSetup
+    from fedbt.federated.simulator import Runtime
+    from fedbt.tracking import NoTracking, RunTracker
 
 log = logging.getLogger(__name__)
 
@@ -41,78 +49,89 @@ class PreparedRun:
 
     config: RunConfig
     method: Method
-    head: str
+    objective: type[Objective]
     num_labels: int | None
     model_config: ModelConfig
     out_dir: Path
+    patches: int
+    """Image patches per example (0 for text models)."""
+
+    @property
+    def head(self) -> str:
+        """The model head the run trains (the objective's name)."""
+        return self.objective.name
+
+    def objective_settings(self, **overrides: Any) -> ObjectiveSettings:
+        local = self.config.local
+        settings = ObjectiveSettings(
+            max_length=self.config.model.max_length,
+            padding=local.padding,
+            mlm_probability=local.mlm_probability,
+            masked_only=local.masked_only_logits,
+            mask_ratio=local.mim_mask_ratio,
+            patches=self.patches,
+        )
+        return dataclasses.replace(settings, **overrides)
 
 
-def _task_labels(config: RunConfig) -> int | None:
-    """Check the task names; for fine-tuning, the number of labels (and that the objective fits the task)."""
-    from fedbt.data.tasks import get_task
+def _check_data(config: RunConfig, objective: type[Objective], vision: bool) -> int | None:
+    """The data sets exist and suit the objective and the model; for fine-tuning, the number of labels."""
+    from fedbt.data.corpus import get_corpus
+    from fedbt.data.tasks import get_task, load_task
     from fedbt.errors import ConfigError
 
     if config.evaluation.task is not None:
-        get_task(config.evaluation.task, key="evaluation.task")
-    if config.scenario != "finetune":
-        return None
-    from fedbt.evaluation import HEAD_OF_KIND
-
-    task = get_task(config.data.task, key="data.task")
-    if config.local.objective != HEAD_OF_KIND[task.kind]:
-        raise ConfigError(
-            "local.objective",
-            f"task {task.name!r} is a {task.kind} task: set local.objective={HEAD_OF_KIND[task.kind]}",
-        )
-    return len(task.labels)
-
-
-def _check_modality(config: RunConfig, hf_config) -> None:
-    """Text models train text objectives on text data, image models image objectives on image data."""
-    from fedbt.data.images import IMAGE_CORPORA
-    from fedbt.errors import ConfigError
-
-    vision = is_vision(hf_config)
+        get_task(config.evaluation.task, "evaluation.task", config.sources)
     kind = "an image" if vision else "a text"
-    allowed = IMAGE_OBJECTIVES if vision else tuple(o for o in OBJECTIVES if o not in IMAGE_OBJECTIVES)
-    if config.local.objective not in allowed:
+    if config.scenario == "pretrain":
+        corpus = get_corpus(config.data.corpus, "data.corpus", config.sources)
+        if (corpus.kind == "image") != vision:
+            raise ConfigError("data.corpus", f"corpus {config.data.corpus!r} does not suit {kind} model")
+        return None
+    task = get_task(config.data.task, "data.task", config.sources)
+    if objective.name != task.kind:
         raise ConfigError(
-            "local.objective",
-            f"model.source {config.model.source!r} is {kind} model; allowed objectives: {', '.join(allowed)}",
+            "local.objective", f"task {task.name!r} is a {task.kind} task: set local.objective={task.kind}"
         )
-    if config.scenario == "pretrain" and (config.data.corpus in IMAGE_CORPORA) != vision:
-        raise ConfigError("data.corpus", f"corpus {config.data.corpus!r} does not suit {kind} model")
+    if task.labels is not None:
+        return len(task.labels)
+    train = load_task(task, config.data.data_dir, "data.task", config.sources)["train"]  # labels inferred from it
+    feature = train.features["tags" if task.kind == "token_classification" else "label"]
+    return len(getattr(feature, "feature", feature).names)
 
 
 def prepare(config: RunConfig) -> PreparedRun:
-    """Validate everything that does not need weights or data: plugins, names, method options, and that the
+    """Validate everything that does not need weights: plugins, data set names, method options, and that the
     model, the objective and the data are of one modality (text or image)."""
-    from fedbt.data.corpus import CORPORA
-    from fedbt.data.images import IMAGE_CORPORA
     from fedbt.errors import ConfigError
 
     load_plugins(config.plugins)
-    corpora = [*CORPORA, *IMAGE_CORPORA]
-    if config.scenario == "pretrain" and config.data.corpus not in corpora:
-        raise ConfigError("data.corpus", f"unknown corpus {config.data.corpus!r}; known corpora: {', '.join(corpora)}")
-    num_labels = _task_labels(config)
-    head = config.local.objective  # the objective names the model head
+    objective = get_objective(config.local.objective)
     source = get_method(config.method.name).starting_model(config.method.options, config.model.source)
     model_config = dataclasses.replace(config.model, source=source)
+    vision = is_vision(model_config_for(model_config))
+    if (objective.modality == "image") != vision:
+        allowed = [n for n, o in available_objectives().items() if (o.modality == "image") == vision]
+        raise ConfigError(
+            "local.objective",
+            f"model.source {config.model.source!r} is {'an image' if vision else 'a text'} model; allowed "
+            f"objectives: {', '.join(allowed)}",
+        )
+    num_labels = _check_data(config, objective, vision)
     hf_config = model_config_for(model_config, num_labels)
-    _check_modality(config, hf_config)
     from fedbt.federated.tiers import tiers_from_config
 
     method = create_method(
         config.method.name,
-        meta_model(hf_config, head),
+        meta_model(hf_config, objective.name),
         config.federation.rounds,
         config.seed,
         config.method.options,
         config.scenario,
         tiers_from_config(config.federation.tiers),
     )
-    return PreparedRun(config, method, head, num_labels, model_config, config.resolved_out_dir())
+    patches = sequence_length(hf_config, config.model.max_length) - 1 if vision else 0
+    return PreparedRun(config, method, objective, num_labels, model_config, config.resolved_out_dir(), patches)
 
 
 def fingerprint(config: RunConfig) -> str:
@@ -121,6 +140,7 @@ def fingerprint(config: RunConfig) -> str:
     relevant = dataclasses.asdict(config)
     for key in ("out_dir", "tracking", "name", "study"):
         relevant.pop(key)
+    relevant["data"].pop("cache_dir")
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
 
@@ -130,193 +150,161 @@ def run_key(config: RunConfig) -> str:
     return f"{config.study}/{config.name}/{config.method.name}/{data}/seed{config.seed}"
 
 
-# ----------------------------------------------------------------------------------------- data
+def tokenize(prepared: PreparedRun) -> dict[str, str]:
+    """Build (or find) the token caches the run reads (its corpus or task, and ``evaluation.task``): data set ->
+    cache folder. Image data sets have none. The pipeline runs this once per data set before its jobs fan out."""
+    from fedbt.data.corpus import get_corpus
+    from fedbt.data.run_data import corpus_tokens, task_examples
+    from fedbt.data.tasks import get_task
+    from fedbt.models import load_processor
 
-
-def _examples(config: RunConfig, tokenizer) -> tuple[list[dict], dict[str, list[dict]], list[int] | None, str]:
-    """Tokenised (training pool, per-round evaluation sets, labels for label-skew partitions, dataset id).
-
-    Pre-training: the corpus's sentences, the last ``heldout_examples`` held out for the per-round MLM loss;
-    an image corpus's images (with their labels, for label-skew partitions), the first ``heldout_examples``
-    dev images held out for the per-round MIM loss. Fine-tuning: the task's train split (``max_examples``); its
-    dev split (``heldout_examples``) and test split (``evaluation.max_eval_examples``, all by default) are scored
-    every round; every subset is drawn by :func:`fedbt.data.tasks.subset`.
-    """
-    data, max_length = config.data, config.model.max_length
-    if config.scenario == "pretrain" and config.local.objective == "mim":
-        from fedbt.data.images import IMAGE_CORPORA, load_image_corpus, load_image_splits
-        from fedbt.training.vision import image_examples
-
-        pool = load_image_corpus(data.corpus, data.data_dir)
-        count = len(pool) if data.max_examples is None else min(data.max_examples, len(pool))
-        heldout = load_image_splits(IMAGE_CORPORA[data.corpus][0], data.data_dir)["dev"]
-        labels = pool.labels[:count].tolist()
-        return (
-            image_examples(pool.images[:count]),
-            {"heldout": image_examples(heldout.images[: data.heldout_examples])},
-            labels,
-            f"corpus-{data.corpus}",
-        )
+    config = prepared.config
+    if prepared.objective.modality == "image":
+        return {}
+    processor, max_length, folders = load_processor(prepared.model_config), config.model.max_length, {}
     if config.scenario == "pretrain":
-        from fedbt.data.corpus import load_corpus
-
-        limit = None if data.max_examples is None else data.max_examples + data.heldout_examples
-        sentences = load_corpus(data.corpus, data.data_dir, max_examples=limit)
-        cut = len(sentences) - data.heldout_examples
-        encoded = [
-            {"input_ids": ids} for ids in tokenizer(sentences, truncation=True, max_length=max_length)["input_ids"]
-        ]
-        return encoded[:cut], {"heldout": encoded[cut:]}, None, f"corpus-{data.corpus}"
-    from fedbt.data.tasks import get_task, load_task, subset
-    from fedbt.evaluation import tokenize_task
-
-    spec = get_task(data.task)
-    splits = load_task(data.task, data.data_dir)
-    limits = {"train": data.max_examples, "dev": data.heldout_examples, "test": config.evaluation.max_eval_examples}
-    subsets = {split: subset(splits[split], limit) for split, limit in limits.items()}
-    labels = list(subsets["train"]["label"]) if spec.kind != "ner" else None
-    tokenized = {split: tokenize_task(subset, tokenizer, max_length, spec.kind) for split, subset in subsets.items()}
-    train = tokenized.pop("train")
-    return train, tokenized, labels, f"task-{data.task}"
+        examples = corpus_tokens(
+            get_corpus(config.data.corpus, "data.corpus", config.sources), processor, max_length, config.data
+        )
+        folders[config.data.corpus] = str(Path(examples.split.ids.filename).parent)
+    for name, key in ((config.data.task, "data.task"), (config.evaluation.task, "evaluation.task")):
+        if name is not None and (config.scenario == "finetune" or key == "evaluation.task"):
+            task = get_task(name, key, config.sources)
+            splits = task_examples(
+                task, processor, max_length, {"train": None}, config.data, get_objective(task.kind, key), config.sources
+            )
+            folders[name] = str(Path(splits["train"].split.ids.filename).parent)
+    return folders
 
 
-# ------------------------------------------------------------------------------------------ run
+# --------------------------------------------------------------------------------------- steps
 
 
 @dataclass
 class Federation:
-    """What a run trains, built from a prepared run: the clients' data, the objective, the starting global model."""
+    """What a run trains, built from a prepared run: the data, the starting global model and the simulation
+    setup (clients' examples, objective, local settings)."""
 
-    setup: SimulationSetup
+    data: RunData
     global_model: nn.Module
-    processor: Any
-    eval_sets: dict[str, list[dict]]
-    partition: Partition
-    patches: int
-    """Image patches per example (for MIM masking); unused by text models."""
+    setup: SimulationSetup
+
+
+@dataclass
+class Simulated:
+    """What the rounds produced: one record per round, the ledger, the saved model, the time they took and what the
+    runtime (in-process, or Flower) reports."""
+
+    records: list[dict[str, Any]]
+    ledger: Ledger
+    model_dir: Path
+    seconds: float
+    runtime: dict[str, Any]
+    runtime_name: str
 
 
 def build_federation(prepared: PreparedRun) -> Federation:
-    """Load the data, partition it, load the starting model (prepared by the method) and make the objective.
+    """Step 1: the run's data (one call to the data layer), the starting global model (as the method prepares
+    it, on the run's device) and the objective.
 
     Deterministic from the config: a Flower ClientApp builds the same federation as the server to train its
     share of the data on the same starting model.
     """
-    from fedbt.data.partition import load_or_create_partition
-    from fedbt.federated.simulator import SimulationSetup
+    from fedbt.data.run_data import load_run_data
     from fedbt.federated.tiers import deal
     from fedbt.training import loop
-    from fedbt.training.objectives import make_objective
 
     config = prepared.config
-    processor = load_processor(prepared.model_config)  # tokenizer or image processor
-    examples, eval_sets, labels, dataset_id = _examples(config, processor)
-    fed = config.federation
-    partition = load_or_create_partition(
-        dataset_id,
-        len(examples),
-        fed.clients,
-        fed.partition.scheme,
-        config.seed,
-        config.data.partition_dir,
-        labels=labels,
-        alpha=fed.partition.alpha,
-        min_size=fed.partition.min_size,
-    )
-    clients = [[examples[i] for i in indices] for indices in partition.clients]
-
+    data = load_run_data(config, prepared.model_config, prepared.objective)
     device = loop.resolve_device(config.local.device)
-    torch.set_float32_matmul_precision("high")  # TF32 on CUDA; no effect on CPU
-    local = config.local
+    loop.configure_device(device)
     global_model = load_model(prepared.model_config, prepared.head, config.seed, prepared.num_labels)
     global_model = prepared.method.prepare_model(global_model).to(device)
-    patches = sequence_length(global_model.config, config.model.max_length) - 1
-    objective = make_objective(
-        local.objective,
-        processor,
-        mlm_probability=local.mlm_probability,
-        masked_only=local.masked_only_logits,
-        pad_to=config.model.max_length,
-        mask_ratio=local.mim_mask_ratio,
-        patches=patches,
-    )
+    fed = config.federation
     setup = SimulationSetup(
-        clients=clients,
-        objective=objective,
-        local=local,
+        clients=data.clients,
+        objective=prepared.objective.build(data.processor, prepared.objective_settings()),
+        local=config.local,
         rounds=fed.rounds,
         fraction=fed.fraction,
         aggregation=fed.aggregation,
         seed=config.seed,
         device=device,
-        seq_len=sequence_length(global_model.config, config.model.max_length),
         tiers=deal(prepared.method.tiers, fed.clients, config.seed) if fed.tiers else (),
     )
-    return Federation(setup, global_model, processor, eval_sets, partition, patches)
+    return Federation(data, global_model, setup)
 
 
-def execute(prepared: PreparedRun, fresh: bool = False, runtime: Runtime | None = None) -> dict[str, Any]:
-    """Run the rounds (resuming if possible), save the run directory, evaluate, all inside the job's live MLflow
-    run (:mod:`fedbt.tracking`: RUNNING now, each round as it ends, then FINISHED, FAILED or KILLED). Returns
-    metrics.
-
-    ``runtime`` is where clients train (default: in this process; :mod:`fedbt.flower`: Flower ClientApps).
-    """
-    from fedbt.tracking import open_run
-
-    if fresh and prepared.out_dir.exists():
-        shutil.rmtree(prepared.out_dir)  # its checkpoint and its MLflow run id with it
-    with open_run(prepared.config, prepared.out_dir, run_key(prepared.config)) as tracker:
-        return _execute(prepared, tracker, runtime)
-
-
-def _execute(prepared: PreparedRun, tracker, runtime: Runtime | None) -> dict[str, Any]:
-    from fedbt.data.provenance import run_datasets
+def simulate(
+    prepared: PreparedRun,
+    federation: Federation,
+    runtime: Runtime | None = None,
+    observers: list[Callable[[dict], None]] | None = None,
+) -> Simulated:
+    """Step 2: run the rounds (resuming if possible) and save the global model of the reported round. ``runtime`` is
+    where clients train (default: in this process; :mod:`fedbt.flower`: Flower ClientApps); each of ``observers``
+    gets every round's record as it ends (the live MLflow run)."""
     from fedbt.federated.simulator import Simulator
-    from fedbt.ledger import Ledger
 
     config, out_dir = prepared.config, prepared.out_dir
     started = time.perf_counter()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(to_yaml(config))
-
-    federation = build_federation(prepared)
-    tracker.log_inputs(run_datasets(config, federation.partition))
-    method, global_model, processor = prepared.method, federation.global_model, federation.processor
-    device, local = federation.setup.device, config.local
-    round_eval = _round_evaluator(config, processor, federation.eval_sets, device, federation.patches)
     ledger = Ledger(out_dir / "ledger.csv")
     select = None
     if config.scenario == "finetune":
-        from fedbt.data.tasks import get_task
-
-        primary = get_task(config.data.task).metrics[0]
-        select = functools.partial(selected_round, primary=primary)
-    checkpoints = out_dir / "checkpoint"
+        select = functools.partial(selected_round, primary=federation.data.task.scored_metrics[0])
     simulator = Simulator(
-        global_model, method, federation.setup, ledger, checkpoints, fingerprint(config), round_eval, select, runtime
+        federation.global_model,
+        prepared.method,
+        federation.setup,
+        ledger,
+        out_dir / "checkpoint",
+        fingerprint(config),
+        round_evaluator(prepared, federation),
+        select,
+        runtime,
     )
-    simulator.observers.append(tracker.log_round)  # each round reaches MLflow as it ends
+    simulator.observers.extend(observers or [])
     records = simulator.run()
     simulator.restore_selected()  # fine-tuning: the model of the reported round is the one saved
     model_dir = out_dir / "model"
-    method.deploy(global_model).save_pretrained(model_dir)
-    processor.save_pretrained(model_dir)
-    federated_seconds = time.perf_counter() - started
+    prepared.method.deploy(federation.global_model).save_pretrained(model_dir)
+    federation.data.processor.save_pretrained(model_dir)
+    seconds = time.perf_counter() - started
+    return Simulated(records, ledger, model_dir, seconds, simulator.runtime.report(), simulator.runtime.name)
 
-    evaluation = None
-    if config.evaluation.task is not None:
-        from fedbt.evaluation import finetune_and_score
 
-        evaluation = finetune_and_score(
-            model_dir,
-            config.evaluation.task,
-            config.evaluation,
-            prepared.model_config,
-            config.data.data_dir,
-            local.device,
-        )
-    partition = federation.partition
+def evaluate(prepared: PreparedRun, model_dir: Path) -> dict[str, Any] | None:
+    """Step 3: downstream evaluation of the saved model (``evaluation.task``), or None."""
+    config = prepared.config
+    if config.evaluation.task is None:
+        return None
+    from fedbt.evaluation import finetune_and_score
+
+    return finetune_and_score(
+        model_dir,
+        config.evaluation.task,
+        config.evaluation,
+        prepared.model_config,
+        config.data.data_dir,
+        config.local.device,
+        data=config.data,
+        sources=config.sources,
+    )
+
+
+def record(
+    prepared: PreparedRun,
+    federation: Federation,
+    simulated: Simulated,
+    evaluation: dict | None,
+    started: float,
+    tracker: RunTracker | NoTracking,
+) -> dict[str, Any]:
+    """Step 4: the run's metrics (``metrics.json``); the live MLflow run ends FINISHED; the checkpoint is
+    removed."""
+    config, out_dir, method = prepared.config, prepared.out_dir, prepared.method
+    records, partition = simulated.records, federation.data.partition
+    device = federation.setup.device
     metrics = {
         "run_key": run_key(config),
         "name": config.name,
@@ -329,23 +317,23 @@ def _execute(prepared: PreparedRun, tracker, runtime: Runtime | None) -> dict[st
         "seed": config.seed,
         "device": str(device),
         "partition": {"path": str(partition.path), "sha256": partition.digest, "sizes": partition.sizes()},
-        "runtime": simulator.runtime.report(),
+        "runtime": simulated.runtime,
         "rounds": records,
         "plan_sha256": hashlib.sha256("".join(r["plan_sha256"] for r in records).encode()).hexdigest(),
-        "costs": ledger.summary(),
+        "costs": simulated.ledger.summary(),
         "evaluation": evaluation,
-        "federated_seconds": federated_seconds,
+        "federated_seconds": simulated.seconds,
         "total_seconds": time.perf_counter() - started,
     }
-    if select is not None:
-        metrics["selection"] = best_round(records, primary)
+    if config.scenario == "finetune":
+        metrics["selection"] = best_round(records, federation.data.task.scored_metrics[0])
     if config.federation.tiers:
-        metrics["tiers"] = _tier_summary(ledger, method)
+        metrics["tiers"] = _tier_summary(simulated.ledger, method)
     metrics["final"] = final_metrics(metrics)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     shutil.rmtree(out_dir / "checkpoint", ignore_errors=True)  # the run is complete; model/ holds its state
-    tags = {"fedbt.device": str(device), "fedbt.runtime": simulator.runtime.name}
-    run_id = tracker.finish(metrics["final"], tags, model_dir)
+    tags = {"fedbt.device": str(device), "fedbt.runtime": simulated.runtime_name}
+    run_id = tracker.finish(metrics["final"], tags, simulated.model_dir)
     if run_id is not None:
         metrics["mlflow_run_id"] = run_id
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -372,6 +360,27 @@ def _tier_summary(ledger, method: Method) -> dict[str, Any]:
     return summary
 
 
+def execute(prepared: PreparedRun, fresh: bool = False, runtime: Runtime | None = None) -> dict[str, Any]:
+    """Run a prepared run inside the job's live MLflow run (:mod:`fedbt.tracking`: RUNNING now, each round as it
+    ends, then FINISHED, FAILED or KILLED): build the federation, simulate the rounds (where ``runtime`` says;
+    default: in this process), evaluate, record. Returns the metrics."""
+    from fedbt.data.provenance import run_datasets
+    from fedbt.tracking import open_run
+
+    started = time.perf_counter()
+    out_dir = prepared.out_dir
+    if fresh and out_dir.exists():
+        shutil.rmtree(out_dir)  # its checkpoint and its MLflow run id with it
+    with open_run(prepared.config, out_dir, run_key(prepared.config)) as tracker:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(to_yaml(prepared.config))
+        federation = build_federation(prepared)
+        tracker.log_inputs(run_datasets(prepared.config, federation.data))
+        simulated = simulate(prepared, federation, runtime, [tracker.log_round])
+        evaluation = evaluate(prepared, simulated.model_dir)
+        return record(prepared, federation, simulated, evaluation, started, tracker)
+
+
 def final_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """Flat scalar summary of a run (for MLflow and tables): costs, last round, downstream scores."""
     final = {f"cost.{k}": float(v) for k, v in metrics["costs"].items() if isinstance(v, int | float)}
@@ -389,25 +398,18 @@ def final_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return final
 
 
-def _round_evaluator(
-    config: RunConfig, processor, eval_sets: dict[str, list[dict]], device: torch.device, patches: int
-):
+def round_evaluator(prepared: PreparedRun, federation: Federation):
     """Per-round scores of the global model: held-out MLM (MIM) loss (pre-training), or dev and test metrics
-    (fine-tuning; the final test score is taken at the best dev round, see :func:`best_round`)."""
+    (fine-tuning; the final test score is taken at the best dev round, see :func:`best_round`). None when there
+    is nothing to score."""
     from fedbt.training import loop
-    from fedbt.training.objectives import make_objective
 
-    eval_sets = {name: examples for name, examples in eval_sets.items() if examples}
+    config, data, device = prepared.config, federation.data, federation.setup.device
+    eval_sets = {name: examples for name, examples in data.eval_sets.items() if len(examples)}
     if not eval_sets:
         return None
-    objective = make_objective(
-        config.local.objective,
-        processor,
-        mlm_probability=config.local.mlm_probability,
-        masked_only=True,
-        pad_to=None,
-        mask_ratio=config.local.mim_mask_ratio,
-        patches=patches,
+    objective = prepared.objective.build(
+        data.processor, prepared.objective_settings(padding="dynamic", masked_only=True)
     )
     batch_size = max(config.local.batch_size, 32)
     if config.scenario == "pretrain":
@@ -418,16 +420,11 @@ def _round_evaluator(
 
         return heldout_loss
 
-    from fedbt.data.tasks import get_task
-    from fedbt.evaluation import score
-
-    task = get_task(config.data.task)
-
     def task_scores(model) -> dict[str, float]:
         scores = {}
         for split, examples in eval_sets.items():
             predictions = loop.predict(model, objective, examples, batch_size, device)
-            scores.update({f"{split}_{k}": v for k, v in score(task, examples, predictions).items()})
+            scores.update({f"{split}_{k}": v for k, v in objective.score(data.task, examples, predictions).items()})
         return scores
 
     return task_scores

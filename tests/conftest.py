@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 
+_SCRATCH = tempfile.mkdtemp(prefix="fedbt-tests-")
 for _key, _value in {
+    "FEDBT_CACHE_DIR": os.path.join(_SCRATCH, "cache"),  # token caches: one per test process, never in results/
+    "HF_DATASETS_CACHE": os.path.join(_SCRATCH, "hf-datasets"),
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
     "MLFLOW_DISABLE_TELEMETRY": "true",

@@ -35,7 +35,7 @@ def test_int_accepted_for_float():
         ("federation.partition.scheme=random", "federation.partition.scheme", "allowed values: iid, uniform"),
         ("federation.aggregation=median", "federation.aggregation", "allowed values: weighted, uniform"),
         ("local.device=tpu", "local.device", "allowed values: auto, cpu, cuda"),
-        ("local.objective=classification", "local.objective", "pretrain scenario trains one of mlm, mim"),
+        ("local.objective=classification", "local.objective", "pretrain scenario trains one of mim, mlm"),
         ("local.mlm_probability=1.5", "local.mlm_probability", "must be in (0, 1)"),
         ("local.steps=true", "local.steps", "expected int or null"),
         ("evaluation.seeds=[]", "evaluation.seeds", "at least one seed"),

@@ -105,14 +105,13 @@ def _setup(prepared, model):
     examples = [{"input_ids": ids} for ids in tokenizer(sentences, truncation=True, max_length=32)["input_ids"]]
     return SimulationSetup(
         clients=[examples[:8], examples[8:16], examples[16:]],
-        objective=make_objective("mlm", tokenizer, pad_to=32),
+        objective=make_objective("mlm", tokenizer, max_length=32, padding="fixed"),
         local=prepared.config.local,
         rounds=prepared.config.federation.rounds,
         fraction=1.0,
         aggregation="weighted",
         seed=prepared.config.seed,
         device=torch.device("cpu"),
-        seq_len=32,
     )
 
 

@@ -8,8 +8,9 @@ import pytest
 import fedbt.evaluation as evaluation
 from fedbt.config import EvaluationConfig, ModelConfig
 from fedbt.data.tasks import load_task
-from fedbt.evaluation import finetune_and_score, tokenize_task
+from fedbt.evaluation import finetune_and_score
 from fedbt.models import load_model, load_tokenizer
+from fedbt.training.objectives import SequenceClassification
 
 TINY = ModelConfig(source="tiny", tiny_layers=2, tiny_hidden=32, tiny_heads=2, tiny_ffn=64, max_length=32)
 EVAL = EvaluationConfig(epochs=2, seeds=[0, 1], batch_size=8, max_train_examples=64, max_eval_examples=32)
@@ -55,7 +56,7 @@ def without_seconds(result: dict) -> list[dict]:
 
 def test_tokenize_task_truncates_and_keeps_labels(tokenizer):
     split = load_task(TASK, DATA)["dev"].select(range(5))
-    examples = tokenize_task(split, tokenizer, max_length=8)
+    examples = SequenceClassification.encode(split, tokenizer, max_length=8)
     assert [e["label"] for e in examples] == list(split["label"])
     assert all(2 <= len(e["input_ids"]) <= 8 for e in examples)
     assert examples[0]["input_ids"][0] == tokenizer.cls_token_id

@@ -140,7 +140,9 @@ def test_ner_finetune_end_to_end(tiny_config, variant):
 
 
 def test_objective_must_fit_the_task(tiny_config):
-    with pytest.raises(ConfigError, match="'ncbi_disease' is a ner task: set local.objective=token_classification"):
+    with pytest.raises(
+        ConfigError, match="'ncbi_disease' is a token_classification task: set local.objective=token_classification"
+    ):
         prepare(tiny_config("scenario=finetune", "local.objective=classification", "data.task=ncbi_disease"))
 
 

@@ -75,7 +75,7 @@ def test_registry_has_the_ner_tasks():
     assert set(NER_TASKS) <= set(TASKS)
     for name in NER_TASKS:
         spec = get_task(name)
-        assert spec.kind == "ner"
+        assert spec.kind == "token_classification"
         assert spec.metrics == ("ner_f1", "ner_precision", "ner_recall")
         assert spec.labels == bio_labels(EXPECTED[name][1])
         assert spec.labels[0] == "O"
@@ -106,7 +106,7 @@ def test_unknown_task_lists_the_ner_tasks_too():
     with pytest.raises(ConfigError) as info:
         get_task("conll2003")
     assert (
-        "known tasks: bc5cdr, chemprot, cifar10, citation_intent, jnlpba, ncbi_disease, rct, scierc_ner, sciie"
+        "known tasks: ag_news, bc5cdr, chemprot, cifar10, citation_intent, jnlpba, ncbi_disease, rct, scierc_ner, sciie"
         in str(info.value)
     )
 
@@ -174,7 +174,7 @@ def test_unknown_tag_names_file_line_and_tag_set(tmp_path):
     with pytest.raises(DataError) as info:
         load_task("scierc_ner", data_dir)
     message = str(info.value)
-    assert "ner_scierc/train.txt: line 3: tag 'B-Bogus' is not in the tag set of task 'scierc_ner'" in message
+    assert "ner_scierc/train.txt: line 3: label 'B-Bogus' is not in the task's labels of task 'scierc_ner'" in message
     assert "O, B-Task, I-Task, B-Method" in message
 
 
@@ -189,7 +189,7 @@ def test_wrong_sentence_count_names_file(tmp_path):
     data_dir = _scierc_copy(tmp_path)
     test_file = data_dir / "ner_scierc" / "test.txt"
     test_file.write_text(test_file.read_text() + "Extra O\n")
-    with pytest.raises(DataError, match=r"ner_scierc/test\.txt: expected 551 sentences, found 552"):
+    with pytest.raises(DataError, match=r"ner_scierc/test\.txt: split test: expected 551 sentences, found 552"):
         load_task("scierc_ner", data_dir)
 
 
@@ -201,10 +201,10 @@ def test_unknown_standoff_type_names_the_document_line(tmp_path):
     path = _write(tmp_path / "train.jsonl", "".join(json.dumps(d) + "\n" for d in documents))
     assert [s.lines for s in read_standoff(path)] == [[1, 1, 1], [2, 2, 2]]
     spec = get_task("jnlpba")
-    folder = tmp_path / spec.folder
-    folder.mkdir()
+    folder = tmp_path / spec.location
+    shutil.copytree(DATA_DIR / spec.location, folder, copy_function=shutil.copyfile)
     shutil.copyfile(path, folder / spec.files["train"])
-    with pytest.raises(DataError, match=r"train_official_standoff\.jsonl: line 2: tag 'B-Gene' is not in the tag set"):
+    with pytest.raises(DataError, match=r"train_official_standoff\.jsonl: line 2: label 'B-Gene' is not in the task's"):
         load_task("jnlpba", tmp_path)
 
 

@@ -28,7 +28,7 @@ def test_pad_batch():
 
 
 def test_masking_statistics(tokenizer):
-    objective = make_objective("mlm", tokenizer, mlm_probability=0.15, masked_only=True, pad_to=32)
+    objective = make_objective("mlm", tokenizer, max_length=32, padding="fixed")
     examples = _examples(tokenizer, 400)
     original, _ = pad_batch([e["input_ids"] for e in examples], tokenizer.pad_token_id, 32)
     batch = objective.collate(examples, torch.Generator().manual_seed(0))
@@ -45,7 +45,7 @@ def test_masking_statistics(tokenizer):
 
 
 def test_masking_repeats_for_a_seed(tokenizer):
-    objective = make_objective("mlm", tokenizer, mlm_probability=0.15, masked_only=True, pad_to=32)
+    objective = make_objective("mlm", tokenizer, max_length=32, padding="fixed")
     examples = _examples(tokenizer, 8)
     first = objective.collate(examples, torch.Generator().manual_seed(5))
     second = objective.collate(examples, torch.Generator().manual_seed(5))
@@ -55,8 +55,8 @@ def test_masking_repeats_for_a_seed(tokenizer):
 def test_masked_only_loss_equals_full_logits_loss(tokenizer):
     model = load_model(TINY, "mlm", seed=0).eval()
     examples = _examples(tokenizer, 16)
-    masked_only = make_objective("mlm", tokenizer, mlm_probability=0.15, masked_only=True, pad_to=32)
-    full = make_objective("mlm", tokenizer, mlm_probability=0.15, masked_only=False, pad_to=32)
+    masked_only = make_objective("mlm", tokenizer, max_length=32, padding="fixed")
+    full = make_objective("mlm", tokenizer, max_length=32, padding="fixed", masked_only=False)
     batch = masked_only.collate(examples, torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.allclose(masked_only.loss(model, batch), full.loss(model, batch), atol=1e-5)
@@ -64,7 +64,7 @@ def test_masked_only_loss_equals_full_logits_loss(tokenizer):
 
 
 def test_classification_collate(tokenizer):
-    objective = make_objective("classification", tokenizer, mlm_probability=0.15, masked_only=True, pad_to=None)
+    objective = make_objective("classification", tokenizer)
     batch = objective.collate([{"input_ids": [101, 5, 102], "label": 2}, {"input_ids": [101, 102], "label": 0}], None)
     assert batch["labels"].tolist() == [2, 0]
     assert batch["input_ids"].shape == (2, 3)

@@ -91,10 +91,12 @@ def test_job_overrides_in_order_and_loadable(default_plan):
     config = load_config(None, sets)
     assert config.name == "cs-distill-seed0" and config.method.name == "distill"
     assert config.federation.rounds == 3 and config.evaluation.task == "citation_intent"
-    assert default_plan.run_inputs(job) == [
+    student, start, stamp = default_plan.run_inputs(job)
+    assert (student, start) == (
         "results/runs/_students/minilm-L3/distill_costs.json",
         "results/runs/_start/minilm-mlm/metrics.json",
-    ]
+    )
+    assert stamp == default_plan.token_stamp(job) and stamp.startswith("results/cache/stamps/")
     flags = default_plan.student_flags("minilm-L3")
     assert flags.startswith("--layers 0,2,4") and flags.endswith("--teacher results/runs/_start/minilm-mlm/model")
     assert default_plan.student_inputs("minilm-L3") == ["results/runs/_start/minilm-mlm/metrics.json"]
@@ -175,3 +177,21 @@ def test_report_captions_by_kind(default_plan):
         "Client depth L_k in further pre-training (CS corpus, citation intent)",
     )
     assert captions["results/figures/layer_schedule.png"] == ("layer_schedule.rst", "Method")
+
+
+def test_jobs_reading_the_same_data_share_one_tokenize_job(default_plan):
+    stamps = {}
+    for job in default_plan.jobs.values():
+        stamps.setdefault(default_plan.token_stamp(job), set()).add((job.scenario, job.data))
+    assert all(len(readers) == 1 for readers in stamps.values()), "one cache per data set (and model, length)"
+    assert {data for readers in stamps.values() for _, data in readers} == set(default_plan.config["data"])
+    assert set(default_plan.token_jobs()) == set(stamps)
+    sets = default_plan.token_jobs()[default_plan.token_stamp(default_plan.job("pretrain", "cs", "fedbt", 0))]
+    config = load_config(None, sets)
+    assert config.data.corpus == "cs" and config.model.source == "minilm", "the starting model's base tokenizer"
+    assert config.data.cache_dir == "results/cache"
+
+
+def test_image_jobs_need_no_token_cache():
+    plan = Plan(study_config("test-vision.yaml"))
+    assert all(plan.token_stamp(job) is None for job in plan.jobs.values())

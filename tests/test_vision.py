@@ -181,9 +181,9 @@ def test_analytic_flops_equal_flop_counter_on_vit(head):
     config = arch_config(VIT)
     config.num_labels, config._attn_implementation = 10, "eager"
     torch.manual_seed(0)
-    from fedbt.models import _auto_class
+    from fedbt.models import auto_class
 
-    model = _auto_class(head).from_config(config)
+    model = auto_class(head).from_config(config)
     arch = ModelArch.from_model(model)
     batch = {"pixel_values": torch.randn(2, 3, 32, 32)}
     if head == "mim":
@@ -274,7 +274,7 @@ def vit_overrides(tmp_path, *extra):
 
 def test_modality_mismatches_fail_before_training(tmp_path):
     text_on_vit = load_config(None, vit_overrides(tmp_path, "local.objective=mlm", "data.corpus=cifar10"))
-    with pytest.raises(ConfigError, match="is an image model; allowed objectives: mim, image_classification"):
+    with pytest.raises(ConfigError, match="is an image model; allowed objectives: image_classification, mim"):
         prepare(text_on_vit)
     images_on_bert = load_config(None, ["model.source=tiny", "data.corpus=cifar10"])
     with pytest.raises(ConfigError, match="data.corpus.*does not suit a text model"):

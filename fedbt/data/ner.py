@@ -50,12 +50,13 @@ def bio_labels(types: Sequence[str]) -> tuple[str, ...]:
     return ("O", *(f"{prefix}-{kind}" for kind in types for prefix in ("B", "I")))
 
 
-def read_conll(path: Path, delimiter: str = "\t", columns: int = 4) -> list[TaggedSentence]:
+def read_conll(path: Path, delimiter: str = "\t", columns: int | None = None) -> list[TaggedSentence]:
     """The sentences of a CoNLL-style file, in order.
 
-    One token per line with exactly ``columns`` fields separated by ``delimiter`` (token first, tag last);
-    a blank line ends a sentence; a ``-DOCSTART-`` line separates documents (and ends a sentence). A line
-    with another number of fields is a :class:`DataError` naming the file and line.
+    One token per line with exactly ``columns`` fields (default: as many as the first token line has, at least
+    2) separated by ``delimiter`` (token first, tag last); a blank line ends a sentence; a ``-DOCSTART-`` line
+    separates documents (and ends a sentence). A line with another number of fields is a :class:`DataError`
+    naming the file and line.
     """
     sentences: list[TaggedSentence] = []
     current = TaggedSentence([], [], [])
@@ -68,6 +69,7 @@ def read_conll(path: Path, delimiter: str = "\t", columns: int = 4) -> list[Tagg
                     current = TaggedSentence([], [], [])
                 continue
             fields = line.split(delimiter)
+            columns = columns or max(len(fields), 2)
             if len(fields) != columns:
                 raise DataError(
                     f"{path}: line {line_number}: expected {columns} fields separated by {delimiter!r} "
@@ -177,3 +179,26 @@ def validate_bio(sentences: Sequence[TaggedSentence], path: Path | str, strict: 
                 repairs += 1
             previous = tag
     return repairs
+
+
+def sentences_dataset(sentences: Sequence[TaggedSentence]):
+    """``datasets.Dataset`` of ``tokens``, ``tags`` (tag strings) and ``lines`` (source line per token)."""
+    import datasets
+
+    return datasets.Dataset.from_dict(
+        {
+            "tokens": [s.tokens for s in sentences],
+            "tags": [s.tags for s in sentences],
+            "lines": [s.lines for s in sentences],
+        }
+    )
+
+
+def conll_dataset(path: Path, delimiter: str = "\t"):
+    """A CoNLL file as a ``datasets.Dataset`` (see :func:`read_conll`, :func:`sentences_dataset`)."""
+    return sentences_dataset(read_conll(path, delimiter))
+
+
+def standoff_dataset(path: Path):
+    """A standoff JSON-lines file as a ``datasets.Dataset`` of BIO sentences (see :func:`read_standoff`)."""
+    return sentences_dataset(read_standoff(path))

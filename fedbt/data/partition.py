@@ -8,6 +8,9 @@ Schemes (all seeded with ``numpy.random.default_rng(seed)``):
   with ``x ~ Normal(5, 2)`` drawn per example (bell-shaped client sizes).
 - ``dirichlet``: label skew, each class's examples spread over clients with proportions ~ Dir(alpha).
 - ``quantity``: quantity skew, client sizes proportional to one Dir(alpha) draw, over a random permutation.
+- ``papers``: the paper's S2ORC split, client ``k`` holds the ``k``-th block of ``papers_per_client`` consecutive
+  papers (``groups``: the paper of each example, e.g. from :mod:`fedbt.data.s2orc`); papers after the last
+  client's block are not used.
 
 Clients left with fewer than ``min_size`` examples are topped up by moving randomly chosen examples, one
 at a time, from the currently largest client. Each client's indices are returned sorted ascending.
@@ -29,7 +32,7 @@ import numpy as np
 
 from fedbt.errors import ConfigError, DataError
 
-SCHEMES = ("iid", "uniform", "skewed", "dirichlet", "quantity")
+SCHEMES = ("iid", "uniform", "skewed", "dirichlet", "quantity", "papers")
 
 _SCHEME_KEY = "federation.partition.scheme"
 _DATASET_ID = re.compile(r"[A-Za-z0-9._-]+")
@@ -43,14 +46,19 @@ def partition_indices(
     labels: Sequence[int] | None = None,
     alpha: float = 0.5,
     min_size: int = 1,
+    groups: Sequence[int] | None = None,
+    papers_per_client: int = 12000,
 ) -> list[list[int]]:
-    """Split ``range(n)`` over ``clients`` clients by ``scheme``; every index appears exactly once.
+    """Split ``range(n)`` over ``clients`` clients by ``scheme``; every index appears exactly once (``papers``:
+    at most once).
 
-    Raises :class:`ConfigError` for an unknown scheme, ``dirichlet`` without ``labels``, a non-positive
-    ``alpha`` or client count, or ``n < clients * min_size``.
+    Raises :class:`ConfigError` for an unknown scheme, ``dirichlet`` without ``labels``, ``papers`` without
+    ``groups``, a non-positive ``alpha`` or client count, or ``n < clients * min_size``.
     """
     _check(n, clients, scheme, labels, alpha, min_size)
     rng = np.random.default_rng(seed)
+    if scheme == "papers":
+        return _paper_blocks(n, clients, groups, papers_per_client)
     if scheme == "iid":
         owner = np.empty(n, dtype=np.int64)
         owner[rng.permutation(n)] = _block_owners(n, clients)
@@ -89,6 +97,20 @@ def _check(n: int, clients: int, scheme: str, labels: Sequence[int] | None, alph
             raise ConfigError(_SCHEME_KEY, "dirichlet needs a labelled dataset (a task), got no labels")
         if len(labels) != n:
             raise DataError(f"dirichlet partition: got {len(labels)} labels for n = {n} examples")
+
+
+def _paper_blocks(n: int, clients: int, groups: Sequence[int] | None, per_client: int) -> list[list[int]]:
+    if groups is None or len(groups) != n:
+        raise ConfigError(
+            _SCHEME_KEY,
+            "papers needs a corpus that names the paper of each sentence (fedbt "
+            "prepare-corpus s2orc; columns: {group: paper})",
+        )
+    if per_client < 1:
+        raise ConfigError("federation.partition.papers_per_client", f"got {per_client}, must be >= 1")
+    _, rank = np.unique(np.asarray(groups), return_inverse=True)  # papers numbered 0, 1, ... in id order
+    owner = rank // per_client
+    return [np.flatnonzero(owner == client).tolist() for client in range(clients)]
 
 
 def _block_owners(n: int, clients: int) -> np.ndarray:
@@ -158,6 +180,8 @@ def load_or_create_partition(
     labels: Sequence[int] | None = None,
     alpha: float = 0.5,
     min_size: int = 1,
+    groups: Sequence[int] | None = None,
+    papers_per_client: int = 12000,
 ) -> Partition:
     """Load the partition for these parameters from ``out_dir``, or compute and save it (atomically).
 
@@ -179,11 +203,15 @@ def load_or_create_partition(
         "min_size": min_size,
         "labels_sha256": None if labels is None else _labels_digest(labels),
     }
+    if scheme == "papers":
+        meta.update(
+            groups_sha256=None if groups is None else _labels_digest(groups), papers_per_client=papers_per_client
+        )
     name = f"{dataset_id}__n{n}__{scheme}__c{clients}__s{seed}__a{alpha}__m{min_size}.json"
     path = Path(out_dir) / name
     if path.is_file():
         return _load(path, meta)
-    assignment = partition_indices(n, clients, scheme, seed, labels, alpha, min_size)
+    assignment = partition_indices(n, clients, scheme, seed, labels, alpha, min_size, groups, papers_per_client)
     digest = partition_digest(meta, assignment)
     _write_atomic(path, {"meta": meta, "clients": assignment, "sha256": digest})
     return Partition(assignment, digest, path)

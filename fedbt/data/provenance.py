@@ -1,8 +1,10 @@
-"""What a run read, with content hashes: the corpus or task files it trained on, the task it was scored on
-and the client partition. Logged as the MLflow run's dataset inputs (:meth:`fedbt.tracking.RunTracker.log_inputs`).
+"""What a run read, with content hashes: the corpus or task it trained on, the task it was scored on and the
+client partition. Logged as the MLflow run's dataset inputs (:meth:`fedbt.tracking.RunTracker.log_inputs`).
 
-A data set's digest is the sha256 of its one file (the value its ``SOURCE.md`` lists), or for several files
-the sha256 of their ``sha256sum``-style listing; a partition's digest is the one stored with it.
+A local data set's digest is the sha256 of its one file (for the shipped ones, the value its ``SOURCE.md``
+lists), or for several files the sha256 of their ``sha256sum``-style listing; a hub data set's digest is its
+source fingerprint (id, revision and declaration: :func:`fedbt.data.sources.fingerprint`); a partition's
+digest is the one stored with it.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import hashlib
 from pathlib import Path
 
 from fedbt.config import RunConfig
-from fedbt.data.corpus import CORPORA
-from fedbt.data.images import IMAGE_CORPORA, IMAGE_DATA
-from fedbt.data.partition import Partition
-from fedbt.data.tasks import get_task
+from fedbt.data.corpus import CorpusSpec, get_corpus
+from fedbt.data.images import IMAGE_DATA
+from fedbt.data.run_data import RunData
+from fedbt.data.sources import BUILDERS, fingerprint, is_hub, resolve_path
+from fedbt.data.tasks import TaskSpec, get_task
 from fedbt.tracking import DatasetRecord
 
 
@@ -34,31 +37,41 @@ def files_sha256(paths: list[Path]) -> str:
     return hashlib.sha256(listing.encode()).hexdigest()
 
 
-def dataset_files(dataset_id: str, data_dir: str | Path) -> list[Path]:
-    """The shipped files of ``corpus-<name>`` (text or image corpus) or ``task-<name>``."""
-    kind, _, name = dataset_id.partition("-")
-    root = Path(data_dir)
-    if kind == "corpus" and name in CORPORA:
-        return [root / CORPORA[name].folder / CORPORA[name].file]
-    if kind == "corpus":
-        spec = IMAGE_DATA[IMAGE_CORPORA[name][0]]
-        return [root / spec.folder / spec.file]
-    task = get_task(name)
-    return [root / task.folder / file for file in dict.fromkeys(task.files.values())]
+def data_files(spec: CorpusSpec | TaskSpec, data_dir: str | Path) -> list[Path]:
+    """The local files of a corpus or task: its pinned files, its one file, or the data files of its folder."""
+    image_part = getattr(spec, "image_part", None)
+    if image_part is not None:
+        image = IMAGE_DATA[image_part[0]]
+        return [Path(data_dir) / image.folder / image.file]
+    path = resolve_path(spec.location, data_dir)
+    pinned = getattr(spec, "files", None)
+    if pinned:
+        return [path / name for name in dict.fromkeys(pinned.values())]
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.is_file() and p.suffix in BUILDERS)
+    return [path]
 
 
-def dataset_record(dataset_id: str, data_dir: str | Path, context: str, examples: int | None = None) -> DatasetRecord:
-    """A shipped data set as a dataset input (``context``: training or evaluation)."""
-    files = dataset_files(dataset_id, data_dir)
-    profile = {"files": [p.name for p in files]} | ({"examples": examples} if examples is not None else {})
+def dataset_record(
+    dataset_id: str, spec: CorpusSpec | TaskSpec, data_dir: str | Path, context: str, examples: int | None = None
+) -> DatasetRecord:
+    """A corpus or task as a dataset input (``context``: training or evaluation)."""
+    profile = {"examples": examples} if examples is not None else {}
+    if is_hub(spec.location):
+        digest = fingerprint(spec.declaration(), spec.location, data_dir)
+        return DatasetRecord(dataset_id, digest, spec.location, context, profile | {"revision": spec.revision})
+    files = data_files(spec, data_dir)
+    profile = {"files": [p.name for p in files]} | profile
     return DatasetRecord(dataset_id, files_sha256(files), str(files[0].parent.resolve()), context, profile)
 
 
-def run_datasets(config: RunConfig, partition: Partition) -> list[DatasetRecord]:
+def run_datasets(config: RunConfig, data: RunData) -> list[DatasetRecord]:
     """Everything a run reads: its training data, its partition and the downstream task that scores it."""
-    dataset_id = f"corpus-{config.data.corpus}" if config.scenario == "pretrain" else f"task-{config.data.task}"
+    pretrain = config.scenario == "pretrain"
+    spec = get_corpus(config.data.corpus, "data.corpus", config.sources) if pretrain else data.task
+    partition, root = data.partition, config.data.data_dir
     records = [
-        dataset_record(dataset_id, config.data.data_dir, "training", sum(partition.sizes())),
+        dataset_record(data.dataset_id, spec, root, "training", data.pool_size),
         DatasetRecord(
             f"partition-{partition.path.stem}",
             partition.digest,
@@ -68,6 +81,8 @@ def run_datasets(config: RunConfig, partition: Partition) -> list[DatasetRecord]
         ),
     ]
     task = config.evaluation.task
-    if task is not None and f"task-{task}" != dataset_id:
-        records.append(dataset_record(f"task-{task}", config.data.data_dir, "evaluation"))
+    if task is not None and config.scenario == "pretrain":
+        records.append(
+            dataset_record(f"task-{task}", get_task(task, "evaluation.task", config.sources), root, "evaluation")
+        )
     return records

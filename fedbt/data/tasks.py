@@ -1,72 +1,106 @@
-"""Registry and offline loader of the downstream tasks shipped under ``data/``.
+"""Downstream tasks: one registry of declarations (the shipped ones here, more in a config's ``sources``) and one
+loader for all of them.
 
-Classification tasks (``kind="classification"``) are folders of JSON-lines files (``{"text": ..., "label": ...}``
-per line); NER tasks (``kind="ner"``) are CoNLL-style BIO files (or, for JNLPBA train, standoff documents
-converted to BIO at load time, see :mod:`fedbt.data.ner`). :func:`load_task` parses them line by line, checks
-every row against the task's :class:`TaskSpec` (row or sentence counts, label or tag set) and returns a
-:class:`datasets.DatasetDict` with splits ``train``/``dev``/``test`` and columns
+A task (:class:`TaskSpec`) says where its data is (see :mod:`fedbt.data.sources`: a path under ``data/``, any
+local path, or a hub id), its kind (the objective that fine-tunes it: ``classification``,
+``token_classification``, ``image_classification``), which columns hold what, which upstream split is our
+``train``/``dev``/``test`` (or that one upstream split is dealt into several of ours), its labels and metrics.
+:func:`load_task` reads it and returns a :class:`datasets.DatasetDict` with splits ``train``/``dev``/``test`` and
 
-* classification: ``text`` (str) and ``label`` (int class id, a ``ClassLabel`` named by ``TaskSpec.labels``);
-* image classification (``kind="image_classification"``, images from :mod:`fedbt.data.images`): ``image``
-  (uint8 array H x W x C) and ``label``;
-* NER: ``tokens`` (list of str) and ``tags`` (list of int tag ids, ``ClassLabel`` named by ``TaskSpec.labels``,
-  ``"O"`` = 0). A tag ``I-X`` that does not continue an ``X`` entity is read as ``B-X`` (the conlleval rule,
-  see :func:`fedbt.data.ner.validate_bio`); the number of such repairs per file is logged and kept in the
-  split's ``info.description``.
+* classification: ``text`` (str) and ``label`` (class id, a ``ClassLabel`` named by the task's labels);
+* token classification: ``tokens`` (list of str) and ``tags`` (list of tag ids, ``ClassLabel``; ``"O"`` = 0). An
+  ``I-X`` that does not continue an ``X`` entity is read as ``B-X`` (conlleval's rule, see
+  :func:`fedbt.data.ner.validate_bio`); the repairs per split are logged and kept in its ``info.description``;
+* image classification: ``image`` (uint8 array H x W x C) and ``label``.
+
+Labels: a declaration may fix them (the shipped tasks do, in the order their ids have always had); otherwise they
+are inferred from train (sorted; for tagging: ``O``, then ``B-``/``I-`` of each type in sorted order), and a label
+in dev or test that train lacks is an error naming the file or split and the row (CoNLL files: the line).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import json
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedbt.data.images import CIFAR10, load_image_splits
-from fedbt.data.ner import TaggedSentence, bio_labels, read_conll, read_standoff, validate_bio
+from fedbt.data.ner import TaggedSentence, bio_labels, validate_bio
+from fedbt.data.sources import is_hub, looks_like_path, read_upstream, resolve_path, upstream_split
 from fedbt.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     import datasets
 
+    from fedbt.config import SourceConfig
+
 SPLITS = ("train", "dev", "test")
 SUBSET_SEED = 0
 """Seed of the shuffle that picks a split's subset (:func:`subset`): the same rows in every run and evaluation."""
+KINDS = ("classification", "token_classification", "image_classification")
+DEFAULT_COLUMNS = {
+    "classification": {"text": "text", "label": "label"},
+    "token_classification": {"tokens": "tokens", "tags": "tags"},
+    "image_classification": {"image": "image", "label": "label"},
+}
+NER_METRICS = ("ner_f1", "ner_precision", "ner_recall")
+"""Entity-level micro F1 / precision / recall (seqeval, conlleval rules; see fedbt/metrics/seqeval)."""
+DEFAULT_METRICS = {
+    "classification": ("accuracy", "macro_f1"),
+    "token_classification": NER_METRICS,
+    "image_classification": ("accuracy", "macro_f1"),
+}
+IMAGE_READER = "cifar10-npz"
+"""The reader of the shipped CIFAR-10 subset (:mod:`fedbt.data.images`), the one task not read by ``datasets``."""
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """What a task's files must contain, and how it is scored.
+    """A task's declaration: where its data is, how to read it, how it is scored.
 
-    ``split_pattern`` is set only for tasks shipped as one file (``rct``): the file's rows, whose count
-    must be the sum of ``split_sizes``, are dealt into splits by :func:`deal_splits`.
-
-    NER tasks: ``labels`` are the BIO tags (index = tag id, ``"O"`` first), ``split_sizes`` count sentences,
-    a ``.txt`` file has ``columns`` fields per line separated by ``delimiter`` (token first, tag last) and a
-    ``.jsonl`` file holds standoff documents (:func:`fedbt.data.ner.read_standoff`).
+    ``files`` (our split -> file name under ``location``) pins the files of a shipped folder; ``splits`` maps our
+    splits to upstream split names otherwise. ``deal = (upstream split, ((our split, share), ...))`` deals one
+    upstream split into several of ours (:func:`deal_splits`). ``split_sizes`` are checked when present (NER: in
+    sentences).
     """
 
     name: str
     kind: str
-    folder: str
-    files: dict[str, str]
-    labels: tuple[str, ...]
-    metrics: tuple[str, ...]
-    split_sizes: dict[str, int]
-    domain: str
-    description: str
-    split_pattern: tuple[tuple[str, int], ...] | None = None
-    columns: int = 4
-    delimiter: str = "\t"
+    location: str
+    labels: tuple[str, ...] | None = None
+    metrics: tuple[str, ...] = ()
+    split_sizes: Mapping[str, int] = field(default_factory=dict)
+    domain: str = ""
+    description: str = ""
+    files: Mapping[str, str] = field(default_factory=dict)
+    splits: Mapping[str, str] = field(default_factory=dict)
+    deal: tuple[str, tuple[tuple[str, int], ...]] | None = None
+    columns: Mapping[str, str] = field(default_factory=dict)
+    label_names: tuple[str, ...] | None = None
+    revision: str | None = None
+    delimiter: str | None = None
+    reader: str | None = None
+
+    def column(self, role: str) -> str:
+        return {**DEFAULT_COLUMNS[self.kind], **self.columns}[role]
+
+    @property
+    def scored_metrics(self) -> tuple[str, ...]:
+        return self.metrics or DEFAULT_METRICS[self.kind]
+
+    def declaration(self) -> dict:
+        """The fields that determine the task's content (for fingerprints)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("description", "domain")}
 
 
-_JSONL_SPLITS = {split: f"{split}.jsonl" for split in SPLITS}
-_TXT_SPLITS = {split: f"{split}.txt" for split in SPLITS}
-NER_METRICS = ("ner_f1", "ner_precision", "ner_recall")
-"""Entity-level micro F1 / precision / recall (seqeval, conlleval rules; see fedbt/metrics/seqeval)."""
+_JSONL = {split: f"{split}.jsonl" for split in SPLITS}
+_TXT = {split: f"{split}.txt" for split in SPLITS}
+_CLASSIFICATION = ("accuracy", "macro_f1")
 
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
@@ -74,8 +108,8 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec(
             name="chemprot",
             kind="classification",
-            folder="chemprot",
-            files=_JSONL_SPLITS,
+            location="chemprot",
+            files=_JSONL,
             labels=(
                 "ACTIVATOR",
                 "AGONIST",
@@ -91,7 +125,7 @@ TASKS: dict[str, TaskSpec] = {
                 "SUBSTRATE_PRODUCT-OF",
                 "UPREGULATOR",
             ),
-            metrics=("accuracy", "macro_f1"),
+            metrics=_CLASSIFICATION,
             split_sizes={"train": 4169, "dev": 2427, "test": 3469},
             domain="biomed",
             description="ChemProt chemical-protein relation classification, 13-way (DSP/SciBERT version)",
@@ -99,10 +133,10 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec(
             name="citation_intent",
             kind="classification",
-            folder="citation_intent",
-            files=_JSONL_SPLITS,
+            location="citation_intent",
+            files=_JSONL,
             labels=("Background", "CompareOrContrast", "Extends", "Future", "Motivation", "Uses"),
-            metrics=("accuracy", "macro_f1"),
+            metrics=_CLASSIFICATION,
             split_sizes={"train": 1688, "dev": 114, "test": 139},
             domain="cs",
             description="ACL-ARC citation intent classification, 6-way (DSP/SciBERT version)",
@@ -110,18 +144,10 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec(
             name="sciie",
             kind="classification",
-            folder="sciie",
-            files=_JSONL_SPLITS,
-            labels=(
-                "COMPARE",
-                "CONJUNCTION",
-                "EVALUATE-FOR",
-                "FEATURE-OF",
-                "HYPONYM-OF",
-                "PART-OF",
-                "USED-FOR",
-            ),
-            metrics=("accuracy", "macro_f1"),
+            location="sciie",
+            files=_JSONL,
+            labels=("COMPARE", "CONJUNCTION", "EVALUATE-FOR", "FEATURE-OF", "HYPONYM-OF", "PART-OF", "USED-FOR"),
+            metrics=_CLASSIFICATION,
             split_sizes={"train": 3219, "dev": 455, "test": 974},
             domain="cs",
             description="SciERC relation classification, 7-way (DSP 'SCIERC')",
@@ -129,23 +155,54 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec(
             name="rct",
             kind="classification",
-            folder="rct_sample",
-            files={"train": "train.jsonl"},
+            location="rct_sample",
+            files={"all": "train.jsonl"},
+            deal=("all", (("train", 3), ("dev", 1), ("test", 1))),
             labels=("BACKGROUND", "CONCLUSIONS", "METHODS", "OBJECTIVE", "RESULTS"),
-            metrics=("accuracy", "macro_f1"),
+            metrics=_CLASSIFICATION,
             split_sizes={"train": 300, "dev": 100, "test": 100},
             domain="biomed",
             description=(
-                "PubMed RCT sentence roles, 5-way: DSP's 500-sentence RCT-500 sample, split 300/100/100 "
-                "in code (label-stratified, see deal_splits); the paper's RCT-20k dev/test are not shipped"
+                "PubMed RCT sentence roles, 5-way: DSP's 500-sentence RCT-500 sample, dealt 300/100/100 "
+                "(label-stratified, see deal_splits); the paper's RCT-20k is `hf:armanc/pubmed-rct20k`"
             ),
-            split_pattern=(("train", 3), ("dev", 1), ("test", 1)),
+        ),
+        TaskSpec(
+            name="sst2",
+            kind="classification",
+            location="sst2",
+            files={"train": "train.tsv", "glue_dev": "dev.tsv"},
+            columns={"text": "sentence"},
+            deal=("glue_dev", (("dev", 1), ("test", 1))),
+            labels=("0", "1"),
+            metrics=_CLASSIFICATION,
+            split_sizes={"train": 20000, "dev": 436, "test": 436},
+            domain="general",
+            description=(
+                "GLUE SST-2 sentiment (0 negative, 1 positive): the first 20,000 of 67,349 train rows; GLUE's 872 dev "
+                "rows dealt 436/436 into dev and test (label-stratified); GLUE's test has no labels"
+            ),
+        ),
+        TaskSpec(
+            name="ag_news",
+            kind="classification",
+            location="ag_news",
+            files={"dsp_dev": "dev.jsonl", "test": "test.jsonl"},
+            deal=("dsp_dev", (("train", 4), ("dev", 1))),
+            labels=("1", "2", "3", "4"),
+            metrics=("macro_f1", "accuracy"),
+            split_sizes={"train": 4000, "dev": 1000, "test": 7600},
+            domain="news",
+            description=(
+                "AG News topics (1 World, 2 Sports, 3 Business, 4 Sci/Tech), DSP's files: its 5,000-row dev dealt "
+                "4,000/1,000 into train and dev (label-stratified; DSP's 115,000-row train is not shipped), test whole"
+            ),
         ),
         TaskSpec(
             name="bc5cdr",
-            kind="ner",
-            folder="ner_bc5cdr",
-            files=_TXT_SPLITS,
+            kind="token_classification",
+            location="ner_bc5cdr",
+            files=_TXT,
             labels=bio_labels(["Entity"]),
             metrics=NER_METRICS,
             split_sizes={"train": 2580, "dev": 1263, "test": 1316},
@@ -157,9 +214,9 @@ TASKS: dict[str, TaskSpec] = {
         ),
         TaskSpec(
             name="ncbi_disease",
-            kind="ner",
-            folder="ner_ncbi_disease",
-            files=_TXT_SPLITS,
+            kind="token_classification",
+            location="ner_ncbi_disease",
+            files=_TXT,
             labels=bio_labels(["Disease"]),
             metrics=NER_METRICS,
             split_sizes={"train": 3000, "dev": 923, "test": 940},
@@ -171,8 +228,8 @@ TASKS: dict[str, TaskSpec] = {
         ),
         TaskSpec(
             name="jnlpba",
-            kind="ner",
-            folder="ner_jnlpba",
+            kind="token_classification",
+            location="ner_jnlpba",
             files={"train": "train_official_standoff.jsonl", "dev": "dev.txt", "test": "test.txt"},
             labels=bio_labels(["DNA", "RNA", "cell_line", "cell_type", "protein"]),
             metrics=NER_METRICS,
@@ -185,24 +242,23 @@ TASKS: dict[str, TaskSpec] = {
         ),
         TaskSpec(
             name="scierc_ner",
-            kind="ner",
-            folder="ner_scierc",
-            files=_TXT_SPLITS,
+            kind="token_classification",
+            location="ner_scierc",
+            files=_TXT,
             labels=bio_labels(["Task", "Method", "Metric", "Material", "OtherScientificTerm", "Generic"]),
             metrics=NER_METRICS,
             split_sizes={"train": 1861, "dev": 275, "test": 551},
             domain="cs",
             description="SciERC scientific entities, 6 types (FedBFPT's BIO files, whole)",
-            columns=2,
             delimiter=" ",
         ),
         TaskSpec(
             name="cifar10",
             kind="image_classification",
-            folder=CIFAR10.folder,
-            files={"npz": CIFAR10.file},
+            location=CIFAR10.folder,
+            reader=IMAGE_READER,
             labels=CIFAR10.classes,
-            metrics=("accuracy", "macro_f1"),
+            metrics=_CLASSIFICATION,
             split_sizes={"train": 3500, "dev": 500, "test": 1000},
             domain="vision",
             description="CIFAR-10 subset, 10 classes, 32x32 (train/dev dealt from the shipped train images, "
@@ -212,50 +268,238 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
-def get_task(name: str, key: str = "data.task") -> TaskSpec:
-    """The spec of task ``name``; an unknown name is a :class:`ConfigError` on ``key`` listing known tasks."""
-    if name not in TASKS:
-        raise ConfigError(key, f"unknown task '{name}'; known tasks: {', '.join(sorted(TASKS))}")
-    return TASKS[name]
+def from_source(name: str, source: SourceConfig) -> TaskSpec:
+    """The task declared as ``sources.<name>`` in a run config."""
+    if source.kind not in KINDS:
+        raise ConfigError(f"sources.{name}.kind", f"a task is one of {', '.join(KINDS)}, got {source.kind!r}")
+    deal = None
+    if source.deal is not None:
+        deal = (source.deal.source, tuple(source.deal.into.items()))
+    return TaskSpec(
+        name=name,
+        kind=source.kind,
+        location=source.location,
+        labels=tuple(source.labels) if source.labels else None,
+        metrics=tuple(source.metrics or ()),
+        split_sizes=dict(source.sizes),
+        description=source.description,
+        splits=dict(source.splits),
+        deal=deal,
+        columns=dict(source.columns),
+        label_names=tuple(source.label_names) if source.label_names else None,
+        revision=source.revision,
+        delimiter=source.delimiter,
+    )
 
 
-def load_task(name: str, data_dir: str | Path = "data", key: str = "data.task") -> datasets.DatasetDict:
-    """Load and check task ``name`` from ``data_dir/<folder>`` as a DatasetDict (train/dev/test).
+def get_task(name: str, key: str = "data.task", sources: Mapping[str, SourceConfig] | None = None) -> TaskSpec:
+    """The declaration of task ``name``: declared in ``sources``, shipped, or a path / hub id read with the
+    default declaration (classification, columns ``text``/``label``). Anything else is a :class:`ConfigError` on
+    ``key`` listing the known tasks."""
+    if isinstance(name, TaskSpec):
+        return name
+    sources = sources or {}
+    if name in sources:
+        return from_source(name, sources[name])
+    if name in TASKS:
+        return TASKS[name]
+    if is_hub(name) or looks_like_path(name):
+        return TaskSpec(name=name, kind="classification", location=name)
+    known = sorted({*TASKS, *sources})
+    raise ConfigError(
+        key,
+        f"unknown task '{name}'; known tasks: {', '.join(known)} (or a path, an hf:<id> hub id, or a name declared "
+        "under sources)",
+    )
 
-    Raises :class:`DataError` naming the file for a missing file, a malformed line, a label or tag outside
-    the task's set (with the line), a malformed BIO tag (with the line), or a row or sentence count that
-    differs from the spec.
-    """
+
+def load_task(
+    name: str | TaskSpec, data_dir: str | Path = "data", key: str = "data.task", sources=None
+) -> datasets.DatasetDict:
+    """Read and check a task (see the module docstring); errors name ``key``, the file or split and the row."""
     import datasets
 
-    spec = get_task(name, key)
-    folder = Path(data_dir) / spec.folder
-    if spec.kind == "ner":
-        return _load_ner(spec, folder)
-    if spec.kind == "image_classification":
-        return _load_images(spec, data_dir, key)
-    if spec.split_pattern:
-        (file_name,) = spec.files.values()
-        texts, label_ids = _read_rows(spec, folder / file_name, sum(spec.split_sizes.values()))
-        splits = {
-            split: ([texts[i] for i in idx], [label_ids[i] for i in idx])
-            for split, idx in deal_splits(texts, label_ids, spec.split_pattern).items()
-        }
+    spec = get_task(name, key, sources)
+    if spec.reader == IMAGE_READER:
+        return datasets.DatasetDict(_image_splits(spec, data_dir, key))
+    upstream, origins = _upstream(spec, data_dir, key)
+    where = spec.location if is_hub(spec.location) else str(resolve_path(spec.location, data_dir))
+    sources_of = _sources_of_splits(spec, upstream, where)
+    labels = spec.labels or _infer_labels(spec, upstream[sources_of["train"]])
+    canonical = {
+        name: _canonical(spec, upstream[name], labels, origins[name]) for name in dict.fromkeys(sources_of.values())
+    }
+    splits = {}
+    if spec.deal is not None:
+        dealt, pattern = spec.deal
+        for split, rows in deal_splits(*_deal_keys(spec, canonical[sources_of[pattern[0][0]]]), pattern).items():
+            splits[split] = canonical[sources_of[split]].select(rows)
+    for split in SPLITS:
+        splits.setdefault(split, canonical[sources_of[split]])
+    for split in SPLITS:
+        expected = spec.split_sizes.get(split)
+        if expected is not None and len(splits[split]) != expected:
+            unit = "sentences" if spec.kind == "token_classification" else "rows"
+            raise DataError(
+                f"{origins[sources_of[split]]}: split {split}: expected {expected} {unit}, found {len(splits[split])}"
+            )
+    return datasets.DatasetDict({split: splits[split] for split in SPLITS})
+
+
+def _upstream(spec: TaskSpec, data_dir, key: str) -> tuple[dict, dict[str, str]]:
+    """The upstream splits and where each comes from (a file, or a hub split), for error messages."""
+    from fedbt.data.sources import read_file
+
+    if not spec.files:
+        upstream = read_upstream(
+            spec.location, data_dir, key, kind=spec.kind, revision=spec.revision, delimiter=spec.delimiter
+        )
+        if is_hub(spec.location):
+            return upstream, {name: f"{spec.location} split {name}" for name in upstream}
+        path = resolve_path(spec.location, data_dir)
+        files = {p.stem: str(p) for p in path.iterdir()} if path.is_dir() else {"train": str(path)}
+        return upstream, {name: files[name] for name in upstream}
+    folder = resolve_path(spec.location, data_dir)
+    found, origins = {}, {}
+    for split, file_name in spec.files.items():
+        path = folder / file_name
+        if not path.is_file():
+            raise DataError(
+                f"{path}: file not found; task '{spec.name}' needs {spec.location}/{file_name} under the data "
+                "directory (the repository's data/ folder ships it)"
+            )
+        found[split], origins[split] = read_file(path, spec.kind, spec.delimiter), str(path)
+    return found, origins
+
+
+def _sources_of_splits(spec: TaskSpec, upstream: dict, where: str) -> dict[str, str]:
+    """Our split -> the upstream split it comes from (dealt ones: the dealt upstream split)."""
+    sources = {}
+    if spec.deal is not None:
+        dealt, pattern = spec.deal
+        name = upstream_split(upstream, dealt, {dealt: dealt}, where)
+        sources.update({split: name for split, _ in pattern})
+    for split in SPLITS:
+        if split not in sources:
+            sources[split] = upstream_split(upstream, split, dict(spec.splits), where)
+    return sources
+
+
+def _deal_keys(spec: TaskSpec, dataset) -> tuple[list[str], list[int]]:
+    """(text, label id) per row of a canonical split, what :func:`deal_splits` orders rows by."""
+    table = dataset[:]
+    if spec.kind == "token_classification":
+        texts = [" ".join(tokens) for tokens in table["tokens"]]
+        return texts, [min(tags, default=0) for tags in table["tags"]]
+    return [str(t) for t in table["text"]], list(table["label"])
+
+
+def _sort_key(label: str):
+    return (0, int(label), "") if label.lstrip("-").isdigit() else (1, 0, label)
+
+
+def _namer(spec: TaskSpec, dataset, column: str):
+    """A function from raw label values (or lists of them) of ``column`` to label names: ``ClassLabel`` names,
+    declared ``label_names``, else ``str(value)``."""
+    feature = dataset.features[column]
+    inner = getattr(feature, "feature", None)  # a sequence of tags
+    names = getattr(inner if inner is not None else feature, "names", None) or spec.label_names
+
+    def name(value):
+        return names[value] if names and isinstance(value, int) else str(value)
+
+    return lambda value: [name(v) for v in value] if isinstance(value, list) else name(value)
+
+
+def _label_name(spec: TaskSpec, dataset, column: str, value):
+    return _namer(spec, dataset, column)(value)
+
+
+def _infer_labels(spec: TaskSpec, train) -> tuple[str, ...]:
+    """Labels seen in train: sorted (numbers numerically); tag sets as ``O`` + B-/I- of each type, sorted."""
+    column = spec.column("tags" if spec.kind == "token_classification" else "label")
+    namer = _namer(spec, train, column)
+    if spec.kind == "token_classification":
+        values = {tag for tags in train[:][column] for tag in namer(tags)}
     else:
-        splits = {split: _read_rows(spec, folder / spec.files[split], spec.split_sizes[split]) for split in SPLITS}
+        values = {namer(v) for v in train[:][column]}
+    if spec.kind == "token_classification":
+        return bio_labels(sorted({tag[2:] for tag in values if tag != "O"}))
+    return tuple(sorted(values, key=_sort_key))
+
+
+def _canonical(spec: TaskSpec, dataset, labels: tuple[str, ...], where: str):
+    """One split in the canonical columns and features, every label checked against ``labels``."""
+    import datasets
+
+    ids = {label: i for i, label in enumerate(labels)}
+    origin = "the task's labels" if spec.labels else "the labels of train"
+
+    def label_id(value, row: int, line: int | None = None) -> int:
+        if value not in ids:
+            place = f"line {line}" if line is not None else f"row {row + 1}"
+            raise DataError(
+                f"{where}: {place}: label {value!r} is not in {origin} of task '{spec.name}': {', '.join(labels)}"
+            )
+        return ids[value]
+
+    if spec.kind == "image_classification":
+        return dataset
+    if spec.kind == "classification":
+        text_column, label_column = spec.column("text"), spec.column("label")
+        _require_columns(dataset, (text_column, label_column), where)
+        table = dataset[:]
+        texts = table[text_column]
+        for row, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise DataError(f"{where}: row {row + 1}: expected a string '{text_column}', got {text!r}")
+        namer = _namer(spec, dataset, label_column)
+        label_ids = [label_id(namer(v), row) for row, v in enumerate(table[label_column])]
+        features = datasets.Features(
+            {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(labels))}
+        )
+        return datasets.Dataset.from_dict({"text": texts, "label": label_ids}, features=features)
+    tokens_column, tags_column = spec.column("tokens"), spec.column("tags")
+    _require_columns(dataset, (tokens_column, tags_column), where)
+    table = dataset[:]
+    lines = table.get("lines")
+    namer = _namer(spec, dataset, tags_column)
+    sentences = []
+    for row, (tokens, tags) in enumerate(zip(table[tokens_column], table[tags_column], strict=True)):
+        names = namer(tags)
+        sentence_lines = lines[row] if lines is not None else [row + 1] * len(tokens)
+        for tag, line in zip(names, sentence_lines, strict=True):
+            if tag not in ids and not (tag.startswith("I-") and f"B-{tag[2:]}" in ids):
+                label_id(tag, row, line if lines is not None else None)
+        sentences.append(TaggedSentence(list(tokens), list(names), list(sentence_lines)))
+    repairs = validate_bio(sentences, where)
+    summary = f"{where}: {len(sentences)} sentences, {repairs} BIO repairs (I-X not continuing X -> B-X)"
+    logger.info("task '%s' %s", spec.name, summary)
     features = datasets.Features(
-        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(spec.labels))}
-    )
-    return datasets.DatasetDict(
         {
-            split: datasets.Dataset.from_dict({"text": texts, "label": ids}, features=features)
-            for split, (texts, ids) in splits.items()
+            "tokens": datasets.List(datasets.Value("string")),
+            "tags": datasets.List(datasets.ClassLabel(names=list(labels))),
         }
     )
+    columns = {
+        "tokens": [s.tokens for s in sentences],
+        "tags": [[ids[tag] for tag in s.tags] for s in sentences],
+    }
+    info = datasets.DatasetInfo(description=summary, features=features)
+    return datasets.Dataset.from_dict(columns, features=features, info=info)
 
 
-def _load_images(spec: TaskSpec, data_dir: str | Path, key: str) -> datasets.DatasetDict:
-    """The image task ``spec``: ``image``/``label`` per row, split sizes checked against the spec."""
+def _require_columns(dataset, columns: tuple[str, ...], where: str) -> None:
+    missing = [c for c in columns if c not in dataset.column_names]
+    if missing:
+        raise DataError(
+            f"{where}: missing column(s) {', '.join(missing)}; found {', '.join(dataset.column_names)} "
+            "(declare the column names under the source's columns)"
+        )
+
+
+def _image_splits(spec: TaskSpec, data_dir: str | Path, key: str) -> dict:
+    """The shipped image task: ``image``/``label`` per row (:mod:`fedbt.data.images`)."""
     import datasets
 
     parts = load_image_splits(spec.name, data_dir, key)
@@ -266,24 +510,30 @@ def _load_images(spec: TaskSpec, data_dir: str | Path, key: str) -> datasets.Dat
             "label": datasets.ClassLabel(names=list(spec.labels)),
         }
     )
-    splits = {}
-    for split in SPLITS:
-        part = parts[split]
-        if len(part) != spec.split_sizes[split]:
-            raise DataError(
-                f"task '{spec.name}' split {split}: expected {spec.split_sizes[split]} images, found {len(part)}"
-            )
-        splits[split] = datasets.Dataset.from_dict({"image": part.images, "label": part.labels}, features=features)
-    return datasets.DatasetDict(splits)
+    return {
+        split: datasets.Dataset.from_dict(
+            {"image": parts[split].images, "label": parts[split].labels}, features=features
+        )
+        for split in SPLITS
+    }
+
+
+def subset_rows(n: int, limit: int | None) -> list[int]:
+    """The rows :func:`subset` keeps of a split of ``n`` rows: all, or the first ``limit`` of a permutation seeded
+    by :data:`SUBSET_SEED` (the permutation ``datasets.Dataset.shuffle(seed=...)`` uses)."""
+    import numpy as np
+
+    if limit is None or limit >= n:
+        return list(range(n))
+    return np.random.default_rng(SUBSET_SEED).permutation(n)[:limit].tolist()
 
 
 def subset(split: datasets.Dataset, limit: int | None) -> datasets.Dataset:
     """The one rule that draws a subset of a task split everywhere (federated training pools, per-round dev/test
-    scores, downstream evaluation): the first ``limit`` rows after a shuffle seeded by :data:`SUBSET_SEED`, or
-    the whole split when ``limit`` is None or not smaller than it."""
+    scores, downstream evaluation): :func:`subset_rows`."""
     if limit is None or limit >= len(split):
         return split
-    return split.shuffle(seed=SUBSET_SEED).select(range(limit))
+    return split.select(subset_rows(len(split), limit))
 
 
 def deal_splits(texts: list[str], label_ids: list[int], pattern: tuple[tuple[str, int], ...]) -> dict[str, list[int]]:
@@ -303,84 +553,3 @@ def deal_splits(texts: list[str], label_ids: list[int], pattern: tuple[tuple[str
     for position, index in enumerate(order):
         dealt[cycle[position % len(cycle)]].append(index)
     return {split: sorted(indices) for split, indices in dealt.items()}
-
-
-def _check_exists(spec: TaskSpec, path: Path) -> None:
-    if not path.is_file():
-        raise DataError(
-            f"{path}: file not found; task '{spec.name}' needs {spec.folder}/{path.name} under the data "
-            "directory (the repository's data/ folder ships it)"
-        )
-
-
-def _read_rows(spec: TaskSpec, path: Path, expected_rows: int) -> tuple[list[str], list[int]]:
-    """Parse a JSON-lines file of ``spec`` into (texts, label ids), checking each line; skips blank lines."""
-    _check_exists(spec, path)
-    label_ids = {label: i for i, label in enumerate(spec.labels)}
-    texts: list[str] = []
-    ids: list[int] = []
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}: line {line_number}: malformed JSON ({error.msg})") from error
-            if not (isinstance(row, dict) and isinstance(row.get("text"), str) and "label" in row):
-                raise DataError(f"{path}: line {line_number}: expected an object with a string 'text' and a 'label'")
-            label = row["label"]
-            if label not in label_ids:
-                raise DataError(
-                    f"{path}: line {line_number}: label {label!r} is not in the label set of task "
-                    f"'{spec.name}': {', '.join(spec.labels)}"
-                )
-            texts.append(row["text"])
-            ids.append(label_ids[label])
-    if len(texts) != expected_rows:
-        raise DataError(f"{path}: expected {expected_rows} rows, found {len(texts)}")
-    return texts, ids
-
-
-def _load_ner(spec: TaskSpec, folder: Path) -> datasets.DatasetDict:
-    """The NER task ``spec`` from ``folder``: ``tokens``/``tags`` per sentence, every split checked."""
-    import datasets
-
-    features = datasets.Features(
-        {
-            "tokens": datasets.List(datasets.Value("string")),
-            "tags": datasets.List(datasets.ClassLabel(names=list(spec.labels))),
-        }
-    )
-    tag_ids = {tag: i for i, tag in enumerate(spec.labels)}
-    splits = {}
-    for split in SPLITS:
-        path = folder / spec.files[split]
-        sentences, repairs = _read_sentences(spec, path, spec.split_sizes[split])
-        columns = {
-            "tokens": [sentence.tokens for sentence in sentences],
-            "tags": [[tag_ids[tag] for tag in sentence.tags] for sentence in sentences],
-        }
-        summary = f"{path.name}: {len(sentences)} sentences, {repairs} BIO repairs (I-X not continuing X -> B-X)"
-        logger.info("task '%s' %s", spec.name, summary)
-        info = datasets.DatasetInfo(description=summary, features=features)
-        splits[split] = datasets.Dataset.from_dict(columns, features=features, info=info)
-    return datasets.DatasetDict(splits)
-
-
-def _read_sentences(spec: TaskSpec, path: Path, expected: int) -> tuple[list[TaggedSentence], int]:
-    """The checked sentences of one NER file (BIO repaired) and the number of repairs."""
-    _check_exists(spec, path)
-    sentences = read_standoff(path) if path.suffix == ".jsonl" else read_conll(path, spec.delimiter, spec.columns)
-    known = set(spec.labels)
-    for sentence in sentences:
-        for tag, line in zip(sentence.tags, sentence.lines, strict=True):
-            if tag not in known:
-                raise DataError(
-                    f"{path}: line {line}: tag {tag!r} is not in the tag set of task '{spec.name}': "
-                    f"{', '.join(spec.labels)}"
-                )
-    repairs = validate_bio(sentences, path)
-    if len(sentences) != expected:
-        raise DataError(f"{path}: expected {expected} sentences, found {len(sentences)}")
-    return sentences, repairs

@@ -77,7 +77,6 @@ class SimulationSetup:
     aggregation: str
     seed: int
     device: torch.device
-    seq_len: int
     tiers: Sequence[Tier] = ()
     """Each client's resource tier (empty: no tiers, every client holds the whole model)."""
 
@@ -162,6 +161,8 @@ class LocalTrainer:
             flop_count_steps=local.flop_count_steps,
             optimizer=optimizer,
             extra_loss=(lambda: method.local_loss(context)) if self._loss_hook else None,
+            group_by_length=local.group_by_length,
+            flops_model=lambda shapes: self._analytic_flops(plan, shapes),
         )
         upload = method.encode(extract_to_global(model, fresh, plan.trainable))
         row = self._row(task, len(examples), result, upload)
@@ -195,24 +196,22 @@ class LocalTrainer:
 
     def _row(self, task: ClientTask, examples: int, result: loop.TrainResult, upload: Mapping) -> LedgerRow:
         """The client's ledger row (the server adds the download and the tier)."""
-        setup, plan = self.setup, task.plan
+        plan = task.plan
         row = LedgerRow(round=task.round_idx, client=task.client_id, examples=examples)
         if self.method.transmits:
             row.upload_params, row.upload_bytes = payload_nbytes(upload)
         row.steps, row.tokens = result.steps, result.tokens
         row.trained_layers = format_layers(plan.trained_layers(self.arch))
         row.measured_flops = result.measured_flops
-        row.analytic_flops = analytic_train_flops(
-            self.arch,
-            plan,
-            sequences=result.examples,
-            seq_len=setup.seq_len,
-            predicted_tokens=result.predicted_tokens,
-            head=setup.objective.head,
-        )
+        row.analytic_flops = self._analytic_flops(plan, result.shapes)
         row.seconds, row.wall_seconds = result.seconds, result.wall_seconds
         row.peak_memory_bytes, row.train_loss = result.peak_memory_bytes, result.mean_loss
         return row
+
+    def _analytic_flops(self, plan: ClientPlan, shapes: Mapping[int, Sequence[int]]) -> int:
+        """Exact analytic FLOPs of steps of the given shapes (padded length -> sequences, predicted tokens)."""
+        head = self.setup.objective.head
+        return sum(analytic_train_flops(self.arch, plan, s, length, p, head=head) for length, (s, p) in shapes.items())
 
     def _is_stale(self, local_name: str, plan: ClientPlan) -> bool:
         """True for a local parameter at one of the plan's stale positions."""
@@ -230,7 +229,10 @@ class LocalTrainer:
         if key not in self._local_models:
             model = build_local_model(self.template, depth)
             slice_parameters(model, shapes)
-            self._local_models[key] = self.method.prepare_model(model)
+            model = self.method.prepare_model(model)
+            if self.setup.local.compile:
+                model.compile(dynamic=True)  # in place: parameter names stay those of the model
+            self._local_models[key] = model
         model = self._local_models[key]
         stale = {n: g for n, g in name_map.items() if self._is_stale(n, plan)}
         load_from_global(model, received, {n: g for n, g in name_map.items() if n not in stale})

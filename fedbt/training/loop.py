@@ -1,9 +1,16 @@
 """The one training loop: local training on a client and centralised fine-tuning both run through it.
 
+Batches are padded to their longest sequence (dynamic padding; the objective decides) and, by default, grouped
+by length (:func:`batches`: transformers' ``group_by_length``, the batch order shuffled). The input path is
+ready for GPUs and changes nothing on CPU: batches are collated and counted on the host, copied from pinned
+memory without blocking, the loss is summed on the device (one host sync per pass, not per step), AdamW is
+fused on CUDA, TF32 matmuls and SDPA attention are on (:func:`configure_device`).
+
 It also owns the measurements of a training pass: compute seconds (see :class:`ComputeClock`; wall seconds
-beside them), FLOPs counted by torch's ``FlopCounterMode`` over the first ``flop_count_steps`` real steps
-(extrapolated per sequence), and peak memory (CUDA: ``max_memory_allocated``; CPU: the process's peak RSS, reset
-before the pass on Linux).
+beside them), the batch shapes (sequences and padded length of every step, from which :mod:`fedbt.costs`
+computes the analytic FLOPs exactly), FLOPs counted by torch's ``FlopCounterMode`` over the first
+``flop_count_steps`` steps (extrapolated to the others by their real shapes: see :func:`train`), and peak memory
+(CUDA: ``max_memory_allocated``; CPU: the process's peak RSS, reset before the pass on Linux).
 """
 
 from __future__ import annotations
@@ -12,13 +19,15 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
+from fedbt.data.tokens import example_lengths
 from fedbt.training.objectives import Objective
 
 
@@ -52,6 +61,8 @@ class TrainResult:
     wall_seconds: float
     measured_flops: int
     peak_memory_bytes: int
+    shapes: dict[int, list[int]] = field(default_factory=dict)
+    """Padded length -> ``[sequences, predicted tokens]`` summed over the steps of that length."""
 
 
 def resolve_device(device: str) -> torch.device:
@@ -59,6 +70,28 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def device_name(device: torch.device | None = None) -> str:
+    """A name for the device's kind, for throughput measurements: the CUDA device name, or ``cpu: <processor>``."""
+    device = device or resolve_device("auto")
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    model = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor() or platform.machine(),
+        )
+        if Path("/proc/cpuinfo").is_file()
+        else platform.processor()
+    )
+    return f"cpu: {model} x {torch.get_num_threads()} threads"
 
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
@@ -70,27 +103,71 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     return None
 
 
+def configure_device(device: torch.device) -> None:
+    """TF32 matmuls and convolutions on CUDA (no effect on CPU); attention is PyTorch's SDPA (the models load with
+    ``attn_implementation="sdpa"``, :func:`fedbt.models.load_model`)."""
+    torch.set_float32_matmul_precision("high")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def adamw(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW over the trainable parameters, no weight decay on 1-D tensors (biases and LayerNorm/norm weights,
-    whatever the model calls them: BERT's rule, decided by shape)."""
+    whatever the model calls them: BERT's rule, decided by shape); fused on CUDA."""
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
             (no_decay if param.ndim < 2 else decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+    fused = all(p.is_cuda for p in decay + no_decay) and bool(decay + no_decay)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, fused=fused or None)
 
 
-def batches(examples: Sequence[dict], batch_size: int, steps: int, generator: torch.Generator) -> Iterator[list[dict]]:
-    """``steps`` batches drawn epoch by epoch from a fresh permutation each epoch (last batch may be short)."""
+MEGABATCH = 50
+"""Batches per length-sorted group (transformers' LengthGroupedSampler uses the same factor)."""
+
+
+def epoch_order(
+    n: int, batch_size: int, generator: torch.Generator, lengths: np.ndarray | None = None
+) -> list[list[int]]:
+    """One epoch's batches of example indices: a fresh permutation cut into batches (the last may be short) or,
+    with ``lengths``, the permutation cut into groups of ``MEGABATCH`` batches, each group sorted by length
+    (longest first, stable) and cut into batches, then the batches shuffled."""
+    order = torch.randperm(n, generator=generator).tolist()
+    if lengths is None:
+        return [order[start : start + batch_size] for start in range(0, n, batch_size)]
+    group = batch_size * MEGABATCH
+    grouped = []
+    for start in range(0, n, group):
+        members = sorted(order[start : start + group], key=lambda i: -int(lengths[i]))
+        grouped += [members[k : k + batch_size] for k in range(0, len(members), batch_size)]
+    shuffle = torch.randperm(len(grouped), generator=generator).tolist()
+    return [grouped[i] for i in shuffle]
+
+
+def batches(
+    examples: Sequence[dict],
+    batch_size: int,
+    steps: int,
+    generator: torch.Generator,
+    lengths: np.ndarray | None = None,
+) -> Iterator[list[dict]]:
+    """``steps`` batches drawn epoch by epoch (:func:`epoch_order`; ``lengths`` groups them by length)."""
     produced = 0
     while produced < steps:
-        order = torch.randperm(len(examples), generator=generator).tolist()
-        for start in range(0, len(order), batch_size):
-            yield [examples[i] for i in order[start : start + batch_size]]
+        for indices in epoch_order(len(examples), batch_size, generator, lengths):
+            yield [examples[i] for i in indices]
             produced += 1
             if produced == steps:
                 return
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The batch on ``device``: from pinned memory without blocking on CUDA, unchanged on CPU."""
+    if device.type != "cuda":
+        return batch
+    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def steps_for(num_examples: int, batch_size: int, epochs: float, steps: int | None) -> int:
@@ -116,24 +193,37 @@ def train(
     flop_count_steps: int = 0,
     optimizer: torch.optim.Optimizer | None = None,
     extra_loss: Callable[[], torch.Tensor | None] | None = None,
+    group_by_length: bool = False,
+    flops_model: Callable[[dict[int, list[int]]], int] | None = None,
 ) -> TrainResult:
     """Train ``model``'s trainable parameters for ``steps`` steps and measure the pass.
 
     A fresh AdamW (``lr``, ``weight_decay``) is made unless ``optimizer`` is given (to continue one across
     several calls, e.g. epochs of centralised fine-tuning, or a method's own local optimizer). ``extra_loss``
     (e.g. a proximal term) is added to the objective's loss at every step; the mean loss reported is the
-    objective's alone.
+    objective's alone. ``group_by_length`` batches examples of similar length. Measured FLOPs (counted on the
+    first ``flop_count_steps`` steps) are scaled to all steps by ``flops_model`` (the analytic FLOPs of given
+    shapes: each step weighs by its own length, sequences and predicted tokens) or, without one, by the positions
+    (sequences x padded length) the steps compute.
     """
     model.train()
     optimizer = optimizer if optimizer is not None else adamw(model, lr, weight_decay)
     trainable = [p for p in model.parameters() if p.requires_grad]
     amp_dtype = autocast_dtype(device, precision)
     peak = PeakMemory(device)
-    total_loss, counted_flops, counted_examples = 0.0, 0, 0
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    counted_flops = counted_positions = positions = 0
     examples_seen = tokens = predicted = 0
+    shapes: dict[int, list[int]] = {}
+    counted_shapes: dict[int, list[int]] = {}
+    lengths = example_lengths(examples) if group_by_length else None
     clock = ComputeClock(device)
-    for step, batch_examples in enumerate(batches(examples, batch_size, steps, generator)):
-        batch = {k: v.to(device, non_blocking=True) for k, v in objective.collate(batch_examples, generator).items()}
+    for step, batch_examples in enumerate(batches(examples, batch_size, steps, generator, lengths)):
+        host = objective.collate(batch_examples, generator)
+        sequences, length = objective.shape(host)
+        batch_predicted = objective.predicted_tokens(host)
+        tokens += objective.input_tokens(host)  # counted on the host: no device sync
+        batch = to_device(host, device)
         counter = FlopCounterMode(display=False, custom_mapping=ATTENTION_FLOPS) if step < flop_count_steps else None
         with counter or contextlib.nullcontext():
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -142,28 +232,39 @@ def train(
             (loss if extra is None else loss + extra).backward()
         if counter is not None:
             counted_flops += counter.get_total_flops()
-            counted_examples += len(batch_examples)
+            counted_positions += sequences * length
+            counted = counted_shapes.setdefault(length, [0, 0])
+            counted[0] += sequences
+            counted[1] += batch_predicted
         if max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        total_loss += loss.item()
-        examples_seen += len(batch_examples)
-        tokens += objective.input_tokens(batch)
-        predicted += objective.predicted_tokens(batch)
+        total_loss += loss.detach().double()
+        examples_seen += sequences
+        predicted += batch_predicted
+        positions += sequences * length
+        shape = shapes.setdefault(length, [0, 0])
+        shape[0] += sequences
+        shape[1] += batch_predicted
     seconds, wall_seconds = clock.stop()
-    # Sequences are padded to one length, so FLOPs scale with the number of sequences (a short last batch too).
-    measured = round(counted_flops * examples_seen / counted_examples) if counted_examples else 0
+    if not counted_positions:
+        measured = 0
+    elif flops_model is not None:  # each step weighs by its own shape and predicted tokens
+        measured = round(counted_flops * flops_model(shapes) / max(flops_model(counted_shapes), 1))
+    else:  # by the positions (sequences x padded length) the steps compute
+        measured = round(counted_flops * positions / counted_positions)
     return TrainResult(
         steps=steps,
         examples=examples_seen,
         tokens=tokens,
         predicted_tokens=predicted,
-        mean_loss=total_loss / steps,
+        mean_loss=float(total_loss.item()) / steps,
         seconds=seconds,
         wall_seconds=wall_seconds,
         measured_flops=measured,
         peak_memory_bytes=peak.read(),
+        shapes=shapes,
     )
 
 
@@ -243,7 +344,7 @@ def predict(
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         batch = objective.collate(chunk, None)
-        batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+        batch = to_device({k: v for k, v in batch.items() if k != "labels"}, device)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             argmax = model(**batch).logits.argmax(-1).cpu()
         if argmax.dim() == 1:
@@ -266,11 +367,12 @@ def eval_loss(
     model.eval()
     generator = torch.Generator().manual_seed(seed)
     amp_dtype = autocast_dtype(device, "auto")
-    total, count = 0.0, 0
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
-        batch = {k: v.to(device) for k, v in objective.collate(chunk, generator).items()}
+        batch = to_device(objective.collate(chunk, generator), device)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            total += objective.loss(model, batch).item() * len(chunk)
+            total += objective.loss(model, batch).double() * len(chunk)
         count += len(chunk)
-    return total / max(count, 1)
+    return float(total.item()) / max(count, 1)

@@ -11,11 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
-from torch import nn
 
-from fedbt.training.objectives import IGNORE_INDEX, pad_batch
+from fedbt.errors import FedBTError
+from fedbt.training.objectives import (
+    IGNORE_INDEX,
+    Objective,
+    ObjectiveSettings,
+    named,
+    pad_batch,
+    register_objective,
+)
 
 
 def align_first_subword(word_ids: Sequence[int | None], tags: Sequence[int]) -> list[int]:
@@ -70,13 +78,21 @@ def _encode_words(tokens: Sequence[str], tokenizer, max_length: int) -> tuple[li
     return input_ids, [None if is_special else next(words) for is_special in special]
 
 
+@register_objective
 @dataclass
-class TokenClassification:
+class TokenClassification(Objective):
     """Cross-entropy of the token-classification head over the labelled (first) sub-tokens."""
+
+    name: ClassVar[str] = "token_classification"
+    auto_class: ClassVar[str] = "AutoModelForTokenClassification"
+    image_counterpart: ClassVar[str] = "image_classification"
 
     pad_id: int
     pad_to: int | None = None
-    head: str = "token_classification"
+
+    @classmethod
+    def build(cls, tokenizer, settings: ObjectiveSettings) -> TokenClassification:
+        return cls(pad_id=tokenizer.pad_token_id, pad_to=settings.pad_to)
 
     def collate(self, examples: Sequence[dict], generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         """Pad ``input_ids`` with ``pad_id`` and ``labels`` with ``-100`` (no randomness: ``generator`` unused)."""
@@ -87,19 +103,36 @@ class TokenClassification:
                 raise ValueError(
                     f"example {row}: {len(example['labels'])} labels for {len(example['input_ids'])} input ids"
                 )
-            row_labels = list(example["labels"])[: input_ids.shape[1]]
-            labels[row, : len(row_labels)] = torch.tensor(row_labels, dtype=torch.long)
+            row_labels = torch.as_tensor(list(example["labels"])[: input_ids.shape[1]], dtype=torch.long)
+            labels[row, : len(row_labels)] = row_labels
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-
-    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return model(**batch).loss
-
-    def input_tokens(self, batch: dict[str, torch.Tensor]) -> int:
-        return int(batch["attention_mask"].sum())
 
     def predicted_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         """The classifier runs at every position of the padded batch."""
         return int(batch["input_ids"].numel())
+
+    @staticmethod
+    def expected_predicted(sequences: int, tokens: int, settings: ObjectiveSettings) -> int:
+        return tokens
+
+    @staticmethod
+    def head_stages(arch, sequences: int, predicted_tokens: int) -> list[tuple[int, str, list[str]]]:
+        classifier = named(arch, "classifier.weight", arch.head_params())
+        if classifier is None:
+            raise FedBTError("no token-classification head (classifier.weight) found")
+        return [(predicted_tokens * 2 * arch.param_numel[classifier], classifier, [classifier])]
+
+    @classmethod
+    def encode(cls, split, tokenizer, max_length: int) -> list[dict]:
+        """``{"input_ids", "labels"}`` (first-subword tags) per sentence."""
+        return tokenize_ner(split["tokens"], split["tags"], tokenizer, max_length)
+
+    @classmethod
+    def score(cls, task, examples: Sequence[dict], predictions: Sequence) -> dict[str, float]:
+        from fedbt.metrics import compute_metrics
+
+        predicted, gold = decode_predictions(predictions, [list(e["labels"]) for e in examples], task.labels)
+        return compute_metrics(task.scored_metrics, predicted, gold)
 
 
 def decode_predictions(
