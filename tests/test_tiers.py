@@ -273,3 +273,24 @@ def test_tables_of_a_study_with_tiers_have_cost_columns_per_tier(tmp_path):
     assert rows[1]["bert_base_upload_pct"] == pytest.approx(7.04, abs=0.01), (
         "fedbt uploads layer l + head on every tier"
     )
+
+
+# ---------------------------------------------------------------------------------------------- fedbt estimate
+
+
+def test_estimate_plans_each_client_at_its_dealt_tier(tiny_config):
+    """`fedbt estimate` deals the tiers as the simulator does: fedavg-drop-weak trains only the strong clients, so
+    two studies with the tiers' roles swapped (the same clients dealt, weak <-> strong) sum to plain FedAvg."""
+    from fedbt.estimate import job_cost
+
+    def client_flops(*extra: str) -> int:
+        config = tiny_config("model.source=minilm", "federation.clients=4", *extra)  # a shipped shape: no weights
+        return job_cost("s", "d", "v", 0, config).client_flops
+
+    weak, strong = "{share: 0.5, local_layers: 2}", "{share: 0.5}"
+    fedavg = client_flops("method.name=fedavg")
+    first = client_flops("method.name=fedavg-drop-weak", f"federation.tiers=[{weak}, {strong}]")
+    second = client_flops("method.name=fedavg-drop-weak", f"federation.tiers=[{strong}, {weak}]")
+    assert 0 < first < fedavg and 0 < second < fedavg and first + second == fedavg
+    assert client_flops("method.name=fedavg", f"federation.tiers=[{weak}, {strong}]") == fedavg, "fedavg: no tiers"
+    assert client_flops("method.name=heterofl", f"federation.tiers=[{weak}, {strong}]") < fedavg
