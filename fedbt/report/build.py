@@ -39,7 +39,10 @@ def build_report(spec: Spec, out: str | Path) -> list[Path]:
     written: list[Path] = []
     schedules = {}
     for table in spec.tables:
-        ratios = {row.variant: costs.upload_pct(row.bert_base, table.scenario, table.base_arch) for row in table.rows}
+        ratios = {
+            row.variant: costs.upload_pct(row.bert_base, table.scenario, table.base_arch, table.base_tiers)
+            for row in table.rows
+        }
         data = build_table(table, results, ratios)
         for path, text in (
             (out / "tables" / f"{table.name}.md", to_markdown(data)),
