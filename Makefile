@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-flower test test-fast test-flower lint format smoke minilm reproduce vision bench clean
+.PHONY: install install-flower test test-fast test-flower lint format smoke minilm reproduce vision hetero bench clean
 .PHONY: config-docs check-ui test-slurm
 
 $(STAMP): pyproject.toml
@@ -66,6 +66,11 @@ vision: $(STAMP)
 	$(BIN)/snakemake --configfile config/vision.yaml --forcerun report
 	$(BIN)/snakemake --configfile config/vision.yaml --report results/vision/report.html
 
+# The heterogeneous-clients study (three resource tiers, MiniLM): results/hetero/.
+hetero: $(STAMP)
+	$(BIN)/snakemake --configfile config/hetero.yaml --forcerun report
+	$(BIN)/snakemake --configfile config/hetero.yaml --report results/hetero/report.html
+
 bench: $(FLOWER_STAMP)
 	$(BIN)/python benchmarks/simulator_overhead.py
 	$(BIN)/python benchmarks/mlm_decoder.py
@@ -89,4 +94,4 @@ test-slurm: $(STAMP)
 	$(BIN)/python -u tests/integration/check_slurm.py
 
 clean:
-	rm -rf results/runs results/partitions results/mlflow.db results/mlartifacts results/vision/runs
+	rm -rf results/runs results/partitions results/mlflow.db results/mlartifacts results/vision/runs results/hetero/runs

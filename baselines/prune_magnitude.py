@@ -17,7 +17,7 @@ forward and backward; attention scores and dense layers unchanged), counted from
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ from torch import nn
 from baselines.fedavg import FedAvg
 from fedbt.errors import ConfigError
 from fedbt.federated.method import register
+from fedbt.federated.tiers import FULL, Tier
 from fedbt.models import ModelArch
 
 VALUES, MASK = "::kept_values", "::mask_bits"  # suffixes of a pruned tensor's parts in an encoded message
@@ -50,11 +51,18 @@ class PruneMagnitude(FedAvg):
     class Options:
         sparsity: float = 0.5
 
-    def __init__(self, arch: ModelArch, rounds: int, seed: int, options: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        arch: ModelArch,
+        rounds: int,
+        seed: int,
+        options: Mapping[str, Any] | None = None,
+        tiers: Sequence[Tier] = (FULL,),
+    ):
         self.kept: dict[str, int] = {}  # pruned tensor -> number of kept entries, set by prepare_model
         self.masks: dict[str, torch.Tensor] = {}  # pruned tensor -> its mask, from the starting model
         self.matmul_flops = {"dense": 0, "sparse": 0}  # forward matmul FLOPs of training, see report()
-        super().__init__(arch, rounds, seed, options)
+        super().__init__(arch, rounds, seed, options, tiers)
 
     def validate(self) -> None:
         if not 0.0 <= self.options.sparsity < 1.0:

@@ -3,7 +3,9 @@
 After each completed round the run directory's ``checkpoint/`` holds ``state.json`` (the completed round, the
 method's state, the per-round records, a fingerprint of the config) and the weights files it names: the global
 parameters of that round (``global-r<round>.safetensors``) and, for runs that select a round by its dev score,
-the parameters of the selected round (``best-r<round>.safetensors``, or the same file when that is the last).
+the parameters of the selected round (``best-r<round>.safetensors``, or the same file when that is the last);
+for methods with state in tensors, the server step's state (``method-r<round>.safetensors``, e.g. server optimizer
+moments) and each client's own state (``clients-r<round>.safetensors``, keys ``<client>/<name>``).
 
 A checkpoint is atomic: new weights files are written under new names first, then ``state.json`` is replaced
 in one rename, and only then are the files it no longer names removed. A kill at any moment leaves a
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,8 @@ class Checkpoint:
     params: dict[str, torch.Tensor]
     best_round: int | None = None
     best_params: dict[str, torch.Tensor] | None = None
+    method_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    client_states: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -65,6 +69,7 @@ def save_checkpoint(directory: Path, checkpoint: Checkpoint) -> None:
         if checkpoint.best_round != checkpoint.completed_round:
             best = f"best-r{checkpoint.best_round}.safetensors"
             _save_weights(directory / best, checkpoint.best_params)
+    extra = _save_states(directory, checkpoint)
     state = {
         "completed_round": checkpoint.completed_round,
         "fingerprint": checkpoint.fingerprint,
@@ -73,11 +78,36 @@ def save_checkpoint(directory: Path, checkpoint: Checkpoint) -> None:
         "best_weights": best,
         "method_state": checkpoint.method_state,
         "records": checkpoint.records,
+        **extra,
     }
     _atomic_write_text(directory / STATE, json.dumps(state, indent=1))
     for path in directory.glob("*.safetensors*"):
-        if path.name not in (weights, best):
+        if path.name not in (weights, best, *extra.values()):
             path.unlink(missing_ok=True)
+
+
+def _save_states(directory: Path, checkpoint: Checkpoint) -> dict[str, str]:
+    """Write the method's and the clients' state tensors of the round, if any; the state-file keys naming them."""
+    files = {}
+    round_idx = checkpoint.completed_round
+    if checkpoint.method_tensors:
+        files["method_tensors"] = f"method-r{round_idx}.safetensors"
+        _save_weights(directory / files["method_tensors"], checkpoint.method_tensors)
+    if checkpoint.client_states:
+        files["client_states"] = f"clients-r{round_idx}.safetensors"
+        flat = {
+            f"{client}/{name}": t for client, state in checkpoint.client_states.items() for name, t in state.items()
+        }
+        _save_weights(directory / files["client_states"], flat)
+    return files
+
+
+def _load_client_states(path: Path) -> dict[int, dict[str, torch.Tensor]]:
+    states: dict[int, dict[str, torch.Tensor]] = {}
+    for key, tensor in load_file(str(path)).items():
+        client, _, name = key.partition("/")
+        states.setdefault(int(client), {})[name] = tensor
+    return states
 
 
 def load_checkpoint(directory: Path, fingerprint: str) -> Checkpoint | None:
@@ -105,4 +135,6 @@ def load_checkpoint(directory: Path, fingerprint: str) -> Checkpoint | None:
         params=params,
         best_round=state.get("best_round"),
         best_params=None if best is None else params if best == state["weights"] else load_file(str(directory / best)),
+        method_tensors=load_file(str(directory / state["method_tensors"])) if "method_tensors" in state else {},
+        client_states=_load_client_states(directory / state["client_states"]) if "client_states" in state else {},
     )

@@ -70,6 +70,14 @@ def add_parser(subparsers) -> None:
         metavar="KEY=VALUE",
         help="method option, value parsed as YAML (repeatable)",
     )
+    parser.add_argument(
+        "--tiers",
+        metavar="YAML",
+        help="client resource tiers, as federation.tiers in a run config, e.g. "
+        "'[{share: 0.5, local_layers: 4}, {share: 0.3, local_layers: 8}, {share: 0.2, local_layers: 12}]' "
+        "(keys share, local_layers, width, memory_mb, name): adds one row per tier (client 0 as a client of "
+        "that tier) and the mix of the tiers at their shares",
+    )
     parser.add_argument("--plugin", action="append", default=[], help="module or .py file registering methods")
     parser.add_argument("--compare-paper", action="store_true", help="add the paper's upload percentages next to ours")
     parser.set_defaults(handler=main)
@@ -91,6 +99,51 @@ def parse_options(items: list[str], local_layers: int | None = None, student: st
     if student is not None:
         options["student"] = student
     return options
+
+
+def parse_tiers(text: str | None) -> tuple:
+    """The ``--tiers`` YAML list as :class:`~fedbt.federated.tiers.Tier` s (empty when not given), checked as
+    ``federation.tiers`` is."""
+    import yaml
+
+    from fedbt.config import TierConfig, check_tiers, from_dict
+    from fedbt.federated.tiers import tiers_from_config
+
+    if text is None:
+        return ()
+    items = yaml.safe_load(text)
+    if not isinstance(items, list) or not items:
+        raise ConfigError("--tiers", f"expected a non-empty YAML list of tiers, got {text!r}")
+    configs = [from_dict(TierConfig, item, f"--tiers[{i}]") for i, item in enumerate(items)]
+    check_tiers(configs, None, "--tiers")
+    return tiers_from_config(configs, key="--tiers")
+
+
+def format_tiers(table: dict[str, Any]) -> list[str]:
+    """One line per resource tier: its totals over the rounds, per client, and the ratios to full-model FedAvg."""
+    rounds = len(table["rounds"])
+    lines = [
+        "",
+        f"per tier (client 0 as a client of the tier; per client, means over the {rounds} rounds):",
+        f"{'tier':<10}  {'share':>5}  {'L_k':>4}  {'width':>5}  {'upload MiB/round':>16}  {'download MiB/round':>18}  "
+        f"{'GFLOPs/round':>12}  {'upload %':>8}  {'FLOPs %':>8}",
+    ]
+    for tier in table["tiers"]:
+        total = tier["total"]
+        depth = "-" if tier["local_layers"] is None else str(tier["local_layers"])
+        width = "-" if tier["width"] is None else f"{tier['width']:.3g}"
+        lines.append(
+            f"{tier['name']:<10}  {tier['share']:>5.2f}  {depth:>4}  {width:>5}  "
+            f"{total['upload_mib'] / rounds:>16.2f}  {total['download_mib'] / rounds:>18.2f}  "
+            f"{total['analytic_flops'] / rounds / 1e9:>12,.1f}  {tier['upload_ratio_vs_fedavg']:>8.2%}  "
+            f"{tier['flops_ratio_vs_fedavg']:>8.2%}"
+        )
+    mix = table["tier_mix"]
+    lines.append(
+        f"{'mix':<10}  {1.0:>5.2f}  {'':>4}  {'':>5}  {'':>16}  {'':>18}  {'':>12}  "
+        f"{mix['upload_ratio_vs_fedavg']:>8.2%}  {mix['flops_ratio_vs_fedavg']:>8.2%}"
+    )
+    return lines
 
 
 def format_table(table: dict[str, Any]) -> str:
@@ -124,6 +177,8 @@ def format_table(table: dict[str, Any]) -> str:
         f"vs fedavg{reference}: upload {table['upload_ratio_vs_fedavg']:.2%}, download "
         f"{table['download_ratio_vs_fedavg']:.2%}, FLOPs {table['flops_ratio_vs_fedavg']:.2%}",
     ]
+    if "tiers" in table:
+        lines += format_tiers(table)
     if "paper" in table:
         lines += ["", f"{'paper row':<12}  {'method':<16}  {'paper %':>8}  {'ours %':>8}"]
         for row in table["paper"]:
@@ -166,6 +221,7 @@ def main(args: argparse.Namespace) -> int:
             parse_options(args.option, args.local_layers, args.student),
             head=head,
             clients=args.clients,
+            tiers=parse_tiers(args.tiers),
             **common,
         )
         if args.compare_paper:

@@ -113,6 +113,23 @@ class SourceConfig:
 
 
 @dataclass
+class TierConfig:
+    """One client resource tier (``federation.tiers``): its share of the clients and what its clients can hold.
+
+    ``local_layers`` is the local depth ``L_k`` a client of the tier can train (default: the method's own
+    ``local_layers``, or the whole model), ``width`` the share of every layer's attention heads and FFN neurons it
+    can hold (width-scaled methods; default ``local_layers / L_G``), ``memory_mb`` a memory budget that the run
+    checks against the ledger (reported exceeded or not; training is not stopped).
+    """
+
+    share: float | None = None
+    local_layers: int | None = None
+    width: float | None = None
+    memory_mb: float | None = None
+    name: str | None = None
+
+
+@dataclass
 class FederationConfig:
     """Rounds, clients and aggregation of the federated simulation."""
 
@@ -121,6 +138,8 @@ class FederationConfig:
     fraction: float = 1.0
     aggregation: Literal["weighted", "uniform"] = "weighted"
     partition: PartitionConfig = field(default_factory=PartitionConfig)
+    tiers: list[TierConfig] = field(default_factory=list)
+    """Client resource tiers, dealt to the clients by seed (none: every client can hold the whole model)."""
 
 
 @dataclass
@@ -339,6 +358,7 @@ def validate(config: RunConfig) -> None:
     _require(0.0 < fed.fraction <= 1.0, "federation.fraction", f"got {fed.fraction}, must be in (0, 1]")
     _require(fed.partition.alpha > 0, "federation.partition.alpha", "must be > 0")
     _require(fed.partition.min_size >= 0, "federation.partition.min_size", "must be >= 0")
+    check_tiers(fed.tiers, fed.clients)
     _require(local.steps is None or local.steps >= 1, "local.steps", "must be >= 1 or null (use epochs)")
     _require(local.epochs > 0, "local.epochs", f"got {local.epochs}, must be > 0")
     _require(local.batch_size >= 1, "local.batch_size", "must be >= 1")
@@ -379,6 +399,36 @@ def validate(config: RunConfig) -> None:
     ev = config.evaluation
     _require(ev.epochs >= 1, "evaluation.epochs", "must be >= 1")
     _require(len(ev.seeds) >= 1, "evaluation.seeds", "must list at least one seed")
+
+
+def check_tiers(tiers: list[TierConfig], clients: int | None, key: str = "federation.tiers") -> None:
+    """Shares in (0, 1] that sum to 1 and (given ``clients``) deal every tier at least one client; depths, widths
+    and budgets positive; names unique. (Depths above the model's are checked by the method, which knows it.)"""
+    if not tiers:
+        return
+    names = []
+    for i, tier in enumerate(tiers):
+        item = f"{key}[{i}]"
+        _require(tier.share is not None, f"{item}.share", "required: the tier's share of the clients, in (0, 1]")
+        _require(0.0 < tier.share <= 1.0, f"{item}.share", f"got {tier.share}, must be in (0, 1]")
+        _require(tier.local_layers is None or tier.local_layers >= 1, f"{item}.local_layers", "must be >= 1")
+        _require(tier.width is None or 0.0 < tier.width <= 1.0, f"{item}.width", f"got {tier.width}, must be in (0, 1]")
+        _require(tier.memory_mb is None or tier.memory_mb > 0, f"{item}.memory_mb", "must be > 0 (MB, 10^6 bytes)")
+        names.append(tier.name or f"tier{i}")
+    _require(len(set(names)) == len(names), key, f"tier names must differ, got {names}")
+    total = sum(tier.share for tier in tiers)
+    _require(abs(total - 1.0) < 1e-6, key, f"the shares must sum to 1, got {total:g}")
+    if clients is None:
+        return
+    from fedbt.federated.tiers import tier_counts
+
+    for i, count in enumerate(tier_counts([tier.share for tier in tiers], clients)):
+        _require(
+            count > 0,
+            f"{key}[{i}].share",
+            f"a share of {tiers[i].share:g} of federation.clients = {clients} deals no client to this tier; raise "
+            "the share or the number of clients",
+        )
 
 
 def to_flat_dict(config: RunConfig) -> dict[str, Any]:

@@ -9,7 +9,7 @@ machine without downloading weights. The measured per-client costs of real runs 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any
 
@@ -19,7 +19,8 @@ from torch import nn
 from fedbt import paper
 from fedbt.errors import ConfigError, FedBTError
 from fedbt.federated.method import ClientPlan, Method, available_methods, create_method, get_method
-from fedbt.models import ModelArch
+from fedbt.federated.tiers import FULL, Tier
+from fedbt.models import ModelArch, layer_widths
 from fedbt.training.objectives import ObjectiveSettings, available_objectives, get_objective
 
 MIB = 2**20
@@ -60,6 +61,9 @@ def analytic_train_flops(
       trainable LayerNorm before attention needs them); each head matmul's forward FLOPs once its input
       needs a gradient.
 
+    A width-sliced layer (``plan.sub_shapes``, HeteroFL) with ``a`` attention outputs (heads x head size) and ``f``
+    FFN neurons has ``W = 2*(4*H*a + 2*H*f)``, ``A = 4*S*a`` and Q/K/V input gradients ``6*H*a``.
+
     So a fully trainable model costs exactly 3 x forward, and frozen lower layers cost forward only. This is
     the count of eager attention; fused attention kernels (PyTorch's SDPA/flash) recompute ``Q K^T`` in the
     backward pass, so measured FLOPs exceed it by ``2*S*H`` per token and training layer (about 1% for
@@ -67,20 +71,21 @@ def analytic_train_flops(
     """
     H, S = arch.hidden_size, seq_len
     tokens = sequences * seq_len
-    weights = 2 * (4 * H * H + 2 * H * arch.intermediate_size)
-    attention = 4 * S * H
-    qkv = 2 * 3 * H * H
     trainable = plan.trainable
     embeddings = [n for n in arch.names if n.startswith(arch.base_prefix + "embeddings.")]
     grad = any(n in trainable for n in embeddings)
     forward = backward = 0
-    # post-norm (BERT): the lowest training layer with nothing trained below skips its Q/K/V input gradients
-    skipped_qkv = 0 if arch.pre_norm else qkv
     if arch.vision:
         projection = sequences * arch.num_patches * 2 * arch.patch_size**2 * arch.num_channels * H
         forward += projection
         backward += projection if grad else 0
     for position in range(len(plan.layer_map)):
+        # a width slice keeps a heads and f FFN neurons: every matmul of the layer shrinks with them
+        a, f = layer_widths(arch, plan.layer_map[position], plan.sub_shapes) if plan.sub_shapes else (H, None)
+        weights = 2 * (4 * H * H + 2 * H * arch.intermediate_size) if f is None else 2 * (4 * H * a + 2 * H * f)
+        attention = 4 * S * a
+        # post-norm (BERT): the lowest training layer with nothing trained below skips its Q/K/V input gradients
+        skipped_qkv = 0 if arch.pre_norm else 2 * 3 * H * a
         trains = plan.trains_position(position, arch)
         forward += tokens * (weights + attention)
         if trains:
@@ -123,14 +128,16 @@ def _round_costs(
     clients: int,
     flops_args: dict,
     dtype_bytes: int,
+    tier: Tier = FULL,
 ) -> dict[str, Any]:
-    """Costs of client 0 in round ``round_idx``. An empty plan sits the round out (nothing sent or computed);
-    a method that does not transmit (centralised training) sends nothing."""
+    """Costs of client 0 (of resource tier ``tier``) in round ``round_idx``. An empty plan sits the round out
+    (nothing sent or computed); a method that does not transmit (centralised training) sends nothing."""
     arch = method.arch
-    plan = method.plan(round_idx, 0)
+    plan = method.client_plan(round_idx, 0, tier)
     sends = bool(plan.trainable) and method.transmits
-    upload = _payload(method, {n: tensors[n] for n in plan.trainable}, dtype_bytes) if sends else (0, 0)
-    download = _payload(method, {n: tensors[n] for n in plan.download_names(arch)}, dtype_bytes) if sends else (0, 0)
+    upload = _payload(method, {n: plan.block(n, tensors[n]) for n in plan.trainable}, dtype_bytes) if sends else (0, 0)
+    names = plan.download_names(arch)
+    download = _payload(method, {n: plan.block(n, tensors[n]) for n in names}, dtype_bytes) if sends else (0, 0)
     row: dict[str, Any] = {
         "round": round_idx,
         "trained_layers": plan.trained_layers(arch),
@@ -140,7 +147,7 @@ def _round_costs(
         "analytic_flops": analytic_train_flops(arch, plan, **flops_args) if plan.trainable else 0,
     }
     if clients > 1:
-        union = set().union(*(method.plan(round_idx, k).trained_layers(arch) for k in range(clients)))
+        union = set().union(*(method.client_plan(round_idx, k, tier).trained_layers(arch) for k in range(clients)))
         row["trained_layers_union"] = sorted(union)
     return row
 
@@ -203,6 +210,7 @@ def cost_table(
     masked_only: bool = True,
     seed: int = 0,
     dtype_bytes: int = 4,
+    tiers: Sequence[Tier] = (),
 ) -> dict[str, Any]:
     """Per-round and total upload, download and analytic FLOPs of ``method`` on ``arch_name``, weight-free.
 
@@ -214,6 +222,10 @@ def cost_table(
     does not transmit, sends nothing. A method may train another architecture than ``arch_name`` (the
     distillation baseline's student, from its ``student`` option): ``arch`` describes that one, and the ratios
     compare the totals (bytes, FLOPs) with full-model FedAvg of ``arch_name`` over the same rounds.
+
+    With resource ``tiers`` the table also has ``tiers``: per tier, client 0 planned as a client of that tier
+    (its rounds, totals and ratios to full-model FedAvg), and ``tier_mix``: the ratios of the clients' mean
+    cost when the tiers hold their shares of the clients.
     """
     for key, value in (
         ("rounds", rounds),
@@ -232,9 +244,9 @@ def cost_table(
     # The architecture the method trains: a distillation baseline names its student, others keep arch_name.
     source = get_method(method).starting_model(options, arch_name)
 
-    def rows_of(name: str, model_name: str, method_options: Mapping[str, Any], n_clients: int):
+    def rows_of(name: str, model_name: str, method_options: Mapping[str, Any], n_clients: int, tier: Tier = FULL):
         model = meta_arch(model_name, head, num_labels)[0]
-        instance = create_method(name, model, rounds, seed, method_options, scenario)
+        instance = create_method(name, model, rounds, seed, method_options, scenario, tiers or (FULL,))
         tensors = dict(instance.prepare_model(copy.deepcopy(model)).named_parameters())
         # e.g. centralised training pools every client's sequences into one trainer
         arranged = instance.arrange_clients([[{}] * sequences for _ in range(n_clients)])
@@ -244,7 +256,7 @@ def cost_table(
         predicted = get_objective(head).expected_predicted(len(arranged[0]), len(arranged[0]) * length, settings)
         flops_args = {"sequences": len(arranged[0]), "seq_len": length, "predicted_tokens": predicted, "head": head}
         rounds_costs = [
-            _round_costs(instance, tensors, i, len(arranged), flops_args, dtype_bytes) for i in range(rounds)
+            _round_costs(instance, tensors, i, len(arranged), flops_args, dtype_bytes, tier) for i in range(rounds)
         ]
         return instance, rounds_costs
 
@@ -279,7 +291,32 @@ def cost_table(
     }
     if source != arch_name:
         table["fedavg_reference_arch"] = arch_name
+    if tiers:
+        table["tiers"] = []
+        for tier in tiers:
+            tier_rows = rows_of(method, source, options, clients, tier)[1]
+            tier_total = _totals(tier_rows)
+            table["tiers"].append(
+                {
+                    "name": tier.name,
+                    "share": tier.share,
+                    "local_layers": tier.local_layers,
+                    "width": tier.width,
+                    "rounds": tier_rows,
+                    "total": tier_total,
+                    **{f"{kind}_ratio_vs_fedavg": _ratio(tier_total, reference, kind) for kind in RATIOS},
+                }
+            )
+        mix = {key: sum(t["share"] * t["total"][key] for t in table["tiers"]) for key in RATIOS.values()}
+        table["tier_mix"] = {f"{kind}_ratio_vs_fedavg": _ratio(mix, reference, kind) for kind in RATIOS}
     return table
+
+
+RATIOS = {"upload": "upload_bytes", "download": "download_bytes", "flops": "analytic_flops"}
+
+
+def _ratio(totals: Mapping[str, float], reference: Mapping[str, float], kind: str) -> float:
+    return totals[RATIOS[kind]] / reference[RATIOS[kind]]
 
 
 # ------------------------------------------------------------------------------ the paper's figures

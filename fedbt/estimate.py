@@ -281,6 +281,7 @@ def job_cost(study: str, data: str, variant: str, seed: int, config: RunConfig) 
     from fedbt.costs import head_for, meta_arch
     from fedbt.data.partition import partition_indices
     from fedbt.federated.method import ClientPlan, create_method, get_method
+    from fedbt.federated.tiers import FULL, deal, tiers_from_config
     from fedbt.training.objectives import ObjectiveSettings
 
     head, max_length, notes = config.local.objective, config.model.max_length, []
@@ -289,8 +290,15 @@ def job_cost(study: str, data: str, variant: str, seed: int, config: RunConfig) 
     num_labels = _num_labels(config, task_name, notes) if config.scenario == "finetune" else 2
     source = get_method(config.method.name).starting_model(config.method.options, config.model.source)
     model, _ = meta_arch(source, head_for(source, head), num_labels)
+    fed = config.federation
     method = create_method(
-        config.method.name, model, config.federation.rounds, config.seed, config.method.options, config.scenario
+        config.method.name,
+        model,
+        fed.rounds,
+        config.seed,
+        config.method.options,
+        config.scenario,
+        tiers_from_config(fed.tiers),
     )
     arch = method.arch
     settings = ObjectiveSettings(
@@ -314,7 +322,6 @@ def job_cost(study: str, data: str, variant: str, seed: int, config: RunConfig) 
         rows = np.asarray(_subset(pool.count, settings_data.max_examples))
     if arch.vision:
         pool = Sizes(pool.count, None)
-    fed = config.federation
     scheme = fed.partition.scheme
     if scheme in ("dirichlet", "papers"):
         notes.append(f"{scheme} partition estimated as equal client shares")
@@ -330,11 +337,13 @@ def job_cost(study: str, data: str, variant: str, seed: int, config: RunConfig) 
     arranged = [np.concatenate([clients[k] for k in group]) if len(group) else rows[:0] for group in groups]
     scale = len(clients) / len(arranged)
     selected = max(1, round(fed.fraction * len(arranged))) if fed.fraction < 1 else len(arranged)
+    # each client's resource tier, as the simulator deals it (pooled clients train in one place: no tiers)
+    dealt = deal(method.tiers, fed.clients, config.seed) if fed.tiers and len(arranged) == len(clients) else []
     local = config.local
     client_flops = 0
     for round_idx in range(fed.rounds):
         for client_id in range(len(arranged)):
-            plan = method.plan(round_idx, client_id)
+            plan = method.client_plan(round_idx, client_id, dealt[client_id] if dealt else FULL)
             members = arranged[client_id]
             if not plan.trainable or not len(members):
                 continue

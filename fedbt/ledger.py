@@ -10,13 +10,15 @@ import csv
 import dataclasses
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
+
+    from fedbt.federated.tiers import Tier
 
 MIB = 2**20
 MB = 10**6
@@ -35,6 +37,8 @@ class LedgerRow:
     client: int
     examples: int
     status: str = TRAINED
+    tier: str = ""
+    """The client's resource tier (empty without tiers)."""
     steps: int = 0
     tokens: int = 0
     trained_layers: str = ""
@@ -48,6 +52,11 @@ class LedgerRow:
     """Compute seconds of local training (process CPU time on CPU, synchronised time on CUDA)."""
     wall_seconds: float = 0.0
     peak_memory_bytes: int = 0
+    """Peak memory during local training (CPU: the process's peak RSS, CUDA: the allocator's peak), so in-process
+    it includes the server's global model."""
+    state_bytes: int = 0
+    """What the client held to train, activations excluded: its local model's parameters, the trained ones'
+    gradients and the optimizer's state (counted from the tensors: deterministic)."""
     train_loss: float = 0.0
 
 
@@ -158,6 +167,7 @@ class Ledger:
         summary["total_client_seconds"] = sum(row.seconds for row in rows)
         summary["total_client_wall_seconds"] = sum(row.wall_seconds for row in rows)
         summary["max_peak_memory_bytes"] = max((row.peak_memory_bytes for row in rows), default=0)
+        summary["max_state_bytes"] = max((row.state_bytes for row in rows), default=0)
         for direction in ("upload", "download"):
             nbytes = totals[f"{direction}_bytes"]
             for unit, size in (("bytes", 1), ("mib", MIB), ("mb", MB)):
@@ -172,4 +182,36 @@ class Ledger:
         weight = sum(row.examples for row in last)
         if weight:  # absent when nobody trained (e.g. the no-training reference)
             summary["last_round_train_loss"] = sum(row.train_loss * row.examples for row in last) / weight
+        return summary
+
+    def tier_summary(self, tiers: Sequence[Tier]) -> dict[str, dict[str, Any]]:
+        """Per resource tier: its clients and client-rounds, its costs per client-round of the tier (FLOPs, bytes,
+        seconds; a round a client sat out costs 0 and counts, so a tier that never trains costs 0), its largest
+        peak memory and training state, and whether they exceed the tier's memory budget (None: no budget)."""
+        rows = self.rows()
+        summary = {}
+        for tier in tiers:
+            own = [row for row in rows if row.tier == tier.name]
+            n = max(len(own), 1)
+            peak = max((row.peak_memory_bytes for row in own), default=0)
+            state = max((row.state_bytes for row in own), default=0)
+            budget = None if tier.memory_mb is None else tier.memory_mb * MB
+            summary[tier.name] = {
+                "share": tier.share,
+                "local_layers": tier.local_layers,
+                "width": tier.width,
+                "clients": sorted({row.client for row in own}),
+                "client_rounds": len(own),
+                "trained_client_rounds": sum(row.status == TRAINED for row in own),
+                "measured_flops_per_client_round": sum(row.measured_flops for row in own) / n,
+                "analytic_flops_per_client_round": sum(row.analytic_flops for row in own) / n,
+                "upload_mb_per_client_round": sum(row.upload_bytes for row in own) / MB / n,
+                "download_mb_per_client_round": sum(row.download_bytes for row in own) / MB / n,
+                "client_seconds_per_client_round": sum(row.seconds for row in own) / n,
+                "max_peak_memory_mb": peak / MB,
+                "max_state_mb": state / MB,
+                "memory_budget_mb": tier.memory_mb,
+                "peak_memory_exceeds_budget": None if budget is None else peak > budget,
+                "state_exceeds_budget": None if budget is None else state > budget,
+            }
         return summary

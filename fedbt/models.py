@@ -14,6 +14,9 @@
   tensors appear once). A *local* model of depth ``L_k`` is described by a ``layer_map``: the global
   layer index held at each local position. :func:`local_to_global_names` translates names,
   :func:`load_from_global` copies tensors in, :func:`extract_to_global` reads trained tensors out.
+* Width slices (HeteroFL): :func:`width_shapes` gives the leading blocks of a layer's tensors that keep its first
+  attention heads and FFN neurons (the hidden size, and so embeddings, LayerNorms and every head, stays whole);
+  :func:`slice_parameters` shrinks a local model's tensors to such blocks.
 """
 
 from __future__ import annotations
@@ -298,6 +301,8 @@ class ModelArch:
     patch_size: int = 0
     num_channels: int = 0
     """Image models only (0 for text): input side, patch side and channels."""
+    num_heads: int = 0
+    param_shapes: Mapping[str, tuple[int, ...]] | None = None
 
     @classmethod
     def from_model(cls, model: nn.Module) -> ModelArch:
@@ -311,6 +316,8 @@ class ModelArch:
             hidden_size=model.config.hidden_size,
             intermediate_size=model.config.intermediate_size,
             vocab_size=getattr(model.config, "vocab_size", 0),
+            num_heads=model.config.num_attention_heads,
+            param_shapes={n: tuple(p.shape) for n, p in params.items()},
             **(
                 {k: getattr(model.config, k) for k in ("image_size", "patch_size", "num_channels")}
                 if is_vision(model.config)
@@ -373,6 +380,93 @@ class ModelArch:
         return sum(self.param_numel[n] * self.param_dtype_bytes[n] for n in set(names))
 
 
+# ------------------------------------------------------------------------------------ width slices
+
+WIDTH_ROLES = {
+    # suffix within a layer -> (what the sliced dimension counts, which dimension): BERT, then ViT names
+    "attention.self.query.weight": ("heads", 0),
+    "attention.self.query.bias": ("heads", 0),
+    "attention.self.key.weight": ("heads", 0),
+    "attention.self.key.bias": ("heads", 0),
+    "attention.self.value.weight": ("heads", 0),
+    "attention.self.value.bias": ("heads", 0),
+    "attention.output.dense.weight": ("heads", 1),
+    "intermediate.dense.weight": ("ffn", 0),
+    "intermediate.dense.bias": ("ffn", 0),
+    "output.dense.weight": ("ffn", 1),
+    "attention.q_proj.weight": ("heads", 0),
+    "attention.q_proj.bias": ("heads", 0),
+    "attention.k_proj.weight": ("heads", 0),
+    "attention.k_proj.bias": ("heads", 0),
+    "attention.v_proj.weight": ("heads", 0),
+    "attention.v_proj.bias": ("heads", 0),
+    "attention.o_proj.weight": ("heads", 1),
+    "mlp.fc1.weight": ("ffn", 0),
+    "mlp.fc1.bias": ("ffn", 0),
+    "mlp.fc2.weight": ("ffn", 1),
+}
+"""The tensors of a Transformer layer that a width slice shrinks, by name within the layer. Attention Q/K/V
+rows and the attention output's columns are grouped by head (head ``h`` is ``h*d .. (h+1)*d - 1``), so keeping
+the first heads is a leading block; so is keeping the first FFN neurons. Everything else keeps its shape."""
+
+
+def leading_block(shape: Sequence[int]) -> tuple[slice, ...]:
+    """The index of the leading block of ``shape``: ``tensor[leading_block(s)]`` is ``tensor[:s0, :s1, ...]``."""
+    return tuple(slice(0, size) for size in shape)
+
+
+def _width_role(arch: ModelArch, name: str) -> tuple[str, int] | None:
+    layer = arch.layer_of(name)
+    if layer is None:
+        return None
+    within = name[len(arch.layer_prefix) + len(str(layer)) + 1 :]
+    return WIDTH_ROLES.get(within)
+
+
+def width_shapes(arch: ModelArch, layer: int, heads: int, ffn: int) -> dict[str, tuple[int, ...]]:
+    """The leading-block shapes of layer ``layer``'s tensors for a slice keeping its first ``heads`` attention
+    heads and first ``ffn`` FFN neurons (only the tensors that change)."""
+    if not 1 <= heads <= arch.num_heads or not 1 <= ffn <= arch.intermediate_size:
+        raise ConfigError("width", f"{heads} heads of {arch.num_heads}, {ffn} FFN neurons of {arch.intermediate_size}")
+    size = {"heads": heads * (arch.hidden_size // arch.num_heads), "ffn": ffn}
+    shapes = {}
+    for name in arch.layer_params(layer):
+        role = _width_role(arch, name)
+        if role is None:
+            continue
+        kind, dim = role
+        shape = list(arch.param_shapes[name])
+        shape[dim] = size[kind]
+        if tuple(shape) != arch.param_shapes[name]:
+            shapes[name] = tuple(shape)
+    return shapes
+
+
+def layer_widths(arch: ModelArch, layer: int, sub_shapes: Mapping[str, Sequence[int]]) -> tuple[int, int]:
+    """``(attention width, FFN width)`` of global layer ``layer`` under a plan's ``sub_shapes``: the Q/K/V
+    output size (heads x head size; ``H`` unsliced) and the FFN neurons (``I`` unsliced)."""
+    widths = {"heads": arch.hidden_size, "ffn": arch.intermediate_size}
+    for name, shape in sub_shapes.items():
+        if arch.layer_of(name) == layer:
+            role = _width_role(arch, name)
+            if role is not None:
+                widths[role[0]] = shape[role[1]]
+    return widths["heads"], widths["ffn"]
+
+
+def slice_parameters(model: nn.Module, shapes: Mapping[str, Sequence[int]]) -> None:
+    """Replace each named parameter of ``model`` by its leading block of the given shape (a new, smaller
+    tensor); a Linear layer's ``in_features`` / ``out_features`` follow its weight."""
+    for name, shape in shapes.items():
+        module_name, _, attribute = name.rpartition(".")
+        module = model.get_submodule(module_name)
+        param = getattr(module, attribute)
+        block = param.detach()[leading_block(shape)].clone()
+        setattr(module, attribute, nn.Parameter(block, requires_grad=param.requires_grad))
+        if isinstance(module, nn.Linear):
+            module.out_features, module.in_features = module.weight.shape
+
+
 def local_to_global_names(arch: ModelArch, layer_map: Sequence[int]) -> dict[str, str]:
     """For a local model whose position ``j`` holds global layer ``layer_map[j]``: local name -> global.
 
@@ -398,11 +492,15 @@ def local_to_global_names(arch: ModelArch, layer_map: Sequence[int]) -> dict[str
 def load_from_global(
     local_model: nn.Module, global_params: Mapping[str, torch.Tensor], name_map: Mapping[str, str]
 ) -> None:
-    """Copy the global tensors named by ``name_map`` (local -> global) into the local model in place."""
+    """Copy the global tensors named by ``name_map`` (local -> global) into the local model in place; a local
+    tensor smaller than its global one (a width slice) takes the global tensor's leading block."""
     with torch.no_grad():
         for local_name, param in local_model.named_parameters():
             if local_name in name_map:
-                param.copy_(global_params[name_map[local_name]])
+                value = global_params[name_map[local_name]]
+                if value.shape != param.shape:
+                    value = value[leading_block(param.shape)]
+                param.copy_(value)
 
 
 def extract_to_global(

@@ -455,6 +455,7 @@ class Plan:
                     "paper": spec.get("paper"),
                     "reference": spec.get("reference", "fedavg"),
                     "base_arch": spec.get("base_arch", "bert-base-uncased"),
+                    "base_tiers": spec.get("base_tiers"),
                     "columns": [{"data": d, "label": self.config["data"][d].get("task") or d} for d in spec["data"]],
                     "rows": rows,
                 }

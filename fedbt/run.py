@@ -119,6 +119,8 @@ def prepare(config: RunConfig) -> PreparedRun:
         )
     num_labels = _check_data(config, objective, vision)
     hf_config = model_config_for(model_config, num_labels)
+    from fedbt.federated.tiers import tiers_from_config
+
     method = create_method(
         config.method.name,
         meta_model(hf_config, objective.name),
@@ -126,6 +128,7 @@ def prepare(config: RunConfig) -> PreparedRun:
         config.seed,
         config.method.options,
         config.scenario,
+        tiers_from_config(config.federation.tiers),
     )
     patches = sequence_length(hf_config, config.model.max_length) - 1 if vision else 0
     return PreparedRun(config, method, objective, num_labels, model_config, config.resolved_out_dir(), patches)
@@ -208,6 +211,7 @@ def build_federation(prepared: PreparedRun) -> Federation:
     share of the data on the same starting model.
     """
     from fedbt.data.run_data import load_run_data
+    from fedbt.federated.tiers import deal
     from fedbt.training import loop
 
     config = prepared.config
@@ -226,6 +230,7 @@ def build_federation(prepared: PreparedRun) -> Federation:
         aggregation=fed.aggregation,
         seed=config.seed,
         device=device,
+        tiers=deal(prepared.method.tiers, fed.clients, config.seed) if fed.tiers else (),
     )
     return Federation(data, global_model, setup)
 
@@ -323,6 +328,8 @@ def record(
     if config.scenario == "finetune":
         metrics["selection"] = best_round(records, federation.data.task.scored_metrics[0])
         metrics["majority"] = majority_scores(prepared, federation)
+    if config.federation.tiers:
+        metrics["tiers"] = _tier_summary(simulated.ledger, method)
     metrics["final"] = final_metrics(metrics)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     shutil.rmtree(out_dir / "checkpoint", ignore_errors=True)  # the run is complete; model/ holds its state
@@ -332,6 +339,26 @@ def record(
         metrics["mlflow_run_id"] = run_id
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
+
+
+def _tier_summary(ledger, method: Method) -> dict[str, Any]:
+    """The ledger's costs per resource tier, with a warning for each memory budget a tier's clients exceeded."""
+    summary = ledger.tier_summary(method.tiers)
+    measures = {
+        "state_exceeds_budget": ("max_state_mb", "training state (parameters, gradients, optimizer)"),
+        "peak_memory_exceeds_budget": ("max_peak_memory_mb", "peak memory of the training process"),
+    }
+    for name, tier in summary.items():
+        for flag, (measure, what) in measures.items():
+            if tier[flag]:
+                log.warning(
+                    "tier %s: %s %.1f MB exceeds its budget of %.1f MB",
+                    name,
+                    what,
+                    tier[measure],
+                    tier["memory_budget_mb"],
+                )
+    return summary
 
 
 def execute(prepared: PreparedRun, fresh: bool = False, runtime: Runtime | None = None) -> dict[str, Any]:

@@ -28,7 +28,9 @@ def load(name: str) -> dict:
     return yaml.safe_load((ROOT / "config" / name).read_text())
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "paper.yaml", "test.yaml", "vision.yaml", "test-vision.yaml"])
+@pytest.mark.parametrize(
+    "name", ["config.yaml", "paper.yaml", "test.yaml", "vision.yaml", "test-vision.yaml", "hetero.yaml"]
+)
 def test_shipped_configs_pass_the_schema(name):
     from snakemake.utils import validate
 
@@ -99,7 +101,8 @@ def test_config_readme_documents_every_schema_key():
 
 
 @pytest.mark.parametrize(
-    ("name", "runs", "starts"), [("config.yaml", 66, 1), ("paper.yaml", 513, 0), ("vision.yaml", 10, 1)]
+    ("name", "runs", "starts"),
+    [("config.yaml", 66, 1), ("paper.yaml", 564, 0), ("vision.yaml", 10, 1), ("hetero.yaml", 26, 1)],
 )
 def test_shipped_studies_plan_offline(tmp_path, name, runs, starts):
     result = snakemake(tmp_path, ROOT / "config" / name, "-n", "--quiet", "rules")

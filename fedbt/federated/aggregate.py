@@ -3,21 +3,29 @@
 Uploads are added one client at a time into a running sum, so the server never holds more than one
 payload plus the sums: peak memory does not grow with the number of clients. Each tensor is averaged over
 the clients that uploaded it, with weights renormalised per tensor (methods may upload different sets).
+An upload smaller than its global tensor is that tensor's leading block (a width slice, HeteroFL): then every
+element is averaged over the clients whose blocks hold it, and an element no client held keeps its global value.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 
+from fedbt.models import leading_block
+
 
 class WeightedAverage:
-    """Accumulates ``sum_k w_k * x_k`` and ``sum_k w_k`` per tensor name."""
+    """Accumulates ``sum_k w_k * x_k`` and ``sum_k w_k`` per tensor name (per element for width slices).
 
-    def __init__(self) -> None:
+    ``shapes`` are the global tensors' shapes; an upload of another shape is the leading block of its tensor.
+    """
+
+    def __init__(self, shapes: Mapping[str, Sequence[int]] | None = None) -> None:
+        self._shapes = {name: tuple(shape) for name, shape in (shapes or {}).items()}
         self._sums: dict[str, torch.Tensor] = {}
-        self._weights: dict[str, float] = {}
+        self._weights: dict[str, float | torch.Tensor] = {}
 
     def add(self, payload: Mapping[str, torch.Tensor], weight: float) -> None:
         """Add one client's upload with its weight (``n_k`` or 1)."""
@@ -25,16 +33,43 @@ class WeightedAverage:
             raise ValueError(f"aggregation weight must be > 0, got {weight}")
         for name, tensor in payload.items():
             value = tensor.detach().to(torch.float64) * weight
-            if name in self._sums:
-                self._sums[name] += value
-                self._weights[name] += weight
-            else:
+            full = self._shapes.get(name, tuple(tensor.shape))
+            if tuple(tensor.shape) != full:
+                self._add_block(name, value, weight, full)
+            elif name not in self._sums:
                 self._sums[name] = value
                 self._weights[name] = weight
+            else:
+                self._sums[name] += value
+                self._weights[name] += weight
 
-    def result(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-        """The weighted mean of every uploaded tensor."""
-        return {name: (total / self._weights[name]).to(dtype) for name, total in self._sums.items()}
+    def _add_block(self, name: str, value: torch.Tensor, weight: float, full: tuple[int, ...]) -> None:
+        """Add a leading block: per-element sums and weights over the whole tensor."""
+        if name not in self._sums:
+            self._sums[name] = torch.zeros(full, dtype=torch.float64, device=value.device)
+            self._weights[name] = torch.zeros(full, dtype=torch.float64, device=value.device)
+        elif not torch.is_tensor(self._weights[name]):  # full uploads so far: one weight for every element
+            self._weights[name] = torch.full(full, self._weights[name], dtype=torch.float64, device=value.device)
+        block = leading_block(value.shape)
+        self._sums[name][block] += value
+        self._weights[name][block] += weight
+
+    def result(
+        self, base: Mapping[str, torch.Tensor] | None = None, dtype: torch.dtype = torch.float32
+    ) -> dict[str, torch.Tensor]:
+        """The weighted mean of every uploaded tensor; elements of a width-sliced tensor that no client held take
+        their value from ``base`` (the current global tensors)."""
+        result = {}
+        for name, total in self._sums.items():
+            weights = self._weights[name]
+            if not torch.is_tensor(weights):
+                result[name] = (total / weights).to(dtype)
+                continue
+            if base is None:
+                raise ValueError(f"{name}: a width-sliced average needs the global tensors for uncovered elements")
+            kept = base[name].detach().to(total.device, torch.float64)
+            result[name] = torch.where(weights > 0, total / weights.clamp_min(1e-300), kept).to(dtype)
+        return result
 
     def __len__(self) -> int:
         return len(self._sums)

@@ -1,9 +1,21 @@
 """The interface a federated method implements, and the registry that finds methods by name.
 
 A method decides, for every round and client, *which* local model the client builds out of global layers
-and *which* global tensors it trains and uploads (a :class:`ClientPlan`). Everything else, loading the
-local model, training, counting bytes and FLOPs, aggregating, checkpointing, tracking, is done by the
-generic simulator, so one method is one small class. The same plans drive the weight-free cost tables.
+and *which* global tensors it trains and uploads (a :class:`ClientPlan`), given the client's resource
+:class:`~fedbt.federated.tiers.Tier`. Everything else, loading the local model, training, counting bytes and
+FLOPs, aggregating, checkpointing, tracking, is done by the generic simulator, so one method is one small
+class. The same plans drive the weight-free cost tables.
+
+Beyond the plan, a method may change local training and the server step through hooks (all optional):
+
+* client side (run where the client trains: in this process, or in a Flower ClientApp, so they depend only on
+  their arguments): :meth:`Method.local_optimizer` (the optimizer), :meth:`Method.local_loss` (an extra loss
+  term, e.g. FedProx's proximal term), :meth:`Method.client_state` (state a client keeps across its rounds,
+  e.g. FedDyn's or SCAFFOLD's correction terms; the server keeps it for the client and saves it in every
+  checkpoint, so a resumed run continues exactly);
+* server side: :meth:`Method.aggregate` (the weighted average of the uploads to new global tensors, e.g. a
+  server optimizer on the pseudo-gradient) with tensor state in :meth:`Method.state_tensors` (saved with every
+  checkpoint).
 
 Registering::
 
@@ -17,7 +29,7 @@ Registering::
         class Options:
             top_k: int = 2
 
-        def plan(self, round_idx, client_id):
+        def plan(self, round_idx, client_id, tier=FULL):
             ...
 """
 
@@ -27,20 +39,25 @@ import copy
 import dataclasses
 import importlib
 import importlib.util
+import inspect
 import pkgutil
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from fedbt.config import from_dict
 from fedbt.errors import ConfigError
-from fedbt.models import ModelArch
+from fedbt.federated.tiers import FULL, Tier
+from fedbt.models import ModelArch, leading_block
 from fedbt.seeding import derive_seed
+
+if TYPE_CHECKING:
+    from fedbt.config import LocalConfig
 
 
 @dataclass(frozen=True)
@@ -58,6 +75,15 @@ class ClientPlan:
     """Local positions that keep the copy of their global layer the client made from the *starting*
     model (not refreshed from the current global model, nothing downloaded for them). A stale copy is never
     trained or uploaded, even when its global layer is trainable at another position."""
+    sub_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict, hash=False)
+    """Width slices (HeteroFL): global tensor -> the shape of the leading block ``tensor[:s0, :s1, ...]`` the
+    client holds instead of the whole tensor. It downloads, trains and uploads only that block; the server
+    averages every element over the clients whose blocks hold it."""
+
+    def block(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """The part of global tensor ``name`` the client holds: its leading block, or all of it."""
+        shape = self.sub_shapes.get(name)
+        return tensor if shape is None else tensor[leading_block(shape)]
 
     def download_names(self, arch: ModelArch) -> list[str]:
         """Global parameter names the client downloads to build its local model (each counted once)."""
@@ -76,6 +102,26 @@ class ClientPlan:
         return any(n in self.trainable for n in arch.layer_params(self.layer_map[position]))
 
 
+@dataclass
+class LocalContext:
+    """What the client-side hooks see of one client's local training."""
+
+    round_idx: int
+    client_id: int
+    plan: ClientPlan
+    model: nn.Module
+    """The local model being trained."""
+    trained: list[tuple[str, nn.Parameter]]
+    """The trained local parameters with their global names (a global layer held at several positions appears
+    once per position)."""
+    start: dict[str, torch.Tensor]
+    """The received values of the trained tensors by global name: the global model's (or their blocks)."""
+    state: dict[str, torch.Tensor]
+    """The client's state from its last round (:meth:`Method.client_state`; empty in its first)."""
+    steps: int
+    lr: float
+
+
 class Method:
     """Base class of federated methods; subclasses set the class attributes and implement :meth:`plan`."""
 
@@ -91,19 +137,51 @@ class Method:
     class Options:
         """Method options (``method.options`` in the config); a subclass declares its own dataclass."""
 
-    def __init__(self, arch: ModelArch, rounds: int, seed: int, options: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        arch: ModelArch,
+        rounds: int,
+        seed: int,
+        options: Mapping[str, Any] | None = None,
+        tiers: Sequence[Tier] = (FULL,),
+    ):
         self.arch = arch
         self.rounds = rounds
         self.seed = seed
+        self.tiers = tuple(tiers) or (FULL,)
+        """The run's resource tiers (for validation and cost tables; a client's own tier comes with its plan call)."""
         self.options = from_dict(self.Options, dict(options or {}), "method.options")
+        self._check_tier_depths()
         self.validate()
 
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` for impossible settings; called before any training."""
+    def _check_tier_depths(self) -> None:
+        for tier in self.tiers:
+            if tier.local_layers is not None and tier.local_layers > self.arch.num_layers:
+                raise ConfigError(
+                    f"{tier.key}.local_layers",
+                    f"L_k = {tier.local_layers} exceeds the global model's {self.arch.num_layers} layers",
+                )
 
-    def plan(self, round_idx: int, client_id: int) -> ClientPlan:
-        """The plan of ``client_id`` in round ``round_idx`` (0-based). Must be deterministic."""
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for impossible settings (including ones of ``self.tiers``); called before any
+        training."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._plan_takes_tier = len(inspect.signature(cls.plan).parameters) >= 4
+
+    def plan(self, round_idx: int, client_id: int, tier: Tier = FULL) -> ClientPlan:
+        """The plan of ``client_id`` (of resource tier ``tier``) in round ``round_idx`` (0-based). Must be
+        deterministic. A method that does not scale with client resources may declare ``plan(round_idx,
+        client_id)`` without the tier: all its clients then get the same kind of plan."""
         raise NotImplementedError
+
+    def client_plan(self, round_idx: int, client_id: int, tier: Tier = FULL) -> ClientPlan:
+        """The plan of a client of tier ``tier``: :meth:`plan`, given the tier if it takes one (what the
+        simulator and the cost tables call)."""
+        if self._plan_takes_tier:
+            return self.plan(round_idx, client_id, tier)
+        return self.plan(round_idx, client_id)
 
     @classmethod
     def starting_model(cls, options: Mapping[str, Any], source: str) -> str:
@@ -129,11 +207,38 @@ class Method:
         """The tensors an :meth:`encode`-d message stands for."""
         return dict(encoded)
 
+    # -------------------------------------------------------------- client side: local training hooks
+
+    def local_optimizer(self, model: nn.Module, local: LocalConfig) -> torch.optim.Optimizer | None:
+        """The optimizer of one client's local training over ``model``'s trainable parameters, made afresh every
+        round (None: AdamW with ``local.lr`` and ``local.weight_decay``, no decay on 1-D tensors)."""
+        return None
+
+    def local_loss(self, client: LocalContext) -> torch.Tensor | None:
+        """An extra term added to the objective's loss at every local step (None: none). The ledger's train loss
+        stays the objective's own."""
+        return None
+
+    def client_state(self, client: LocalContext) -> dict[str, torch.Tensor]:
+        """What the client keeps for its next round, computed after local training (default: nothing). It comes
+        back as ``client.state`` in the client's next round; it never counts as communication."""
+        return {}
+
+    # --------------------------------------------------------------------------- server side: the step
+
     def aggregate(
         self, global_params: Mapping[str, torch.Tensor], averaged: Mapping[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
-        """Turn the weighted average of the uploads into the new global tensors (default: take it)."""
+        """Turn the weighted average of the uploads into the new global tensors (default: take it). A server
+        optimizer keeps its state in attributes and returns them from :meth:`state_tensors`."""
         return dict(averaged)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Tensor state of the server step (e.g. optimizer moments), saved with every checkpoint (default: none)."""
+        return {}
+
+    def load_state_tensors(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Restore what :meth:`state_tensors` returned, when a run resumes."""
 
     def deploy(self, global_model: nn.Module) -> nn.Module:
         """The model saved and evaluated after training (default: the global model itself)."""
@@ -227,8 +332,9 @@ def create_method(
     seed: int,
     options: Mapping[str, Any] | None,
     scenario: str,
+    tiers: Sequence[Tier] = (FULL,),
 ) -> Method:
-    """Instantiate and validate a method for a scenario, before any training.
+    """Instantiate and validate a method for a scenario and the run's resource tiers, before any training.
 
     Given a model (a meta-device one is enough), the method's arch is that of the model as the method
     prepares it (e.g. with LoRA adapters), computed on a copy.
@@ -240,8 +346,8 @@ def create_method(
             f"{name} does not support scenario {scenario!r}; it supports: {', '.join(cls.scenarios)}",
         )
     if isinstance(model, ModelArch):
-        return cls(model, rounds, seed, options)
-    method = cls(ModelArch.from_model(model), rounds, seed, options)
+        return cls(model, rounds, seed, options, tiers)
+    method = cls(ModelArch.from_model(model), rounds, seed, options, tiers)
     prepared = ModelArch.from_model(method.prepare_model(copy.deepcopy(model)))
     if prepared != method.arch:
         method.arch = prepared

@@ -15,6 +15,13 @@ checkpoint, so the model it saves is the model it reports.
 Where clients train is a :class:`Runtime`: :class:`InProcess` trains them one after the other in this
 process; :mod:`fedbt.flower` sends the same tasks to Flower ClientApps, which train them with the same
 :class:`LocalTrainer`.
+
+Resource tiers: each client's :class:`~fedbt.federated.tiers.Tier` (dealt by seed, ``setup.tiers``) goes to
+``method.plan``; the ledger row names it. Method hooks run where they belong: the local optimizer, the extra
+loss term and the client's state in :class:`LocalTrainer` (the state travels in the task and the update, is kept
+here per client and saved in every checkpoint, and is never counted as communication), the server step in
+``method.aggregate`` (its tensor state saved in every checkpoint). A plan with width slices (``sub_shapes``)
+downloads, trains and uploads leading blocks; the average takes every element over the clients that hold it.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,7 +43,8 @@ from fedbt.config import LocalConfig
 from fedbt.costs import analytic_train_flops
 from fedbt.errors import FedBTError
 from fedbt.federated.aggregate import WeightedAverage, client_weight
-from fedbt.federated.method import ClientPlan, Method
+from fedbt.federated.method import ClientPlan, LocalContext, Method
+from fedbt.federated.tiers import FULL, Tier
 from fedbt.ledger import IDLE, NO_DATA, Ledger, LedgerRow, format_layers, payload_nbytes
 from fedbt.models import (
     ModelArch,
@@ -44,6 +52,7 @@ from fedbt.models import (
     extract_to_global,
     load_from_global,
     local_to_global_names,
+    slice_parameters,
 )
 from fedbt.progress import progress
 from fedbt.seeding import derive_seed
@@ -68,6 +77,8 @@ class SimulationSetup:
     aggregation: str
     seed: int
     device: torch.device
+    tiers: Sequence[Tier] = ()
+    """Each client's resource tier (empty: no tiers, every client holds the whole model)."""
 
 
 @dataclass
@@ -84,6 +95,8 @@ class ClientTask:
     plan: ClientPlan
     download: dict[str, torch.Tensor]
     """The downloaded global tensors as the method encodes them (what travels)."""
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
+    """The client's own state from its last round (:meth:`Method.client_state`; not communication)."""
 
 
 @dataclass
@@ -93,6 +106,8 @@ class ClientUpdate:
     upload: dict[str, torch.Tensor]
     """The trained tensors as the method encodes them (what travels)."""
     row: LedgerRow
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
+    """The client's state for its next round (not communication)."""
 
 
 class LocalTrainer:
@@ -115,38 +130,75 @@ class LocalTrainer:
         self.initial_params = (
             {n: p.detach().clone() for n, p in template.named_parameters()} if method.uses_stale_layers else {}
         )
-        self._local_models: dict[int, nn.Module] = {}
+        self._local_models: dict[tuple, nn.Module] = {}
+        self._loss_hook = type(method).local_loss is not Method.local_loss
+        # the hooks that read the start values and the client's state (others need no copies of them)
+        self._client_hooks = self._loss_hook or type(method).client_state is not Method.client_state
 
     def train(self, task: ClientTask) -> ClientUpdate:
-        """Train client ``task.client_id`` on its data from the tensors of ``task``: its encoded upload and row."""
+        """Train client ``task.client_id`` on its data from the tensors of ``task``: its encoded upload, ledger row
+        and new state."""
         setup, local, method, plan = self.setup, self.setup.local, self.method, task.plan
-        round_idx, client_id = task.round_idx, task.client_id
-        examples = self.clients[client_id]
-        row = LedgerRow(round=round_idx, client=client_id, examples=len(examples))
-        model, name_map = self._prepare_local_model(plan, method.decode(task.download))
-        steps = loop.steps_for(len(examples), local.batch_size, local.epochs, local.steps)
-        if local.steps is not None:
-            steps = max(1, round(steps * self.steps_scale))
-        torch.manual_seed(derive_seed(setup.seed, DROPOUT, round_idx, client_id))
+        examples = self.clients[task.client_id]
+        received = method.decode(task.download)
+        model, name_map = self._prepare_local_model(plan, received)
+        fresh = {n: g for n, g in name_map.items() if not self._is_stale(n, plan)}
+        context = self._context(task, model, fresh, received, self._steps(len(examples)))
+        optimizer = method.local_optimizer(model, local) or loop.adamw(model, local.lr, local.weight_decay)
+        torch.manual_seed(derive_seed(setup.seed, DROPOUT, task.round_idx, task.client_id))
         result = loop.train(
             model,
             setup.objective,
             examples,
-            steps=steps,
+            steps=context.steps,
             batch_size=local.batch_size,
             lr=local.lr,
             weight_decay=local.weight_decay,
-            generator=torch.Generator().manual_seed(derive_seed(setup.seed, DATA, round_idx, client_id)),
+            generator=torch.Generator().manual_seed(derive_seed(setup.seed, DATA, task.round_idx, task.client_id)),
             device=setup.device,
             precision=local.precision,
             max_grad_norm=local.max_grad_norm,
             flop_count_steps=local.flop_count_steps,
+            optimizer=optimizer,
+            extra_loss=(lambda: method.local_loss(context)) if self._loss_hook else None,
             group_by_length=local.group_by_length,
             flops_model=lambda shapes: self._analytic_flops(plan, shapes),
         )
-        fresh = {n: g for n, g in name_map.items() if not self._is_stale(n, plan)}
         upload = method.encode(extract_to_global(model, fresh, plan.trainable))
-        if method.transmits:
+        row = self._row(task, len(examples), result, upload)
+        row.state_bytes = loop.training_state_bytes(model, optimizer)
+        new_state = {n: t.detach().cpu() for n, t in method.client_state(context).items()}
+        return ClientUpdate(upload, row, new_state)
+
+    def _steps(self, examples: int) -> int:
+        """Local steps of a client with ``examples`` examples (a fixed budget scales with the clients pooled)."""
+        local = self.setup.local
+        steps = loop.steps_for(examples, local.batch_size, local.epochs, local.steps)
+        return max(1, round(steps * self.steps_scale)) if local.steps is not None else steps
+
+    def _context(
+        self,
+        task: ClientTask,
+        model: nn.Module,
+        fresh: Mapping[str, str],
+        received: Mapping[str, torch.Tensor],
+        steps: int,
+    ) -> LocalContext:
+        """What the client-side hooks see; the received values and the state only for methods whose hooks read them."""
+        device = self.setup.device
+        trained = [(fresh[n], p) for n, p in model.named_parameters() if p.requires_grad]
+        hooks = self._client_hooks
+        start = {g: received[g].detach().to(device) for g, _ in trained} if hooks else {}
+        state = {n: t.to(device) for n, t in task.state.items()} if hooks else {}
+        return LocalContext(
+            task.round_idx, task.client_id, task.plan, model, trained, start, state, steps, self.setup.local.lr
+        )
+
+    def _row(self, task: ClientTask, examples: int, result: loop.TrainResult, upload: Mapping) -> LedgerRow:
+        """The client's ledger row (the server adds the download and the tier)."""
+        plan = task.plan
+        row = LedgerRow(round=task.round_idx, client=task.client_id, examples=examples)
+        if self.method.transmits:
             row.upload_params, row.upload_bytes = payload_nbytes(upload)
         row.steps, row.tokens = result.steps, result.tokens
         row.trained_layers = format_layers(plan.trained_layers(self.arch))
@@ -154,7 +206,7 @@ class LocalTrainer:
         row.analytic_flops = self._analytic_flops(plan, result.shapes)
         row.seconds, row.wall_seconds = result.seconds, result.wall_seconds
         row.peak_memory_bytes, row.train_loss = result.peak_memory_bytes, result.mean_loss
-        return ClientUpdate(upload, row)
+        return row
 
     def _analytic_flops(self, plan: ClientPlan, shapes: Mapping[int, Sequence[int]]) -> int:
         """Exact analytic FLOPs of steps of the given shapes (padded length -> sequences, predicted tokens)."""
@@ -168,15 +220,20 @@ class LocalTrainer:
     def _prepare_local_model(
         self, plan: ClientPlan, received: Mapping[str, torch.Tensor]
     ) -> tuple[nn.Module, dict[str, str]]:
-        """The cached local model of the plan's depth, loaded from the received tensors, grads set."""
+        """The cached local model of the plan's depth (and width slices), loaded from the received tensors, grads
+        set."""
         depth = len(plan.layer_map)
-        if depth not in self._local_models:
-            model = self.method.prepare_model(build_local_model(self.template, depth))
+        name_map = local_to_global_names(self.arch, plan.layer_map)
+        shapes = {n: plan.sub_shapes[g] for n, g in name_map.items() if g in plan.sub_shapes}
+        key = (depth, *sorted(shapes.items()))
+        if key not in self._local_models:
+            model = build_local_model(self.template, depth)
+            slice_parameters(model, shapes)
+            model = self.method.prepare_model(model)
             if self.setup.local.compile:
                 model.compile(dynamic=True)  # in place: parameter names stay those of the model
-            self._local_models[depth] = model
-        model = self._local_models[depth]
-        name_map = local_to_global_names(self.arch, plan.layer_map)
+            self._local_models[key] = model
+        model = self._local_models[key]
         stale = {n: g for n, g in name_map.items() if self._is_stale(n, plan)}
         load_from_global(model, received, {n: g for n, g in name_map.items() if n not in stale})
         load_from_global(model, self.initial_params, stale)
@@ -216,6 +273,16 @@ class InProcess:
         return {"name": self.name}
 
 
+HOOKS = ("local_optimizer", "local_loss", "client_state", "aggregate")
+
+
+def training_rule(method: Method) -> list:
+    """What besides the plans decides a method's training, for the plan digests: the hooks it overrides, with its
+    name and options (empty for a method without hooks, so two such methods with equal plans share digests)."""
+    hooks = [hook for hook in HOOKS if getattr(type(method), hook) is not getattr(Method, hook)]
+    return [{"hooks": hooks, "method": method.name, "options": method.options_dict()}] if hooks else []
+
+
 class Simulator:
     """Runs the rounds of one method on one global model, resuming from the last completed round."""
 
@@ -247,6 +314,11 @@ class Simulator:
         self.arch = self.trainer.arch
         self.clients = self.trainer.clients
         self.global_params = dict(global_model.named_parameters())
+        self.shapes = {n: tuple(p.shape) for n, p in self.global_params.items()}
+        # a method that pools the clients (centralised training) trains in one place: no tiers there
+        self.tiers = list(setup.tiers) if len(setup.tiers) == len(self.clients) else []
+        self.client_states: dict[int, dict[str, torch.Tensor]] = {}
+        self._rule = training_rule(method)
         self.records: list[dict] = []
         self.select = select
         self.best_round: int | None = None
@@ -294,7 +366,7 @@ class Simulator:
 
     def _run_round(self, round_idx: int) -> dict:
         started = time.perf_counter()
-        average = WeightedAverage()
+        average = WeightedAverage(self.shapes)
         rows: list[LedgerRow] = []
         plans = []
         clients = self.selected_clients(round_idx)
@@ -305,7 +377,7 @@ class Simulator:
             plans.append(self._plan_summary(round_idx, row.client, row))
             del payload
         if len(average):
-            self._write_global(self.method.aggregate(self.global_params, average.result()))
+            self._write_global(self.method.aggregate(self.global_params, average.result(self.global_params)))
         self.ledger.append(rows)
         trained = [r for r in rows if r.steps]
         total_examples = sum(r.examples for r in trained)
@@ -319,7 +391,7 @@ class Simulator:
             "client_wall_seconds": sum(r.wall_seconds for r in rows),
             "measured_flops": sum(r.measured_flops for r in rows),
             "analytic_flops": sum(r.analytic_flops for r in rows),
-            "plan_sha256": hashlib.sha256(json.dumps(plans).encode()).hexdigest(),
+            "plan_sha256": hashlib.sha256(json.dumps(plans + self._rule).encode()).hexdigest(),
         }
         if self.round_eval is not None:
             record.update(self.round_eval(self.method.deploy(self.global_model)))
@@ -334,8 +406,8 @@ class Simulator:
     def _plan_summary(self, round_idx: int, client_id: int, row: LedgerRow) -> list:
         """What a client did, for the round's plan digest: its plan, status and upload size. Two runs with equal
         digests in every round trained and sent exactly the same tensors (the report warns about such rows)."""
-        plan = self.method.plan(round_idx, client_id)
-        return [
+        plan = self.plan(round_idx, client_id)
+        summary = [
             client_id,
             list(plan.layer_map),
             sorted(plan.trainable),
@@ -343,6 +415,9 @@ class Simulator:
             row.status,
             row.upload_bytes,
         ]
+        if plan.sub_shapes:
+            summary.append(sorted(plan.sub_shapes.items()))
+        return summary
 
     def train_client(self, round_idx: int, client_id: int) -> tuple[dict[str, torch.Tensor], LedgerRow]:
         """Train one client in one round from the current global model: its (decoded) upload and ledger row.
@@ -357,12 +432,22 @@ class Simulator:
 
     # ------------------------------------------------------------- the server's side of one client
 
+    def tier_of(self, client_id: int) -> Tier:
+        """The client's resource tier (:data:`~fedbt.federated.tiers.FULL` without tiers)."""
+        return self.tiers[client_id] if self.tiers else FULL
+
+    def plan(self, round_idx: int, client_id: int) -> ClientPlan:
+        """The method's plan for the client, given its tier."""
+        return self.method.client_plan(round_idx, client_id, self.tier_of(client_id))
+
     def client_task(self, round_idx: int, client_id: int) -> ClientTask:
-        """The client's plan for the round and the global tensors it downloads, encoded by the method."""
-        plan = self.method.plan(round_idx, client_id)
-        task = ClientTask(round_idx, client_id, plan, {})
+        """The client's plan for the round, the global tensors (or blocks) it downloads, encoded by the method, and
+        the state it kept from its last round."""
+        plan = self.plan(round_idx, client_id)
+        task = ClientTask(round_idx, client_id, plan, {}, self.client_states.get(client_id, {}))
         if not self.sits_out(task):
-            task.download = self.method.encode({n: self.global_params[n] for n in plan.download_names(self.arch)})
+            names = plan.download_names(self.arch)
+            task.download = self.method.encode({n: plan.block(n, self.global_params[n]) for n in names})
         return task
 
     def sits_out(self, task: ClientTask) -> bool:
@@ -373,13 +458,19 @@ class Simulator:
         """The ledger row of a client that sat the round out, saying why (``status``)."""
         examples = len(self.clients[task.client_id])
         status = NO_DATA if not examples else IDLE
-        return LedgerRow(round=task.round_idx, client=task.client_id, examples=examples, status=status)
+        row = LedgerRow(round=task.round_idx, client=task.client_id, examples=examples, status=status)
+        row.tier = self.tier_of(task.client_id).name if self.tiers else ""
+        return row
 
     def receive(self, task: ClientTask, update: ClientUpdate) -> tuple[dict[str, torch.Tensor], LedgerRow]:
-        """A client's update as the server takes it: the decoded upload and the row with the download counted."""
+        """A client's update as the server takes it: the decoded upload and the row with the download counted and
+        the tier named; the client's new state is kept for its next round."""
         row = update.row
+        row.tier = self.tier_of(task.client_id).name if self.tiers else ""
         if self.method.transmits:
             row.download_params, row.download_bytes = payload_nbytes(task.download)
+        if update.state:
+            self.client_states[task.client_id] = update.state
         return self.method.decode(update.upload), row
 
     def _write_global(self, tensors: Mapping[str, torch.Tensor]) -> None:
@@ -400,6 +491,8 @@ class Simulator:
                 params=self.global_params,
                 best_round=self.best_round,
                 best_params=self.best_params,
+                method_tensors=self.method.state_tensors(),
+                client_states=self.client_states,
             ),
         )
 
@@ -413,6 +506,8 @@ class Simulator:
         self.method.load_state_dict(checkpoint.method_state)
         self.records = checkpoint.records
         self.best_round, self.best_params = checkpoint.best_round, checkpoint.best_params
+        self.method.load_state_tensors(checkpoint.method_tensors)
+        self.client_states = checkpoint.client_states
         self.ledger.truncate_after(checkpoint.completed_round)
         log.info("resuming after round %d from %s", checkpoint.completed_round, self.checkpoint_dir)
         return checkpoint.completed_round + 1

@@ -22,7 +22,11 @@ Ablations (method.md 1.3), each registered under its own name. ``fedbt-no-s``, `
 ``fedbt-no-sp`` sequential schedule ``l(i) = i`` (one new layer per round)
 =============== ==========================================================================================
 
-The local depth is the option ``local_layers`` (default ``L_G // 2``: 6 for BERT-base, 3 for MiniLM).
+The local depth is the option ``local_layers`` (default ``L_G // 2``: 6 for BERT-base, 3 for MiniLM). With
+resource tiers (``federation.tiers``) each client builds a local model of its own tier's ``L_k`` (a tier without
+``local_layers`` takes the option): deep sampling fills positions ``l+1..L_k-1`` of that client's model, so
+every client trains and uploads layer ``l`` and the head, and weaker clients run fewer deep layers forward.
+Every tier's ``L_k`` must exceed the deepest layer of the schedule.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import torch
 
 from fedbt.errors import ConfigError
 from fedbt.federated.method import ClientPlan, Method, register
+from fedbt.federated.tiers import FULL, Tier
 
 SAMPLING = 11  # tag of the deep-sampling random stream
 
@@ -87,13 +92,20 @@ class FedBTPretrain(Method):
             )
         self.schedule = self.layer_schedule(self.rounds)
         deepest = max(self.schedule)
-        if deepest >= self.local_layers:
-            raise ConfigError(
-                "method.options.local_layers",
-                f"the {self.schedule_kind} schedule for {self.rounds} rounds reaches layer l = {deepest}, which needs "
-                f"L_k > {deepest}, but L_k = {self.local_layers}; raise local_layers (<= {global_layers}) or lower "
-                f"federation.rounds",
-            )
+        for tier in self.tiers:
+            depth = self.depth_of(tier)
+            if deepest >= depth:
+                key = f"{tier.key}.local_layers" if tier.local_layers else "method.options.local_layers"
+                raise ConfigError(
+                    key,
+                    f"the {self.schedule_kind} schedule for {self.rounds} rounds reaches layer l = {deepest}, which "
+                    f"needs L_k > {deepest}, but L_k = {depth}; raise local_layers (<= {global_layers}) or lower "
+                    f"federation.rounds",
+                )
+
+    def depth_of(self, tier: Tier) -> int:
+        """``L_k`` of a client of ``tier``: the tier's ``local_layers``, else the option's."""
+        return tier.local_layers or self.local_layers
 
     def layer_schedule(self, rounds: int) -> list[int]:
         """The trained global layer ``l(i)`` of every round."""
@@ -103,23 +115,23 @@ class FedBTPretrain(Method):
             return list(range(rounds))
         return progressive_schedule(rounds)
 
-    def deep_layers(self, layer: int, round_idx: int, client_id: int) -> list[int]:
-        """Global layers at local positions ``layer+1..L_k-1``."""
-        count = self.local_layers - layer - 1
+    def deep_layers(self, layer: int, round_idx: int, client_id: int, depth: int) -> list[int]:
+        """Global layers at local positions ``layer+1..depth-1``."""
+        count = depth - layer - 1
         if not self.sampling:
             return list(range(layer + 1, layer + 1 + count))
         generator = self.generator(SAMPLING, round_idx, client_id)
         return sample_deep_layers(generator, layer + 1, self.arch.num_layers, count)
 
-    def plan(self, round_idx: int, client_id: int) -> ClientPlan:
-        layer = self.schedule[round_idx]
+    def plan(self, round_idx: int, client_id: int, tier: Tier = FULL) -> ClientPlan:
+        layer, depth = self.schedule[round_idx], self.depth_of(tier)
         stale: frozenset[int] = frozenset()
         if self.refresh_deep:
-            deep = self.deep_layers(layer, round_idx, client_id)
+            deep = self.deep_layers(layer, round_idx, client_id, depth)
         else:  # keep the deep layers sampled in round 0 at the positions they had then
-            first = [0, *self.deep_layers(self.schedule[0], 0, client_id)]
+            first = [0, *self.deep_layers(self.schedule[0], 0, client_id, depth)]
             deep = first[layer + 1 :]
-            stale = frozenset(range(layer + 1, self.local_layers)) if round_idx > 0 else frozenset()
+            stale = frozenset(range(layer + 1, depth)) if round_idx > 0 else frozenset()
         layer_map = (*range(layer + 1), *deep)
         if self.train_all:
             trainable = ClientPlan(layer_map, frozenset()).download_names(self.arch)

@@ -9,6 +9,11 @@ The local model has depth ``L_k`` (default ``L_G``): its top holds global layers
 ``L_k - (L_G - l)`` positions hold global layers ``0, 1, ...`` (``fedbt-ft``) or layers sampled with
 replacement from ``{0..l-1}`` and sorted (``fedbt-ft-map``). ``fedbt-ft-no-add`` (``\\Add``) trains only
 layer ``l`` and the head each round.
+
+With resource tiers (``federation.tiers``) each client's local model has its own tier's depth ``L_k`` (a tier
+without ``local_layers`` takes the option) and the cycle respects it: a client trains the round's block
+``l_k..L_G-1`` with ``l_k = max(l, L_G - L_k)``, i.e. in a round whose block is deeper than ``L_k`` layers it
+trains the top ``L_k`` layers of the block and holds no lower layers. A tier's ``L_k`` may be below ``c``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import ClassVar
 
 from fedbt.errors import ConfigError
 from fedbt.federated.method import ClientPlan, Method, register
+from fedbt.federated.tiers import FULL, Tier
 from fedbt.methods.fedbt import sample_deep_layers
 
 SAMPLING = 12  # tag of the lower-layer sampling random stream
@@ -54,17 +60,22 @@ class FedBTFinetune(Method):
             )
         self.schedule = cyclic_schedule(global_layers, self.cycle, self.rounds)
 
-    def lower_layers(self, lowest: int, round_idx: int, client_id: int) -> list[int]:
+    def depth_of(self, tier: Tier) -> int:
+        """``L_k`` of a client of ``tier``: the tier's ``local_layers``, else the option's."""
+        return tier.local_layers or self.local_layers
+
+    def lower_layers(self, lowest: int, round_idx: int, client_id: int, depth: int) -> list[int]:
         """Global layers at the local positions below the trained top part."""
-        count = self.local_layers - (self.arch.num_layers - lowest)
+        count = depth - (self.arch.num_layers - lowest)
         if not self.sample_lower:
             return list(range(count))
         return sample_deep_layers(self.generator(SAMPLING, round_idx, client_id), 0, lowest, count)
 
-    def plan(self, round_idx: int, client_id: int) -> ClientPlan:
-        lowest = self.schedule[round_idx]
+    def plan(self, round_idx: int, client_id: int, tier: Tier = FULL) -> ClientPlan:
+        depth = self.depth_of(tier)
+        lowest = max(self.schedule[round_idx], self.arch.num_layers - depth)
         top = list(range(lowest, self.arch.num_layers))
-        layer_map = (*self.lower_layers(lowest, round_idx, client_id), *top)
+        layer_map = (*self.lower_layers(lowest, round_idx, client_id, depth), *top)
         trained_layers = [lowest] if self.train_only_lowest else top
         trainable = [n for layer in trained_layers for n in self.arch.layer_params(layer)] + self.arch.head_params()
         return ClientPlan(layer_map=layer_map, trainable=frozenset(trainable))

@@ -54,7 +54,10 @@ def build_report(spec: Spec, out: str | Path) -> list[Path]:
     schedules = {}
     for table in spec.tables:
         table, lr_choices = choose_learning_rates(table, results)
-        ratios = {row.variant: costs.upload_pct(row.bert_base, table.scenario, table.base_arch) for row in table.rows}
+        ratios = {
+            row.variant: costs.upload_pct(row.bert_base, table.scenario, table.base_arch, table.base_tiers)
+            for row in table.rows
+        }
         data = build_table(table, results, ratios, lr_choices)
         for path, text in (
             (out / "tables" / f"{table.name}.md", to_markdown(data)),

@@ -54,6 +54,8 @@ class RunResult:
     costs: RunCosts
     upload_bytes_total: float
     plan_sha256: str | None
+    tiers: dict[str, dict[str, Any]] | None = None
+    """Costs per resource tier (``metrics.json``'s ``tiers``; None for a run without tiers)."""
 
     @property
     def headline(self) -> str:
@@ -140,4 +142,5 @@ def load_run(path: str | Path) -> RunResult:
         costs=_costs(metrics["costs"]),
         upload_bytes_total=float(metrics["costs"]["total_upload_bytes"]),
         plan_sha256=metrics.get("plan_sha256"),
+        tiers=metrics.get("tiers"),
     )

@@ -49,6 +49,8 @@ class Table:
     reference: str = "fedavg"
     base_arch: str = "bert-base-uncased"
     """The full-size architecture of the exact upload-ratio column (bert-base-uncased; vit-base for vision)."""
+    base_tiers: list[dict[str, Any]] | None = None
+    """Resource tiers on ``base_arch`` for that column (a study with tiers): the column is their mix."""
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,23 @@ class Costs:
 
 
 @dataclass(frozen=True)
+class TierCosts:
+    """A row's costs for the clients of one resource tier, per client-round of the tier (mean over the row's runs;
+    a round a client sat out costs 0), in percent of the reference row's same tier, and its memory."""
+
+    flops_per_client_round: float | None
+    flops_pct: float | None
+    upload_mb_per_client_round: float | None
+    upload_pct: float | None
+    state_mb: float | None
+    """The largest training state (parameters, gradients, optimizer state) of a client of the tier."""
+    peak_memory_mb: float | None
+    memory_budget_mb: float | None
+    state_exceeds_budget: bool | None
+    peak_memory_exceeds_budget: bool | None
+
+
+@dataclass(frozen=True)
 class TableRow:
     """The numbers of one row, ready to print."""
 
@@ -70,6 +87,8 @@ class TableRow:
     """Digest of the plans of all the row's runs (by data set and seed): equal digests, equal training."""
     lr: dict[str, LrChoice]
     """For a study with an ``lr_grid``: the learning rate chosen on dev per data set (empty otherwise)."""
+    tiers: dict[str, TierCosts] | None = None
+    """Per resource tier (None: the table's runs have no tiers)."""
 
 
 def _mean(values: list[float]) -> float | None:
@@ -108,6 +127,53 @@ def _costs(row: Row, reference: Row | None, results: Mapping[str, RunResult]) ->
         upload_mb_per_client_round=ours["upload_mb"],
         upload_pct=_pct(ours["upload_mb"], ref["upload_mb"]),
     )
+
+
+def tier_names(table: Table, results: Mapping[str, RunResult]) -> list[str]:
+    """The resource tiers of the table's runs, in config order (empty: no run has tiers)."""
+    names: list[str] = []
+    for row in table.rows:
+        for run in _runs(row, results):
+            names += [name for name in run.tiers or {} if name not in names]
+    return names
+
+
+def _tier_means(runs: list[RunResult], name: str) -> dict[str, Any]:
+    tiers = [run.tiers[name] for run in runs if run.tiers and name in run.tiers]
+    flags = [t["state_exceeds_budget"] for t in tiers if t["state_exceeds_budget"] is not None]
+    peaks = [t["peak_memory_exceeds_budget"] for t in tiers if t["peak_memory_exceeds_budget"] is not None]
+    return {
+        "flops": _mean([t["measured_flops_per_client_round"] for t in tiers]),
+        "upload": _mean([t["upload_mb_per_client_round"] for t in tiers]),
+        "state": max((t["max_state_mb"] for t in tiers), default=None),
+        "peak": max((t["max_peak_memory_mb"] for t in tiers), default=None),
+        "budget": next((t["memory_budget_mb"] for t in tiers), None),
+        "state_exceeds": any(flags) if flags else None,
+        "peak_exceeds": any(peaks) if peaks else None,
+    }
+
+
+def _tier_costs(
+    row: Row, reference: Row | None, names: list[str], results: Mapping[str, RunResult]
+) -> dict[str, TierCosts] | None:
+    if not names:
+        return None
+    costs = {}
+    for name in names:
+        ours = _tier_means(_runs(row, results), name)
+        ref = _tier_means(_runs(reference, results), name) if reference else dict.fromkeys(ours)
+        costs[name] = TierCosts(
+            flops_per_client_round=ours["flops"],
+            flops_pct=_pct(ours["flops"], ref["flops"]),
+            upload_mb_per_client_round=ours["upload"],
+            upload_pct=_pct(ours["upload"], ref["upload"]),
+            state_mb=ours["state"],
+            peak_memory_mb=ours["peak"],
+            memory_budget_mb=ours["budget"],
+            state_exceeds_budget=ours["state_exceeds"],
+            peak_memory_exceeds_budget=ours["peak_exceeds"],
+        )
+    return costs
 
 
 def _cell(samples: dict[str, float], reference: dict[str, float] | None, metric: str) -> Cell:
@@ -187,6 +253,7 @@ def build_table(
     lr_choices = lr_choices or {}
     reference = next((row for row in table.rows if row.variant == table.reference), None)
     metrics = {c.data: _metrics(table, c.data, results) for c in table.columns}
+    tiers = tier_names(table, results)
     rows = []
     for row in table.rows:
         paper_row = paper.paper_row(table.paper, row.paper_row)
@@ -210,6 +277,7 @@ def build_table(
                 paper_scores={c.data: paper_row.scores.get(c.label) if paper_row else None for c in table.columns},
                 plan_sha256=_plan(row, results),
                 lr=lr_choices.get(row.variant, {}),
+                tiers=_tier_costs(row, reference, tiers, results),
             )
         )
     devices = sorted({run.device.split(":")[0] for row in table.rows for run in _runs(row, results)})
@@ -277,6 +345,8 @@ def _header(data: TableData) -> list[str]:
     base = table.base_arch.removesuffix("-uncased")
     head = ["method", "FLOPs", "FLOP %", "analytic FLOP %", "CPU s" if data.device == "cpu" else "s", "s %"]
     head += ["upload MB", "upload %", f"{base} upload %", "paper compute %", "paper comm %"]
+    for name in (data.rows[0].tiers or {}) if data.rows else {}:
+        head += [f"{name} FLOPs", f"{name} FLOP %", f"{name} upload MB", f"{name} state MB"]
     for column in table.columns:
         name = column.data
         if data.has_lr_grid:
@@ -303,6 +373,14 @@ def _cells(data: TableData, row: TableRow, pm: str) -> list[str]:
         _num(row.paper_compute_pct, 2),
         _num(row.paper_comm_pct, 2),
     ]
+    for tier in (row.tiers or {}).values():
+        state = _num(tier.state_mb, 1) + (" !" if tier.state_exceeds_budget else "")
+        cells += [
+            _flops(tier.flops_per_client_round),
+            _num(tier.flops_pct, 1),
+            _num(tier.upload_mb_per_client_round, 2),
+        ]
+        cells.append(state)
     for column in data.table.columns:
         if data.has_lr_grid:
             choice = row.lr.get(column.data)
@@ -375,6 +453,20 @@ def notes(data: TableData) -> str:
         f"{WELCH}-test (here: {', '.join(tests) or 'none'}); – for n < 2. paper: {paper.SOURCE}"
         + (f", {table.paper.replace('table', 'Table ')}." if table.paper else "; no paper table.")
     )
+    if table.base_tiers:
+        mix = ", ".join(f"{t.get('share')} at L_k {t.get('local_layers', 'all')}" for t in table.base_tiers)
+        text += f" Here {base} upload % is the clients' mean with resource tiers on {table.base_arch} ({mix})."
+    if rows and rows[0].tiers:
+        budgets = ", ".join(
+            f"{name} {tier.memory_budget_mb:g} MB" for name, tier in rows[0].tiers.items() if tier.memory_budget_mb
+        )
+        text += (
+            f" Per tier (clients dealt to resource tiers by seed): FLOPs and upload MB per client-round of the tier "
+            f"(a round a client sat out costs 0), FLOP % of `{ref}`'s same tier; state MB: the largest training "
+            f"state of a client of the tier (its local model's parameters, the trained ones' gradients and the "
+            f"optimizer's state, counted from the tensors; activations excluded)"
+            + (f", marked ! where it exceeds the tier's memory budget ({budgets})." if budgets else ".")
+        )
     for group in identical_plans(rows):
         text += (
             f" Warning: {', '.join(group)} trained and sent exactly the same tensors in every round (equal plan "
@@ -449,6 +541,7 @@ def to_json(data: TableData) -> dict[str, Any]:
                 "scores": {data: {m: asdict(cell) for m, cell in cells.items()} for data, cells in row.scores.items()},
                 "plan_sha256": row.plan_sha256,
                 "lr": {data_set: asdict(choice) for data_set, choice in row.lr.items()},
+                **({"tiers": {n: asdict(t) for n, t in row.tiers.items()}} if row.tiers else {}),
             }
             for row in rows
         ],

@@ -192,16 +192,19 @@ def train(
     max_grad_norm: float | None = 1.0,
     flop_count_steps: int = 0,
     optimizer: torch.optim.Optimizer | None = None,
+    extra_loss: Callable[[], torch.Tensor | None] | None = None,
     group_by_length: bool = False,
     flops_model: Callable[[dict[int, list[int]]], int] | None = None,
 ) -> TrainResult:
     """Train ``model``'s trainable parameters for ``steps`` steps and measure the pass.
 
     A fresh AdamW (``lr``, ``weight_decay``) is made unless ``optimizer`` is given (to continue one across
-    several calls, e.g. epochs of centralised fine-tuning). ``group_by_length`` batches examples of similar length.
-    Measured FLOPs (counted on the first ``flop_count_steps`` steps) are scaled to all steps by ``flops_model`` (the
-    analytic FLOPs of given shapes: each step weighs by its own length, sequences and predicted tokens) or, without
-    one, by the positions (sequences x padded length) the steps compute.
+    several calls, e.g. epochs of centralised fine-tuning, or a method's own local optimizer). ``extra_loss``
+    (e.g. a proximal term) is added to the objective's loss at every step; the mean loss reported is the
+    objective's alone. ``group_by_length`` batches examples of similar length. Measured FLOPs (counted on the
+    first ``flop_count_steps`` steps) are scaled to all steps by ``flops_model`` (the analytic FLOPs of given
+    shapes: each step weighs by its own length, sequences and predicted tokens) or, without one, by the positions
+    (sequences x padded length) the steps compute.
     """
     model.train()
     optimizer = optimizer if optimizer is not None else adamw(model, lr, weight_decay)
@@ -225,7 +228,8 @@ def train(
         with counter or contextlib.nullcontext():
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss = objective.loss(model, batch)
-            loss.backward()
+            extra = extra_loss() if extra_loss is not None else None
+            (loss if extra is None else loss + extra).backward()
         if counter is not None:
             counted_flops += counter.get_total_flops()
             counted_positions += sequences * length
@@ -262,6 +266,18 @@ def train(
         peak_memory_bytes=peak.read(),
         shapes=shapes,
     )
+
+
+def training_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Bytes a client holds to train ``model``, activations excluded: every parameter, a gradient per trainable
+    parameter and the optimizer's state tensors (AdamW: two moments), counted from the tensors themselves
+    (deterministic, unlike peak memory)."""
+    params = list(model.parameters())
+    nbytes = sum(p.numel() * p.element_size() for p in params)
+    nbytes += sum(p.numel() * p.element_size() for p in params if p.requires_grad)
+    for state in optimizer.state.values():
+        nbytes += sum(t.numel() * t.element_size() for t in state.values() if torch.is_tensor(t) and t.dim() > 0)
+    return nbytes
 
 
 class ComputeClock:
