@@ -151,7 +151,7 @@ class StudyScope:
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> StudyScope:
-        """From ``{"name", "title", "data", "variants", "seeds"[, "lrs"]}`` (:meth:`fedbt.pipeline.Plan.study_scopes`)."""
+        """From ``{"name", "title", "data", "variants", "seeds"[, "lrs"]}`` as ``Plan.study_scopes`` gives it."""
         fields = ("data", "variants", "seeds", "lrs")
         return cls(spec["name"], spec["title"], *(tuple(spec.get(field, ())) for field in fields))
 
