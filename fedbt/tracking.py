@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import platform
+import re
 import signal
 import subprocess
 import threading
@@ -122,6 +123,12 @@ def ensure_experiment(uri: str, name: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ studies
+
+
+def logged_model_name(run_name: str) -> str:
+    """A run name as an MLflow logged-model name, which may not hold ``/ : . % " '`` (``cs-fedavg-lr0.0003-seed0``
+    becomes ``cs-fedavg-lr0_0003-seed0``)."""
+    return re.sub(r"[/:.%\"']", "_", run_name)
 
 
 @dataclass(frozen=True)
@@ -494,7 +501,7 @@ class RunTracker:
         model = _retry(
             lambda: client.create_logged_model(
                 self.experiment_id,
-                name=self.run_name,
+                name=logged_model_name(self.run_name),
                 source_run_id=self.run_id,
                 tags={"fedbt.format": "transformers save_pretrained", "method": self.tags["method"]},
                 model_type="transformers",
