@@ -43,7 +43,7 @@ def test_layout_is_spelled_in_one_place():
     assert layout.mlflow_uri == "sqlite:///out/mlflow.db"
 
 
-@pytest.mark.parametrize(("name", "runs"), [("config.yaml", 66), ("paper.yaml", 564), ("test.yaml", 4)])
+@pytest.mark.parametrize(("name", "runs"), [("config.yaml", 62), ("paper.yaml", 564), ("test.yaml", 4)])
 def test_shared_jobs_run_once_in_the_first_study(name, runs):
     plan = Plan(study_config(name))
     assert len(plan.jobs) == runs
