@@ -89,6 +89,11 @@ class Layout:
         return f"sqlite:///{self.results}/mlflow.db"
 
 
+def lr_label(lr: float) -> str:
+    """How a learning rate of a study's ``lr_grid`` names its runs: ``lr0.0003``, ``lr5e-05``."""
+    return f"lr{lr:g}"
+
+
 TOKEN_KEYS = (
     "scenario",
     "model.",
@@ -106,17 +111,24 @@ TOKEN_KEYS = (
 
 @dataclass(frozen=True)
 class Job:
-    """One ``fedbt run`` of the pipeline: ``study`` is the first study listing it (its run directory's)."""
+    """One ``fedbt run`` of the pipeline: ``study`` is the first study listing it (its run directory's); ``lr``
+    is set for the jobs of a study with an ``lr_grid`` (one job per learning rate)."""
 
     study: str
     scenario: str
     data: str
     variant: str
     seed: int
+    lr: float | None = None
 
     @property
-    def identity(self) -> tuple[str, str, str, int]:
-        return (self.scenario, self.data, self.variant, self.seed)
+    def identity(self) -> tuple[str, str, str, int, float | None]:
+        return (self.scenario, self.data, self.variant, self.seed, self.lr)
+
+    @property
+    def label(self) -> str:
+        """The variant folder of its run directory: the variant, with ``-lr<value>`` for a grid job."""
+        return self.variant if self.lr is None else f"{self.variant}-{lr_label(self.lr)}"
 
 
 def yaml_value(value: Any) -> str:
@@ -202,13 +214,30 @@ class Plan:
                 for j, variant in enumerate(spec["variants"]):
                     self.variant(variant, f"studies.{study}.variants[{j}]")
                     for seed in spec["seeds"]:
-                        identity = (spec["scenario"], data, variant, seed)
-                        job = Job(owner.setdefault(identity, study), *identity)
-                        jobs[self.layout.run_dir(job.study, data, variant, seed)] = job
+                        for lr in self.lr_grid(study):
+                            identity = (spec["scenario"], data, variant, seed, lr)
+                            job = Job(owner.setdefault(identity, study), *identity)
+                            jobs[self.layout.run_dir(job.study, data, job.label, seed)] = job
             reference = spec.get("reference", "fedavg")
             if reference not in spec["variants"]:
                 raise ConfigError(f"studies.{study}.reference", f"{reference!r} is not among its variants")
         return jobs
+
+    def lr_grid(self, study: str) -> list[float | None]:
+        """The learning rates a study's jobs run with: its ``lr_grid`` (the report picks one per variant and data
+        set on dev), or ``[None]`` (the configured ``local.lr``)."""
+        spec = self.config["studies"][study]
+        grid = spec.get("lr_grid")
+        if grid is None:
+            return [None]
+        if spec["scenario"] != "finetune":
+            raise ConfigError(
+                f"studies.{study}.lr_grid",
+                "only fine-tuning studies choose a learning rate (on their dev split); a pretrain study has none",
+            )
+        if len(set(grid)) != len(grid) or any(lr <= 0 for lr in grid):
+            raise ConfigError(f"studies.{study}.lr_grid", f"got {grid}, expected distinct learning rates > 0")
+        return [float(lr) for lr in grid]
 
     def _validate_run_configs(self) -> None:
         for name in self.config.get("students") or {}:
@@ -226,9 +255,13 @@ class Plan:
 
     # ------------------------------------------------------------------------------ jobs
 
-    def job(self, study: str, data: str, variant: str, seed: int | str) -> Job:
-        """The job whose run directory these (wildcard) values name."""
-        return self.jobs[self.layout.run_dir(study, data, variant, seed)]
+    def job(self, study: str, data: str, label: str, seed: int | str) -> Job:
+        """The job whose run directory these (wildcard) values name (``label``: :attr:`Job.label`)."""
+        return self.jobs[self.layout.run_dir(study, data, label, seed)]
+
+    def metrics_files(self) -> list[str]:
+        """Every job's output (its run directory's ``metrics.json``): what the report waits for."""
+        return [f"{run_dir}/metrics.json" for run_dir in self.jobs]
 
     def experiment(self, scenario: str) -> str:
         """The MLflow experiment of a scenario's runs (``tracking.experiment``, default ``{scenario}``)."""
@@ -256,11 +289,14 @@ class Plan:
             "method.name": spec.get("method", job.variant),
             "method.options": options,
             "seed": job.seed,
-            "name": f"{job.data}-{job.variant}-seed{job.seed}",
+            "name": f"{job.data}-{job.label}-seed{job.seed}",
             "study": job.study,
             "tracking.experiment": self.experiment(job.scenario),
             "tracking.tags": {"variant": job.variant, "data": job.data},
         }
+        if job.lr is not None:
+            identity["local.lr"] = job.lr
+            identity["tracking.tags"] |= {"lr": lr_label(job.lr)}
         layers = [
             self._data_layer(),
             self.config.get("defaults") or {},
@@ -374,19 +410,21 @@ class Plan:
                 "data": list(spec["data"]),
                 "variants": list(spec["variants"]),
                 "seeds": list(spec["seeds"]),
+                "lrs": [lr_label(lr) for lr in self.lr_grid(study) if lr is not None],
             }
             experiments.setdefault(self.experiment(spec["scenario"]), []).append(scope)
         for start in (self.config.get("starting_models") or {}).values():
             experiments.setdefault(self.experiment(start["overrides"].get("scenario", "pretrain")), [])
         return experiments
 
-    def study_runs(self, study: str) -> dict[str, dict[str, list[str]]]:
-        """Per variant and data set, the ``metrics.json`` of each seed that study ``study``'s table reads."""
+    def study_runs(self, study: str, lr: float | None = None) -> dict[str, dict[str, list[str]]]:
+        """Per variant and data set, the ``metrics.json`` of each seed that study ``study``'s table reads (for
+        a study with an ``lr_grid``: those of learning rate ``lr``)."""
         spec = self.config["studies"][study]
 
         def metrics(data: str, variant: str, seed: int) -> str:
-            owner = self._by_identity[(spec["scenario"], data, variant, seed)].study
-            return self.layout.run_metrics(owner, data, variant, seed)
+            job = self._by_identity[(spec["scenario"], data, variant, seed, lr)]
+            return self.layout.run_metrics(job.study, data, job.label, seed)
 
         return {v: {d: [metrics(d, v, s) for s in spec["seeds"]] for d in spec["data"]} for v in spec["variants"]}
 
@@ -394,7 +432,8 @@ class Plan:
         """The tables (one per study) with the runs of every cell, for ``fedbt report --spec``."""
         tables = []
         for study, spec in self.config["studies"].items():
-            runs = self.study_runs(study)
+            grid = self.lr_grid(study)
+            candidates = {lr: self.study_runs(study, lr) for lr in grid}
             rows = []
             for variant in spec["variants"]:
                 vspec = self.variant(variant, f"variants.{variant}")
@@ -404,7 +443,9 @@ class Plan:
                     bert_base = {"method": method, "options": {}, **bert_base}
                 paper_row = (vspec.get("paper") or {}).get(spec.get("paper"))
                 options = vspec.get("options") or {}
-                row = {"variant": variant, "method": method, "options": options, "runs": runs[variant]}
+                row = {"variant": variant, "method": method, "options": options, "runs": candidates[grid[0]][variant]}
+                if grid != [None]:  # the report picks each cell's learning rate on dev
+                    row["lr_runs"] = {lr_label(lr): candidates[lr][variant] for lr in grid}
                 rows.append(row | {"paper_row": paper_row, "bert_base": bert_base})
             tables.append(
                 {
@@ -415,7 +456,7 @@ class Plan:
                     "reference": spec.get("reference", "fedavg"),
                     "base_arch": spec.get("base_arch", "bert-base-uncased"),
                     "base_tiers": spec.get("base_tiers"),
-                    "columns": [{"data": d, "label": self.config["data"][d]["task"]} for d in spec["data"]],
+                    "columns": [{"data": d, "label": self.config["data"][d].get("task") or d} for d in spec["data"]],
                     "rows": rows,
                 }
             )

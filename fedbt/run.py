@@ -327,6 +327,7 @@ def record(
     }
     if config.scenario == "finetune":
         metrics["selection"] = best_round(records, federation.data.task.scored_metrics[0])
+        metrics["majority"] = majority_scores(prepared, federation)
     if config.federation.tiers:
         metrics["tiers"] = _tier_summary(simulated.ledger, method)
     metrics["final"] = final_metrics(metrics)
@@ -428,6 +429,17 @@ def round_evaluator(prepared: PreparedRun, federation: Federation):
         return scores
 
     return task_scores
+
+
+def majority_scores(prepared: PreparedRun, federation: Federation) -> dict[str, float] | None:
+    """The test metrics of the majority-class baseline (every test example gets the clients' most frequent
+    training label): the floor a fine-tuning score must clear to mean anything. None without a test split."""
+    data = federation.data
+    test = data.eval_sets.get("test")
+    if not test:
+        return None
+    train = [example for client in data.clients for example in client]
+    return prepared.objective.score(data.task, test, prepared.objective.majority_predictions(train, test))
 
 
 def selected_round(records: list[dict[str, Any]], primary: str) -> int | None:

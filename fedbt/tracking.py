@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import platform
+import re
 import signal
 import subprocess
 import threading
@@ -124,6 +125,12 @@ def ensure_experiment(uri: str, name: str) -> str:
 # ------------------------------------------------------------------------------------------ studies
 
 
+def logged_model_name(run_name: str) -> str:
+    """A run name as an MLflow logged-model name, which may not hold ``/ : . % " '`` (``cs-fedavg-lr0.0003-seed0``
+    becomes ``cs-fedavg-lr0_0003-seed0``)."""
+    return re.sub(r"[/:.%\"']", "_", run_name)
+
+
 @dataclass(frozen=True)
 class StudyScope:
     """The runs one study's table reads: every (data set, variant, seed) combination of its lists."""
@@ -133,22 +140,27 @@ class StudyScope:
     data: tuple[str, ...]
     variants: tuple[str, ...]
     seeds: tuple[int, ...]
+    lrs: tuple[str, ...] = ()
+    """The ``lr`` tags of its ``lr_grid`` (e.g. ``lr0.0003``); empty: its runs carry no ``lr`` tag."""
 
     def includes(self, tags: Mapping[str, str]) -> bool:
-        """Whether a run with these tags (``data``, ``variant``, ``seed``) is one of the study's."""
+        """Whether a run with these tags (``data``, ``variant``, ``seed``, ``lr``) is one of the study's."""
         return (
             tags.get("data") in self.data
             and tags.get("variant") in self.variants
             and tags.get("seed") in {str(s) for s in self.seeds}
+            and tags.get("lr") in (self.lrs or (None,))
         )
 
     def to_json(self) -> str:
-        return json.dumps({"title": self.title, "data": self.data, "variants": self.variants, "seeds": self.seeds})
+        scope = {"title": self.title, "data": self.data, "variants": self.variants, "seeds": self.seeds}
+        return json.dumps(scope | ({"lrs": self.lrs} if self.lrs else {}))
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> StudyScope:
-        """From ``{"name", "title", "data", "variants", "seeds"}`` (:meth:`fedbt.pipeline.Plan.study_scopes`)."""
-        return cls(spec["name"], spec["title"], tuple(spec["data"]), tuple(spec["variants"]), tuple(spec["seeds"]))
+        """From ``{"name", "title", "data", "variants", "seeds"[, "lrs"]}`` as ``Plan.study_scopes`` gives it."""
+        fields = ("data", "variants", "seeds", "lrs")
+        return cls(spec["name"], spec["title"], *(tuple(spec.get(field, ())) for field in fields))
 
 
 def study_scopes(experiment_tags: Mapping[str, str]) -> list[StudyScope]:
@@ -489,7 +501,7 @@ class RunTracker:
         model = _retry(
             lambda: client.create_logged_model(
                 self.experiment_id,
-                name=self.run_name,
+                name=logged_model_name(self.run_name),
                 source_run_id=self.run_id,
                 tags={"fedbt.format": "transformers save_pretrained", "method": self.tags["method"]},
                 model_type="transformers",

@@ -11,7 +11,7 @@ from snakemake.utils import validate
 
 from fedbt.config import load_config
 from fedbt.errors import ConfigError, FedBTError
-from fedbt.pipeline import Layout, Plan, as_sets, job_environment, set_flags, yaml_value
+from fedbt.pipeline import Layout, Plan, as_sets, job_environment, lr_label, set_flags, yaml_value
 from fedbt.tracking import StudyScope
 
 from .conftest import REPO
@@ -43,7 +43,7 @@ def test_layout_is_spelled_in_one_place():
     assert layout.mlflow_uri == "sqlite:///out/mlflow.db"
 
 
-@pytest.mark.parametrize(("name", "runs"), [("config.yaml", 69), ("paper.yaml", 564), ("test.yaml", 4)])
+@pytest.mark.parametrize(("name", "runs"), [("config.yaml", 62), ("paper.yaml", 564), ("test.yaml", 4)])
 def test_shared_jobs_run_once_in_the_first_study(name, runs):
     plan = Plan(study_config(name))
     assert len(plan.jobs) == runs
@@ -51,26 +51,33 @@ def test_shared_jobs_run_once_in_the_first_study(name, runs):
 
 
 def test_a_job_shared_by_studies_lives_in_the_first_study_and_feeds_each_table(default_plan):
-    fedavg_cs = default_plan.layout.run_metrics("pretrain", "cs", "fedavg", 0)
+    fedavg_cs = [default_plan.layout.run_metrics("pretrain", "cs", "fedavg", seed) for seed in (0, 1)]
     tables = {t["name"]: t for t in default_plan.report_spec()["tables"]}
     for study in ("pretrain", "ablation", "depth-pretrain"):
         row = next(r for r in tables[study]["rows"] if r["variant"] == "fedavg")
-        assert row["runs"]["cs"] == [fedavg_cs], study
+        assert row["runs"]["cs"] == fedavg_cs, study
     assert "results/runs/ablation/cs/fedavg/seed0" not in default_plan.jobs
     assert "results/runs/ablation/cs/fedbt-all/seed0" in default_plan.jobs
+
+
+def run_tags(job) -> dict[str, str]:
+    """The tags a job's MLflow run carries that study scopes match."""
+    tags = {"data": job.data, "variant": job.variant, "seed": str(job.seed)}
+    return tags | ({"lr": lr_label(job.lr)} if job.lr is not None else {})
 
 
 def test_every_study_scope_holds_exactly_the_runs_its_table_reads(default_plan):
     """The MLflow study filter (run tags matched against the scope) selects the runs of the study's table."""
     scopes = {s["name"]: StudyScope.from_dict(s) for group in default_plan.study_scopes().values() for s in group}
     for table in default_plan.report_spec()["tables"]:
-        wanted = {path for row in table["rows"] for paths in row["runs"].values() for path in paths}
+        cells = [row["runs"] for row in table["rows"]]
+        cells += [runs for row in table["rows"] for runs in row.get("lr_runs", {}).values()]
+        wanted = {path for cell in cells for paths in cell.values() for path in paths}
         scope = scopes[table["name"]]
         selected = {
-            default_plan.layout.run_metrics(job.study, job.data, job.variant, job.seed)
+            default_plan.layout.run_metrics(job.study, job.data, job.label, job.seed)
             for job in default_plan.jobs.values()
-            if scope.includes({"data": job.data, "variant": job.variant, "seed": str(job.seed)})
-            and job.scenario == table["scenario"]
+            if scope.includes(run_tags(job)) and job.scenario == table["scenario"]
         }
         assert selected == wanted, table["name"]
 
@@ -90,7 +97,7 @@ def test_job_overrides_in_order_and_loadable(default_plan):
     assert "tracking.experiment=pretrain" in sets and "study=pretrain" in sets
     config = load_config(None, sets)
     assert config.name == "cs-distill-seed0" and config.method.name == "distill"
-    assert config.federation.rounds == 3 and config.evaluation.task == "citation_intent"
+    assert config.federation.rounds == 3 and config.evaluation.task is None and config.local.lr == 3.0e-4
     student, start, stamp = default_plan.run_inputs(job)
     assert (student, start) == (
         "results/runs/_students/minilm-L3/distill_costs.json",
@@ -174,9 +181,53 @@ def test_report_captions_by_kind(default_plan):
     assert captions["results/tables/depth-pretrain.md"][0] == "table.rst"
     assert captions["results/figures/depth-pretrain_pareto.png"] == (
         "pareto.rst",
-        "Client depth L_k in further pre-training (CS corpus, citation intent)",
+        "Client depth L_k in further pre-training (CS corpus, held-out MLM loss)",
     )
     assert captions["results/figures/layer_schedule.png"] == ("layer_schedule.rst", "Method")
+
+
+def grid_config() -> dict:
+    config = study_config("test.yaml")
+    config["studies"]["finetune"]["lr_grid"] = [1.0e-4, 3.0e-4]
+    config["studies"]["finetune"]["seeds"] = [0, 1]
+    return config
+
+
+def test_an_lr_grid_runs_every_job_once_per_learning_rate():
+    plan = Plan(grid_config())
+    grid_jobs = [job for job in plan.jobs.values() if job.lr is not None]
+    assert len(grid_jobs) == 2 * 2 * 2  # variants x seeds x learning rates
+    job = plan.job("finetune", "rct", "fedbt-ft-lr0.0003", 1)
+    assert (job.variant, job.lr, job.seed) == ("fedbt-ft", 3.0e-4, 1)
+    config = load_config(None, plan.job_sets(job))
+    assert config.local.lr == 3.0e-4 and config.name == "rct-fedbt-ft-lr0.0003-seed1"
+    assert config.tracking.tags["lr"] == "lr0.0003" and config.tracking.tags["variant"] == "fedbt-ft"
+    assert all(job.lr is None for job in plan.jobs.values() if job.scenario == "pretrain")
+
+
+def test_an_lr_grid_gives_the_report_every_candidate():
+    plan = Plan(grid_config())
+    table = next(t for t in plan.report_spec()["tables"] if t["name"] == "finetune")
+    row = next(r for r in table["rows"] if r["variant"] == "fedavg")
+    assert sorted(row["lr_runs"]) == ["lr0.0001", "lr0.0003"]
+    assert row["lr_runs"]["lr0.0003"]["rct"] == [
+        plan.layout.run_metrics("finetune", "rct", "fedavg-lr0.0003", s) for s in (0, 1)
+    ]
+    assert set(plan.metrics_files()) >= {f"{d}/metrics.json" for d in plan.jobs}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c["studies"]["pretrain"].update(lr_grid=[1e-4, 2e-4]), "studies.pretrain.lr_grid"),
+        (lambda c: c["studies"]["finetune"].update(lr_grid=[1e-4, 1e-4]), "distinct"),
+    ],
+)
+def test_a_bad_lr_grid_names_the_key(change, message):
+    config = grid_config()
+    change(config)
+    with pytest.raises(ConfigError, match=message):
+        Plan(config)
 
 
 def test_jobs_reading_the_same_data_share_one_tokenize_job(default_plan):
@@ -195,3 +246,22 @@ def test_jobs_reading_the_same_data_share_one_tokenize_job(default_plan):
 def test_image_jobs_need_no_token_cache():
     plan = Plan(study_config("test-vision.yaml"))
     assert all(plan.token_stamp(job) is None for job in plan.jobs.values())
+
+
+def test_the_default_study_scores_every_row_with_spread(default_plan):
+    """Issue 12's design: every study runs >= 2 seeds; pre-training is scored by its held-out loss (no downstream
+    fine-tuning that cannot move at this scale); Table 3 chooses each method's learning rate on dev and carries
+    fedbt-ft's two controls; Table 7 shares Table 3's jobs at one point of its grid."""
+    studies = default_plan.config["studies"]
+    assert all(len(spec["seeds"]) >= 2 for spec in studies.values())
+    for job in default_plan.jobs.values():
+        config = load_config(None, default_plan.job_sets(job))
+        if job.scenario == "pretrain":
+            assert config.evaluation.task is None and config.data.heldout_examples > 0
+    assert len(studies["finetune"]["lr_grid"]) >= 2
+    assert {"freeze-bottom-top3", "fedbt-ft-cycle6"} <= set(studies["finetune"]["variants"])
+    assert set(studies["depth"]["lr_grid"]) <= set(studies["finetune"]["lr_grid"])
+    depth = next(t for t in default_plan.report_spec()["tables"] if t["name"] == "depth")
+    fedavg = next(row for row in depth["rows"] if row["variant"] == "fedavg")
+    shared = default_plan.layout.run_metrics("finetune", "ag_news", "fedavg-lr0.0003", 0)
+    assert fedavg["runs"]["ag_news"][0] == shared, "Table 7's fedavg is Table 3's job at the same learning rate"

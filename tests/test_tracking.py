@@ -22,6 +22,7 @@ from fedbt.tracking import (
     STATE_FILE,
     StudyScope,
     artifact_root,
+    logged_model_name,
     runs_view,
     study_filter,
     sync_studies,
@@ -247,3 +248,11 @@ def test_sigterm_and_kill_9_then_the_job_resumes_into_the_same_run(tmp_path, mlf
     run = _run(client, out)
     assert {run.info.run_id} == set(run_ids) and run.info.status == "FINISHED"
     assert _steps(client, run.info.run_id) == list(range(rounds))
+
+
+def test_a_grid_run_name_is_a_valid_logged_model_name():
+    from mlflow.utils.validation import _validate_logged_model_name
+
+    name = logged_model_name("ag_news-fedavg-lr0.0003-seed1")
+    _validate_logged_model_name(name)  # MLflow's own check: no / : . % " '
+    assert name == "ag_news-fedavg-lr0_0003-seed1"

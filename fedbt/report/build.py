@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
 
-from fedbt.report import costs, figures
+from fedbt.report import costs, figures, selection
 from fedbt.report.runs import RunResult, load_run
-from fedbt.report.spec import FIGURE_KINDS, SCHEDULE_FIGURE, Spec
+from fedbt.report.spec import FIGURE_KINDS, SCHEDULE_FIGURE, Row, Spec, Table
 from fedbt.report.tables import build_table, identical_plans, to_html, to_json, to_latex, to_markdown
 
 log = logging.getLogger(__name__)
 BERT_BASE_LAYERS = 12
+
+
+def _paths(row: Row) -> list[str]:
+    """Every run a row may read: its runs, or those of every learning rate of its grid."""
+    groups = [row.runs, *(row.lr_runs or {}).values()]
+    return [path for runs in groups for paths in runs.values() for path in paths]
+
+
+def choose_learning_rates(table: Table, results: dict[str, RunResult]) -> tuple[Table, dict]:
+    """``table`` with each row's runs those of the learning rate chosen on dev, and the choices by variant."""
+    chosen = [selection.choose(row, results) for row in table.rows]
+    choices = {row.variant: rates for row, rates in chosen if rates}
+    return dataclasses.replace(table, rows=[row for row, _ in chosen]), choices
 
 
 def load_results(spec: Spec) -> dict[str, RunResult]:
@@ -20,7 +34,7 @@ def load_results(spec: Spec) -> dict[str, RunResult]:
     results = {}
     for table in spec.tables:
         for row in table.rows:
-            for path in (p for paths in row.runs.values() for p in paths):
+            for path in _paths(row):
                 if path in results:
                     continue
                 if Path(path).is_file():
@@ -39,11 +53,12 @@ def build_report(spec: Spec, out: str | Path) -> list[Path]:
     written: list[Path] = []
     schedules = {}
     for table in spec.tables:
+        table, lr_choices = choose_learning_rates(table, results)
         ratios = {
             row.variant: costs.upload_pct(row.bert_base, table.scenario, table.base_arch, table.base_tiers)
             for row in table.rows
         }
-        data = build_table(table, results, ratios)
+        data = build_table(table, results, ratios, lr_choices)
         for path, text in (
             (out / "tables" / f"{table.name}.md", to_markdown(data)),
             (out / "tables" / f"{table.name}.tex", to_latex(data)),

@@ -67,29 +67,34 @@ def rounds_figure(table: Table, results: Mapping[str, RunResult], stem: Path) ->
 
 
 def pareto_figure(table: Table, results: Mapping[str, RunResult], stem: Path) -> list[Path]:
-    """Per column, final test score against total uplink bytes; the Pareto front (less upload, higher score)
-    is drawn as a step line. Rows that upload nothing (centralised, no training) have no place on the axis."""
+    """Per column, each row's headline score (the final held-out loss of pre-training, the test score of
+    fine-tuning) against its total uplink bytes; the Pareto front (less upload and a better score) is drawn as a
+    step line. Rows that upload nothing (centralised, no training) have no place on the axis."""
+    from fedbt.report.tables import higher_is_better
+
     fig, axes = _panels(len(table.columns), table.title)
     for ax, column in zip(axes, table.columns, strict=True):
         points, metric = [], "score"
         for row in table.rows:
             runs = _runs(row, column.data, results)
-            scores = [s for r in runs for s in r.primary_scores]
+            scores = [s for r in runs for s in r.headline_scores]
             if not scores or not any(r.upload_bytes_total for r in runs):
                 continue
-            metric = runs[0].metric
+            metric = runs[0].headline
             x = statistics.fmean(r.upload_bytes_total for r in runs)
             y, err = statistics.fmean(scores), statistics.stdev(scores) if len(scores) > 1 else 0.0
             points.append((x, y))
             ax.errorbar(x, y, yerr=err, fmt="o", capsize=3, label=row.variant)
+        sign = 1 if higher_is_better(metric) else -1
         front, best = [], -np.inf
         for x, y in sorted(points):
-            if y > best:
+            if sign * y > best:
                 front.append((x, y))
-                best = y
+                best = sign * y
         if front:
             ax.step(*zip(*front, strict=True), where="post", color="grey", alpha=0.5, linestyle="--")
-        ax.set(title=_title(column), xlabel="total uplink bytes", ylabel=f"test {metric}")
+        ylabel = metric if metric.startswith("heldout_") else f"test {metric}"
+        ax.set(title=_title(column), xlabel="total uplink bytes", ylabel=ylabel)
         ax.set_xscale("log")
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize=7, loc="best")

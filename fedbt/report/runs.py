@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,11 @@ class RunResult:
     metric: str
     """The primary test metric ("" when the run has no task score)."""
     scores: dict[str, dict[str, float]]
+    """Task scores, and for pre-training the final held-out loss (``heldout_mlm_loss``, ``heldout_mim_loss``)."""
+    majority: dict[str, float]
+    """The task metrics of always predicting the most frequent training label, on the same test examples."""
+    dev: dict[str, float]
+    """Fine-tuning: the dev scores of the selected round (what chooses a learning rate); empty otherwise."""
     curve_name: str
     curve: dict[int, float]
     spent: dict[int, tuple[float, float]]
@@ -52,12 +58,20 @@ class RunResult:
     """Costs per resource tier (``metrics.json``'s ``tiers``; None for a run without tiers)."""
 
     @property
-    def primary_scores(self) -> list[float]:
-        """The primary metric's test scores, one per sample."""
-        return list(self.scores.get(self.metric, {}).values())
+    def headline(self) -> str:
+        """The metric a run is summarised by: the final held-out loss of pre-training, the primary test metric
+        of fine-tuning."""
+        return self.curve_name if self.scenario == "pretrain" and self.curve_name in self.scores else self.metric
+
+    @property
+    def headline_scores(self) -> list[float]:
+        """The headline metric's samples."""
+        return list(self.scores.get(self.headline, {}).values())
 
 
 def _scores(metrics: dict[str, Any]) -> tuple[str, dict[str, dict[str, float]]]:
+    """The primary task metric and every task score (fine-tuning: at the selected round; after pre-training:
+    per evaluation seed)."""
     seed = int(metrics["seed"])
     selection = metrics.get("selection")
     if selection:
@@ -70,6 +84,18 @@ def _scores(metrics: dict[str, Any]) -> tuple[str, dict[str, dict[str, float]]]:
                 scores[name][f"{seed}/{sample['seed']}"] = float(sample["test"][name])
         return evaluation["primary"], scores
     return "", {}
+
+
+def _heldout(metrics: dict[str, Any], curve: dict[int, float], curve_name: str) -> dict[str, dict[str, float]]:
+    """Pre-training: the held-out loss of the final global model (and, for MLM, its perplexity), one sample per
+    federation seed: the loss belongs to the federated run, evaluation seeds give it no spread."""
+    if metrics["scenario"] != "pretrain" or not curve:
+        return {}
+    seed, loss = str(metrics["seed"]), curve[max(curve)]
+    scores = {curve_name: {seed: loss}}
+    if curve_name == "heldout_mlm_loss":
+        scores["heldout_mlm_perplexity"] = {seed: math.exp(loss)}
+    return scores
 
 
 def _costs(costs: dict[str, Any]) -> RunCosts:
@@ -107,7 +133,9 @@ def load_run(path: str | Path) -> RunResult:
         seed=int(metrics["seed"]),
         device=str(metrics.get("device", "cpu")),
         metric=metric,
-        scores=scores,
+        scores=scores | _heldout(metrics, curve, curve_name),
+        majority={k: float(v) for k, v in (metrics.get("majority") or {}).items()},
+        dev={k: float(v) for k, v in (metrics.get("selection") or {}).get("dev", {}).items()},
         curve_name=curve_name,
         curve=curve,
         spent=spent,

@@ -31,6 +31,9 @@ class Row:
     runs: dict[str, list[str]]
     paper_row: str | None = None
     bert_base: dict[str, Any] | None = None
+    lr_runs: dict[str, dict[str, list[str]]] | None = None
+    """For a study with an ``lr_grid``: per learning-rate label (``lr0.0003``), the runs of every data set; the
+    report picks one per data set on dev (:mod:`fedbt.report.selection`) and ``runs`` becomes those."""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import Any
 
 from fedbt import paper
 from fedbt.report.runs import RunResult
+from fedbt.report.selection import LrChoice
 from fedbt.report.spec import Row, Table
 from fedbt.report.stats import PAIRED, WELCH, compare
 
@@ -84,6 +85,8 @@ class TableRow:
     paper_scores: dict[str, float | None]
     plan_sha256: str | None
     """Digest of the plans of all the row's runs (by data set and seed): equal digests, equal training."""
+    lr: dict[str, LrChoice]
+    """For a study with an ``lr_grid``: the learning rate chosen on dev per data set (empty otherwise)."""
     tiers: dict[str, TierCosts] | None = None
     """Per resource tier (None: the table's runs have no tiers)."""
 
@@ -189,11 +192,24 @@ def _cell(samples: dict[str, float], reference: dict[str, float] | None, metric:
 
 
 def _metrics(table: Table, data: str, results: Mapping[str, RunResult]) -> list[str]:
-    """The metrics of a column, primary first (from the first finished run)."""
+    """The metrics of a column (from its first finished run): the headline first (the held-out loss of
+    pre-training, the primary test metric of fine-tuning), then the downstream primary metric, then the rest."""
     run = next((run for row in table.rows for run in _runs(row, results, data)), None)
-    if run is None or not run.metric:
+    if run is None:
         return []
-    return [run.metric, *(m for m in run.scores if m != run.metric)]
+    first = [m for m in (run.headline, run.metric) if m]
+    return list(dict.fromkeys([*first, *run.scores]))
+
+
+def _shown(table: Table, data: str, results: Mapping[str, RunResult]) -> list[str]:
+    """The metrics a column prints: the headline and, after pre-training, the downstream task's primary one."""
+    run = next((run for row in table.rows for run in _runs(row, results, data)), None)
+    return [] if run is None else [m for m in dict.fromkeys([run.headline, run.metric]) if m]
+
+
+def _majority(table: Table, data: str, results: Mapping[str, RunResult]) -> dict[str, float]:
+    """The majority-class scores of a column's task (from its first run that records them)."""
+    return next((run.majority for row in table.rows for run in _runs(row, results, data) if run.majority), {})
 
 
 def _plan(row: Row, results: Mapping[str, RunResult]) -> str | None:
@@ -212,14 +228,29 @@ class TableData:
     table: Table
     rows: list[TableRow]
     metrics: dict[str, str]
-    """data set -> primary metric."""
+    """data set -> its task's primary metric."""
     device: str
     """``cpu``, ``cuda``, or both joined by ``+`` (what the seconds column measured)."""
+    shown: dict[str, list[str]]
+    """data set -> the metrics its columns print (held-out loss and/or the task's primary metric)."""
+    majority: dict[str, dict[str, float]]
+    """data set -> metric -> the score of always predicting the most frequent training label."""
+
+    @property
+    def has_lr_grid(self) -> bool:
+        return any(row.lr for row in self.rows)
 
 
-def build_table(table: Table, results: Mapping[str, RunResult], bert_base_pct: Mapping[str, float | None]) -> TableData:
-    """The rows of ``table`` from the run results (keyed by metrics path) and the exact bert-base upload
-    percentages (keyed by variant)."""
+def build_table(
+    table: Table,
+    results: Mapping[str, RunResult],
+    bert_base_pct: Mapping[str, float | None],
+    lr_choices: Mapping[str, dict[str, LrChoice]] | None = None,
+) -> TableData:
+    """The rows of ``table`` from the run results (keyed by metrics path), the exact bert-base upload
+    percentages (keyed by variant) and, for a study with an ``lr_grid``, the learning rates chosen per variant
+    (:func:`fedbt.report.selection.choose`; ``table``'s rows then hold the chosen runs)."""
+    lr_choices = lr_choices or {}
     reference = next((row for row in table.rows if row.variant == table.reference), None)
     metrics = {c.data: _metrics(table, c.data, results) for c in table.columns}
     tiers = tier_names(table, results)
@@ -245,12 +276,23 @@ def build_table(table: Table, results: Mapping[str, RunResult], bert_base_pct: M
                 scores=scores,
                 paper_scores={c.data: paper_row.scores.get(c.label) if paper_row else None for c in table.columns},
                 plan_sha256=_plan(row, results),
+                lr=lr_choices.get(row.variant, {}),
                 tiers=_tier_costs(row, reference, tiers, results),
             )
         )
     devices = sorted({run.device.split(":")[0] for row in table.rows for run in _runs(row, results)})
-    primary = {data: names[0] for data, names in metrics.items() if names}
-    return TableData(table, rows, primary, "+".join(devices) or "cpu")
+    primary = {
+        c.data: next((run.metric for row in table.rows for run in _runs(row, results, c.data) if run.metric), "")
+        for c in table.columns
+    }
+    return TableData(
+        table,
+        rows,
+        {data: metric for data, metric in primary.items() if metric},
+        "+".join(devices) or "cpu",
+        {c.data: _shown(table, c.data, results) for c in table.columns},
+        {c.data: _majority(table, c.data, results) for c in table.columns},
+    )
 
 
 def identical_plans(rows: list[TableRow]) -> list[list[str]]:
@@ -291,8 +333,11 @@ def _score(cell: Cell, pm: str) -> str:
     return DASH if cell.mean is None else f"{cell.mean:.4f} {pm} {cell.std:.4f}"
 
 
-def _primary(row: TableRow, data: str) -> Cell:
-    return next(iter(row.scores[data].values()), Cell(None, None, 0))
+METRIC_NAMES = {"heldout_mlm_loss": "held-out MLM loss", "heldout_mim_loss": "held-out MIM loss"}
+
+
+def _cell_of(row: TableRow, data: str, metric: str) -> Cell:
+    return row.scores[data].get(metric, Cell(None, None, 0))
 
 
 def _header(data: TableData) -> list[str]:
@@ -303,12 +348,17 @@ def _header(data: TableData) -> list[str]:
     for name in (data.rows[0].tiers or {}) if data.rows else {}:
         head += [f"{name} FLOPs", f"{name} FLOP %", f"{name} upload MB", f"{name} state MB"]
     for column in table.columns:
-        name = column.label if column.label == column.data else f"{column.label} ({column.data})"
-        head += [name, f"p vs {table.reference}", "paper"]
+        name = column.data
+        if data.has_lr_grid:
+            head.append(f"{name} lr")
+        for metric in data.shown[column.data]:
+            label = METRIC_NAMES.get(metric, metric if column.label == name else f"{column.label} {metric}")
+            head += [f"{name}: {label}", *(["ppl"] if metric == "heldout_mlm_loss" else []), f"p vs {table.reference}"]
+        head.append("paper")
     return head
 
 
-def _cells(table: Table, row: TableRow, pm: str) -> list[str]:
+def _cells(data: TableData, row: TableRow, pm: str) -> list[str]:
     costs = row.costs
     cells = [
         row.variant,
@@ -331,29 +381,64 @@ def _cells(table: Table, row: TableRow, pm: str) -> list[str]:
             _num(tier.upload_mb_per_client_round, 2),
         ]
         cells.append(state)
-    for column in table.columns:
-        cell = _primary(row, column.data)
-        cells += [_score(cell, pm), _p(cell.p_vs_reference), _num(row.paper_scores[column.data], 4)]
+    for column in data.table.columns:
+        if data.has_lr_grid:
+            choice = row.lr.get(column.data)
+            cells.append(choice.chosen.removeprefix("lr") if choice and choice.chosen else DASH)
+        for metric in data.shown[column.data]:
+            cell = _cell_of(row, column.data, metric)
+            cells.append(_score(cell, pm))
+            if metric == "heldout_mlm_loss":
+                cells.append(_num(_cell_of(row, column.data, "heldout_mlm_perplexity").mean, 1))
+            cells.append(_p(cell.p_vs_reference))
+        cells.append(_num(row.paper_scores[column.data], 4))
     return cells
+
+
+def _samples_text(data: TableData) -> str:
+    """How many samples the score cells hold and what they are."""
+    seeds = sorted({c.n for row in data.rows for cells in row.scores.values() for c in cells.values() if c.n})
+    if data.table.scenario == "finetune":
+        what = "federation seeds, each scored at its selected (best dev) round"
+    else:
+        what = "held-out loss: federation seeds; downstream scores: federation seeds x evaluation seeds"
+    return f"n = {', '.join(map(str, seeds)) or 0} samples ({what})"
+
+
+def _majority_text(data: TableData) -> str:
+    parts = [
+        f"{column.data} {metric} {value:.4f}"
+        for column in data.table.columns
+        for metric, value in data.majority.get(column.data, {}).items()
+        if metric == data.metrics.get(column.data)
+    ]
+    return f" Majority class (always the most frequent training label): {', '.join(parts)}." if parts else ""
 
 
 def notes(data: TableData) -> str:
     """The caption text under a table: what every column means."""
     table, rows, metrics = data.table, data.rows, data.metrics
-    seeds = sorted({cell.n for row in rows for cells in row.scores.values() for cell in cells.values() if cell.n})
     tests = sorted({c.test for row in rows for cells in row.scores.values() for c in cells.values() if c.test})
-    scored = ", ".join(f"{c.label}: {metrics.get(c.data, 'score')}" for c in table.columns)
+    scored = ", ".join(f"{c.data}: {c.label} {metrics[c.data]}" for c in table.columns if c.data in metrics)
     ref, base = table.reference, table.base_arch.removesuffix("-uncased")
-    samples = (
-        "federation seeds x evaluation seeds"
-        if table.scenario == "pretrain"
-        else "federation seeds, each scored at its best dev round"
-    )
     seconds = {
         "cpu": "process CPU seconds of the single-threaded training job (other processes on the machine do not "
         "bend them)",
         "cuda": "device seconds (wall time between CUDA synchronisations)",
     }.get(data.device, "process CPU seconds on CPU, device seconds (between CUDA synchronisations) on CUDA")
+    losses = (
+        " held-out MLM loss: masked-LM cross-entropy of the final global model on held-out sentences of the "
+        "data set's domain corpus (lower is better; ppl = exp(loss)); the `none` row is the starting model."
+        if any("heldout_mlm_loss" in shown for shown in data.shown.values())
+        else ""
+    )
+    grid = (
+        " lr: the learning rate of the study's lr_grid with the best mean dev score (at each run's selected round)"
+        " for that method and data set; test never takes part in the choice, and every column of the row is that"
+        " of the chosen runs."
+        if data.has_lr_grid
+        else ""
+    )
     text = (
         f"Costs per client and trained round, mean over the row's runs; % columns are percent of `{ref}` in this "
         f"table. FLOPs: training FLOPs measured by torch's FlopCounterMode (deterministic: equal plans give equal "
@@ -362,10 +447,10 @@ def notes(data: TableData) -> str:
         f"paper's {paper.ROUNDS[table.scenario]} rounds relative to full-model FedAvg (`fedbt costs`). paper "
         f"compute %: wall-clock seconds on the authors' GPUs; compare it with s % of a GPU run, and with FLOP % as "
         f"the hardware-independent share of the work (on CPU at this scale seconds also carry fixed per-step "
-        f"overheads). Scores: test {scored}; mean ± sample std over n = {', '.join(map(str, seeds)) or 0} samples "
-        f"({samples}). p vs {ref}: two-sided t-test (scipy) of the row's samples against `{ref}`'s, a {PAIRED}-test "
-        f"over the seeds when the runs pair up (same seeds), else {WELCH}-test (here: {', '.join(tests) or 'none'}"
-        f"); – for n < 2. paper: {paper.SOURCE}"
+        f"overheads).{losses} Scores{': test ' + scored if scored else ''}; mean ± sample std over "
+        f"{_samples_text(data)}.{_majority_text(data)}{grid} p vs {ref}: two-sided t-test (scipy) of the row's "
+        f"samples against `{ref}`'s, a {PAIRED}-test over the seeds when the runs pair up (same seeds), else "
+        f"{WELCH}-test (here: {', '.join(tests) or 'none'}); – for n < 2. paper: {paper.SOURCE}"
         + (f", {table.paper.replace('table', 'Table ')}." if table.paper else "; no paper table.")
     )
     if table.base_tiers:
@@ -395,7 +480,7 @@ def to_markdown(data: TableData) -> str:
     head = _header(data)
     rule = "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"
     lines = [f"### {data.table.title}", "", "| " + " | ".join(head) + " |", rule]
-    lines += ["| " + " | ".join(_cells(data.table, row, "±")) + " |" for row in data.rows]
+    lines += ["| " + " | ".join(_cells(data, row, "±")) + " |" for row in data.rows]
     return "\n".join([*lines, "", notes(data), ""])
 
 
@@ -408,7 +493,7 @@ def _latex_escape(text: str) -> str:
 def to_latex(data: TableData) -> str:
     """The table as a LaTeX ``table`` with booktabs rules and the notes as caption."""
     table, head = data.table, _header(data)
-    body = [" & ".join(_latex_escape(c) for c in _cells(table, row, "±")) + r" \\" for row in data.rows]
+    body = [" & ".join(_latex_escape(c) for c in _cells(data, row, "±")) + r" \\" for row in data.rows]
     return "\n".join(
         [
             r"\begin{table}[t]",
@@ -431,7 +516,8 @@ def to_latex(data: TableData) -> str:
 def to_json(data: TableData) -> dict[str, Any]:
     """The table for scripts: ``{"study", "reference", "rows": [{"variant", "method", "flops_per_client_round",
     "flops_pct", "analytic_flops_pct", "seconds_pct", "upload_pct", "bert_base_upload_pct", "scores": {data:
-    {metric: {"mean", "std", "n", "p_vs_reference", "test", "higher_is_better"}}}, ...}], ...}``."""
+    {metric: {"mean", "std", "n", "p_vs_reference", "test", "higher_is_better"}}}, "lr": {data: {"chosen",
+    "dev"}}, ...}], "majority": {data: {metric: value}}, ...}``."""
     table, rows, metrics = data.table, data.rows, data.metrics
     return {
         "study": table.name,
@@ -441,8 +527,10 @@ def to_json(data: TableData) -> dict[str, Any]:
         "paper_table": table.paper,
         "device": data.device,
         "columns": [
-            {"data": c.data, "task": c.label, "primary_metric": metrics.get(c.data, "")} for c in table.columns
+            {"data": c.data, "task": c.label, "primary_metric": metrics.get(c.data, ""), "shown": data.shown[c.data]}
+            for c in table.columns
         ],
+        "majority": {data_set: scores for data_set, scores in data.majority.items() if scores},
         "rows": [
             {
                 "variant": row.variant,
@@ -452,6 +540,7 @@ def to_json(data: TableData) -> dict[str, Any]:
                 "paper": {"compute_pct": row.paper_compute_pct, "comm_pct": row.paper_comm_pct, **row.paper_scores},
                 "scores": {data: {m: asdict(cell) for m, cell in cells.items()} for data, cells in row.scores.items()},
                 "plan_sha256": row.plan_sha256,
+                "lr": {data_set: asdict(choice) for data_set, choice in row.lr.items()},
                 **({"tiers": {n: asdict(t) for n, t in row.tiers.items()}} if row.tiers else {}),
             }
             for row in rows
@@ -465,7 +554,7 @@ def to_html(data: TableData) -> str:
     """The table as a small standalone HTML page (what ``snakemake --report`` shows inline)."""
     head = "".join(f"<th>{escape(h)}</th>" for h in _header(data))
     body = "".join(
-        "<tr>" + "".join(f"<td>{escape(c)}</td>" for c in _cells(data.table, row, "±")) + "</tr>" for row in data.rows
+        "<tr>" + "".join(f"<td>{escape(c)}</td>" for c in _cells(data, row, "±")) + "</tr>" for row in data.rows
     )
     style = (
         "body{font-family:sans-serif;font-size:13px} table{border-collapse:collapse} "

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -114,6 +115,14 @@ class Objective:
     def score(cls, task, examples: Sequence[dict], predictions: Sequence) -> dict[str, float]:
         """The task's metrics of ``predictions`` (from :func:`fedbt.training.loop.predict`) of ``examples``."""
         raise FedBTError(f"objective {cls.name!r} is not scored on a task")
+
+    @classmethod
+    def majority_predictions(cls, train: Sequence[dict], examples: Sequence[dict]) -> list:
+        """The majority-class baseline's predictions of ``examples``: train's most frequent ``label`` (the
+        smallest such label id on ties) for every example."""
+        counts = Counter(int(e["label"]) for e in train)
+        label = min(counts, key=lambda value: (-counts[value], value))
+        return [label] * len(examples)
 
 
 # ------------------------------------------------------------------------------------- registry

@@ -23,6 +23,7 @@ SEEDS = [0, 1]
 
 def main() -> None:
     sys.path.insert(0, str(ROOT))
+    from fedbt.pipeline import Plan
     from fedbt.report.build import build_report
     from fedbt.report.spec import from_dict
     from tests.test_report import spec_dict
@@ -50,14 +51,14 @@ def main() -> None:
         ]
         subprocess.run([*command, "--config", f"data_dir={ROOT / 'data'}"], check=True)
         shutil.rmtree(HERE / "runs", ignore_errors=True)
+        plan = Plan(study)
         for name, spec in study["studies"].items():
-            for data in spec["data"]:
-                for variant in spec["variants"]:
-                    for seed in SEEDS:
-                        source = Path(tmp) / "results" / "runs" / name / data / variant / f"seed{seed}" / "metrics.json"
+            for variant, cells in plan.study_runs(name).items():
+                for data, paths in cells.items():
+                    for seed, source in zip(SEEDS, paths, strict=True):
                         target = HERE / "runs" / spec["scenario"] / data / variant / f"seed{seed}" / "metrics.json"
                         target.parent.mkdir(parents=True, exist_ok=True)
-                        shutil.copy(source, target)
+                        shutil.copy(Path(tmp) / source, target)
         out = Path(tmp) / "report"
         build_report(from_dict(spec_dict()), out)
         for table in ("pretrain", "finetune"):

@@ -4,7 +4,7 @@
 rule report:
     """All tables (Markdown + LaTeX) and figures (PNG + PDF) of every study."""
     input:
-        [LAYOUT.run_metrics(job.study, job.data, job.variant, job.seed) for job in PLAN.jobs.values()],
+        PLAN.metrics_files(),
     output:
         captioned([t for t in REPORT_OUTPUTS["tables"] if t.endswith(".html")], "Tables"),
         [t for t in REPORT_OUTPUTS["tables"] if not t.endswith(".html")],
