@@ -419,7 +419,11 @@ def notes(data: TableData) -> str:
     """The caption text under a table: what every column means."""
     table, rows, metrics = data.table, data.rows, data.metrics
     tests = sorted({c.test for row in rows for cells in row.scores.values() for c in cells.values() if c.test})
-    scored = ", ".join(f"{c.data}: {c.label} {metrics[c.data]}" for c in table.columns if c.data in metrics)
+    scored = ", ".join(
+        f"{c.data}: {metrics[c.data]}" if c.label == c.data else f"{c.data}: {c.label} {metrics[c.data]}"
+        for c in table.columns
+        if metrics.get(c.data)
+    )
     ref, base = table.reference, table.base_arch.removesuffix("-uncased")
     seconds = {
         "cpu": "process CPU seconds of the single-threaded training job (other processes on the machine do not "
@@ -447,7 +451,7 @@ def notes(data: TableData) -> str:
         f"paper's {paper.ROUNDS[table.scenario]} rounds relative to full-model FedAvg (`fedbt costs`). paper "
         f"compute %: wall-clock seconds on the authors' GPUs; compare it with s % of a GPU run, and with FLOP % as "
         f"the hardware-independent share of the work (on CPU at this scale seconds also carry fixed per-step "
-        f"overheads).{losses} Scores{': test ' + scored if scored else ''}; mean ± sample std over "
+        f"overheads).{losses} {'Test scores: ' + scored + '; m' if scored else 'M'}ean ± sample std over "
         f"{_samples_text(data)}.{_majority_text(data)}{grid} p vs {ref}: two-sided t-test (scipy) of the row's "
         f"samples against `{ref}`'s, a {PAIRED}-test over the seeds when the runs pair up (same seeds), else "
         f"{WELCH}-test (here: {', '.join(tests) or 'none'}); – for n < 2. paper: {paper.SOURCE}"
