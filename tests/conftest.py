@@ -79,3 +79,18 @@ def mlflow_uri(tmp_path, _empty_mlflow_db) -> str:
     """The URI of a fresh MLflow store at ``tmp_path/mlflow.db`` (where ``tiny_config`` tracks to)."""
     shutil.copyfile(_empty_mlflow_db, tmp_path / "mlflow.db")
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def die_after_checkpoint(monkeypatch, round_idx: int, error: BaseException | None = None) -> None:
+    """Make every Simulator raise ``error`` (default: KeyboardInterrupt, a killed job) right after it has
+    checkpointed round ``round_idx``."""
+    from fedbt.federated.simulator import Simulator
+
+    original = Simulator._checkpoint
+
+    def checkpoint_then_die(self, r):
+        original(self, r)
+        if r == round_idx:
+            raise error if error is not None else KeyboardInterrupt(f"killed after round {round_idx}")
+
+    monkeypatch.setattr(Simulator, "_checkpoint", checkpoint_then_die)

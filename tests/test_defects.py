@@ -20,6 +20,7 @@ from fedbt.ledger import NO_DATA, TRAINED
 from fedbt.models import ModelArch, load_model, meta_model, model_config_for
 from fedbt.run import execute, prepare
 from fedbt.training.loop import adamw
+from tests.conftest import die_after_checkpoint
 
 
 def _rows(run_dir):
@@ -244,12 +245,7 @@ def test_the_selected_round_survives_a_resume(tiny_config, tmp_path, monkeypatch
     execute(reference)
     original = Simulator._checkpoint
 
-    def die_after_round_1(self, round_idx):
-        original(self, round_idx)
-        if round_idx == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Simulator, "_checkpoint", die_after_round_1)
+    die_after_checkpoint(monkeypatch, 1)
     killed = prepare(tiny_config(*finetune, f"out_dir={tmp_path / 'killed'}"))
     with pytest.raises(KeyboardInterrupt):
         execute(killed)

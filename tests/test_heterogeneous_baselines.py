@@ -24,7 +24,7 @@ from fedbt.federated.tiers import FULL, Tier, deal
 from fedbt.ledger import IDLE, TRAINED, Ledger
 from fedbt.models import ModelArch, load_model, meta_model, model_config_for
 from fedbt.run import execute, prepare
-from tests.conftest import REPO
+from tests.conftest import REPO, die_after_checkpoint
 
 NEW = ["fedprox", "fedadam", "fedyogi", "heterofl", "inclusivefl", "fedavg-drop-weak"]
 TINY = ModelConfig(source="tiny", max_length=32, tiny_layers=4, tiny_hidden=32, tiny_heads=2, tiny_ffn=64)
@@ -286,12 +286,7 @@ def test_client_and_server_state_survive_a_kill(tiny_config, tmp_path, monkeypat
     reference = execute(prepare(tiny_config(*extra, f"out_dir={tmp_path / 'reference'}")))
     original = Simulator._checkpoint
 
-    def checkpoint_then_die(self, round_idx):
-        original(self, round_idx)
-        if round_idx == 1:
-            raise KeyboardInterrupt("killed after round 1")
-
-    monkeypatch.setattr(Simulator, "_checkpoint", checkpoint_then_die)
+    die_after_checkpoint(monkeypatch, 1)
     killed = prepare(tiny_config(*extra, f"out_dir={tmp_path / 'killed'}"))
     with pytest.raises(KeyboardInterrupt):
         execute(killed)

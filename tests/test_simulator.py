@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from fedbt.federated.simulator import Simulator
 from fedbt.run import execute, prepare
+from tests.conftest import die_after_checkpoint
 
 
 def _comparable(metrics):
@@ -50,12 +51,7 @@ def test_killed_run_resumes_with_identical_results(tiny_config, tmp_path, monkey
 
     original = Simulator._checkpoint
 
-    def checkpoint_then_die(self, round_idx):
-        original(self, round_idx)
-        if round_idx == 1:
-            raise KeyboardInterrupt("killed after round 1")
-
-    monkeypatch.setattr(Simulator, "_checkpoint", checkpoint_then_die)
+    die_after_checkpoint(monkeypatch, 1)
     prepared = prepare(tiny_config(f"out_dir={tmp_path / 'killed'}"))
     with pytest.raises(KeyboardInterrupt):
         execute(prepared)

@@ -28,7 +28,7 @@ from fedbt.tracking import (
     sync_studies,
 )
 
-from .conftest import REPO
+from .conftest import REPO, die_after_checkpoint
 
 
 @pytest.fixture
@@ -101,22 +101,11 @@ def test_model_artifact_can_be_switched_off(tracked):
     assert client.search_logged_models([run.info.experiment_id]) == []
 
 
-def _die_after(monkeypatch, round_idx: int, error: BaseException) -> None:
-    original = Simulator._checkpoint
-
-    def checkpoint_then_die(self, r):
-        original(self, r)
-        if r == round_idx:
-            raise error
-
-    monkeypatch.setattr(Simulator, "_checkpoint", checkpoint_then_die)
-
-
 @pytest.mark.parametrize(("error", "status"), [(RuntimeError("disk full"), "FAILED"), (KeyboardInterrupt(), "KILLED")])
 def test_dead_job_is_marked_then_resumed_into_the_same_run(tracked, monkeypatch, error, status):
     config = tracked()
     client = MlflowClient(tracking_uri=config.tracking.uri)
-    _die_after(monkeypatch, 1, error)
+    die_after_checkpoint(monkeypatch, 1, error)
     with pytest.raises(type(error)):
         execute(prepare(config))
     dead = _run(client, config.resolved_out_dir())
@@ -138,7 +127,7 @@ def test_fresh_start_and_a_changed_config_replace_the_earlier_run(tracked, monke
     client = MlflowClient(tracking_uri=config.tracking.uri)
     first = execute(prepare(config))["mlflow_run_id"]
     second = execute(prepare(config), fresh=True)["mlflow_run_id"]
-    _die_after(monkeypatch, 0, KeyboardInterrupt())
+    die_after_checkpoint(monkeypatch, 0, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
         execute(prepare(config), fresh=True)
     monkeypatch.undo()
