@@ -11,8 +11,9 @@ base weights included, as for every method of the suite (a client caching the fr
 adapters). :meth:`deploy` merges the adapters into the base weights of a copy and returns a plain transformers
 model with the original parameter names, which ``save_pretrained`` and downstream evaluation load as usual.
 
-The analytic FLOPs of the ledger count a layer holding a trained adapter as a trained layer (dense weight
-gradients); the measured FLOPs are those actually run.
+The analytic FLOPs (:func:`fedbt.costs.analytic_train_flops`) charge the frozen base weights their forward pass
+and, above the lowest adapter, their input gradients (no weight gradients), and the adapters their own forward
+and backward passes; they equal the measured FLOPs (tests/test_flop_parity.py).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 For each round of the schedule, one client trains the same data for the same steps under each method's
 plan (methods alternate within a round so machine noise hits all equally). Reports measured seconds,
-measured FLOPs (torch FlopCounterMode) and the analytic prediction, and the ratios against ``fedavg``.
+measured FLOPs (torch FlopCounterMode on every step; the seconds include its overhead) and the analytic
+prediction (:func:`fedbt.costs.analytic_train_flops`), and the ratios against ``fedavg``.
 Pre-training trains masked LM on the CS corpus; fine-tuning trains ChemProt classification. With ``--vit ARCH``
 the model is a ViT of that shape (random weights) on the CIFAR-10 images: masked image modelling, or image
 classification.
@@ -56,7 +57,7 @@ def main() -> None:
     objective = make_objective(
         head, tokenizer, max_length=args.max_length, padding="fixed", patches=args.max_length - 1
     )
-    local = LocalConfig(steps=args.steps, batch_size=args.batch_size, lr=5e-5, flop_count_steps=1)
+    local = LocalConfig(steps=args.steps, batch_size=args.batch_size, lr=5e-5, flop_count_steps=-1)
     setup = SimulationSetup([examples], objective, local, args.rounds, 1.0, "weighted", 0, torch.device("cpu"))
     arch = ModelArch.from_model(model)
     totals = {name: {"seconds": 0.0, "measured": 0, "analytic": 0, "upload": 0} for name in args.methods}

@@ -68,6 +68,10 @@ class DataConfig:
     task: str | None = None
     max_examples: int | None = None
     heldout_examples: int = 256
+    """Pre-training: the reported test slice of held-out corpus sentences; fine-tuning: the task's dev rows."""
+    dev_examples: int = 0
+    """Pre-training only: a dev slice of held-out sentences between the training and the test slice, scored every
+    round as ``dev_heldout_<objective>_loss``: what a grid chooses on (0: none)."""
     partition_dir: str = "results/partitions"
     cache_dir: str = field(default_factory=lambda: os.environ.get("FEDBT_CACHE_DIR", "results/cache"))
     """Token caches (default ``results/cache``, or ``$FEDBT_CACHE_DIR``: one cache shared by several studies)."""
@@ -118,8 +122,13 @@ class TierConfig:
 
     ``local_layers`` is the local depth ``L_k`` a client of the tier can train (default: the method's own
     ``local_layers``, or the whole model), ``width`` the share of every layer's attention heads and FFN neurons it
-    can hold (width-scaled methods; default ``local_layers / L_G``), ``memory_mb`` a memory budget that the run
-    checks against the ledger (reported exceeded or not; training is not stopped).
+    can hold (width-scaled methods; default ``local_layers / L_G``), ``memory_mb`` the device memory its clients
+    have for local training, in MB (10^6 bytes), against which :mod:`fedbt.memory` estimates each client's plan
+    (parameters, gradients, AdamW moments, activations, the method's extra tensors); ``federation.budget_policy``
+    says what an estimate over it does.
+    ``local_work`` is the share of the local steps (``local.steps``, or those of ``local.epochs``) its clients can
+    run, in (0, 1], for methods with variable local work (``fedprox``: the paper's inexact local solves; default
+    ``local_layers / L_G``, else 1); every other method runs all the steps.
     """
 
     share: float | None = None
@@ -127,6 +136,7 @@ class TierConfig:
     width: float | None = None
     memory_mb: float | None = None
     name: str | None = None
+    local_work: float | None = None
 
 
 @dataclass
@@ -140,6 +150,10 @@ class FederationConfig:
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     tiers: list[TierConfig] = field(default_factory=list)
     """Client resource tiers, dealt to the clients by seed (none: every client can hold the whole model)."""
+    budget_policy: Literal["warn", "drop", "refuse"] = "warn"
+    """A client plan whose memory estimate exceeds its tier's ``memory_mb``: ``warn`` trains it and marks it;
+    ``drop``: the client sits the round out (a method with ``shrinks`` first shrinks its plan to fit); ``refuse``:
+    the run fails before training (after the same shrinking)."""
 
 
 @dataclass
@@ -160,7 +174,10 @@ class LocalConfig:
     max_grad_norm: float | None = 1.0
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    flop_count_steps: int = 1
+    flop_count_steps: int = -1
+    """Local steps whose FLOPs torch's ``FlopCounterMode`` counts: -1 every step (the measured FLOPs are a count),
+    ``n`` the first ``n`` of each client-round (the others scaled by the analytic model; the ledger's
+    ``measured_steps`` says how many were counted), 0 none."""
     padding: Literal["dynamic", "fixed"] = "dynamic"
     """Pad each batch to its longest sequence (dynamic) or every batch to ``model.max_length`` (fixed)."""
     group_by_length: bool = True
@@ -207,6 +224,31 @@ class MethodConfig:
 
 
 @dataclass
+class ServerOptimizerConfig:
+    """A server optimizer on the pseudo-gradient of what the method aggregates (``server.optimizer``, any method;
+    rules in :mod:`fedbt.federated.server_optimizer`).
+
+    ``name``: ``none``, ``fedavgm`` (server momentum; settings ``lr`` 1.0, ``momentum`` 0.9), ``fedadam`` or
+    ``fedyogi`` (settings ``lr`` 1e-2, ``beta1`` 0.9, ``beta2`` 0.99, ``tau`` 1e-3). An unset setting takes the
+    optimizer's default; a setting the named optimizer does not take is an error.
+    """
+
+    name: Literal["none", "fedavgm", "fedadam", "fedyogi"] = "none"
+    lr: float | None = None
+    momentum: float | None = None
+    beta1: float | None = None
+    beta2: float | None = None
+    tau: float | None = None
+
+
+@dataclass
+class ServerConfig:
+    """The server's side of the federation beyond the method's aggregation."""
+
+    optimizer: ServerOptimizerConfig = field(default_factory=ServerOptimizerConfig)
+
+
+@dataclass
 class RunConfig:
     """One federated run: a method on a model, data and federation, then an optional evaluation."""
 
@@ -217,6 +259,7 @@ class RunConfig:
     out_dir: str | None = None
     plugins: list[str] = field(default_factory=list)
     method: MethodConfig = field(default_factory=MethodConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
@@ -359,6 +402,7 @@ def validate(config: RunConfig) -> None:
     _require(fed.partition.alpha > 0, "federation.partition.alpha", "must be > 0")
     _require(fed.partition.min_size >= 0, "federation.partition.min_size", "must be >= 0")
     check_tiers(fed.tiers, fed.clients)
+    check_server_optimizer(config.server.optimizer)
     _require(local.steps is None or local.steps >= 1, "local.steps", "must be >= 1 or null (use epochs)")
     _require(local.epochs > 0, "local.epochs", f"got {local.epochs}, must be > 0")
     _require(local.batch_size >= 1, "local.batch_size", "must be >= 1")
@@ -366,7 +410,11 @@ def validate(config: RunConfig) -> None:
     _require(local.weight_decay >= 0, "local.weight_decay", "must be >= 0")
     _require(0.0 < local.mlm_probability < 1.0, "local.mlm_probability", "must be in (0, 1)")
     _require(0.0 < local.mim_mask_ratio < 1.0, "local.mim_mask_ratio", "must be in (0, 1)")
-    _require(local.flop_count_steps >= 0, "local.flop_count_steps", "must be >= 0 (0 disables)")
+    _require(
+        local.flop_count_steps >= -1,
+        "local.flop_count_steps",
+        f"got {local.flop_count_steps}, allowed values: -1 (every step), 0 (none) or a number of steps",
+    )
     _require(
         local.device == "auto" or local.device == "cpu" or local.device.startswith("cuda"),
         "local.device",
@@ -374,6 +422,12 @@ def validate(config: RunConfig) -> None:
     )
     _require(config.model.max_length >= 8, "model.max_length", "must be >= 8")
     _require(data.heldout_examples >= 0, "data.heldout_examples", "must be >= 0 (0 disables per-round scores)")
+    _require(data.dev_examples >= 0, "data.dev_examples", f"got {data.dev_examples}, must be >= 0 (0: no dev slice)")
+    _require(
+        data.dev_examples == 0 or config.scenario == "pretrain",
+        "data.dev_examples",
+        "only pre-training takes a dev slice of its corpus (fine-tuning's dev split is data.heldout_examples rows)",
+    )
     if data.max_examples is not None:
         _require(data.max_examples >= fed.clients, "data.max_examples", "must be >= federation.clients")
     from fedbt.training.objectives import available_objectives, get_objective
@@ -401,9 +455,27 @@ def validate(config: RunConfig) -> None:
     _require(len(ev.seeds) >= 1, "evaluation.seeds", "must list at least one seed")
 
 
+def check_server_optimizer(optimizer: ServerOptimizerConfig, key: str = "server.optimizer") -> None:
+    """Every set setting is one the named optimizer takes, within its range."""
+    from fedbt.federated.server_optimizer import OPTIMIZERS, check_setting, settings_of
+
+    for setting in ("lr", "momentum", "beta1", "beta2", "tau"):
+        value = getattr(optimizer, setting)
+        if value is None:
+            continue
+        takers = [name for name in OPTIMIZERS if setting in settings_of(name)]
+        _require(
+            setting in settings_of(optimizer.name),
+            f"{key}.{setting}",
+            f"{key}.name = {optimizer.name} takes no {setting}; it is a setting of: {', '.join(takers)}",
+        )
+        check_setting(setting, value, f"{key}.{setting}")
+
+
 def check_tiers(tiers: list[TierConfig], clients: int | None, key: str = "federation.tiers") -> None:
     """Shares in (0, 1] that sum to 1 and (given ``clients``) deal every tier at least one client; depths, widths
-    and budgets positive; names unique. (Depths above the model's are checked by the method, which knows it.)"""
+    and budgets positive; local work in (0, 1]; names unique. (Depths above the model's are checked by the method,
+    which knows it.)"""
     if not tiers:
         return
     names = []
@@ -414,6 +486,11 @@ def check_tiers(tiers: list[TierConfig], clients: int | None, key: str = "federa
         _require(tier.local_layers is None or tier.local_layers >= 1, f"{item}.local_layers", "must be >= 1")
         _require(tier.width is None or 0.0 < tier.width <= 1.0, f"{item}.width", f"got {tier.width}, must be in (0, 1]")
         _require(tier.memory_mb is None or tier.memory_mb > 0, f"{item}.memory_mb", "must be > 0 (MB, 10^6 bytes)")
+        _require(
+            tier.local_work is None or 0.0 < tier.local_work <= 1.0,
+            f"{item}.local_work",
+            f"got {tier.local_work}, must be in (0, 1] (a share of the local steps)",
+        )
         names.append(tier.name or f"tier{i}")
     _require(len(set(names)) == len(names), key, f"tier names must differ, got {names}")
     total = sum(tier.share for tier in tiers)

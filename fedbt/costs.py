@@ -9,6 +9,7 @@ machine without downloading weights. The measured per-client costs of real runs 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any
@@ -20,7 +21,7 @@ from fedbt import paper
 from fedbt.errors import ConfigError, FedBTError
 from fedbt.federated.method import ClientPlan, Method, available_methods, create_method, get_method
 from fedbt.federated.tiers import FULL, Tier
-from fedbt.models import ModelArch, layer_widths
+from fedbt.models import ModelArch
 from fedbt.training.objectives import ObjectiveSettings, available_objectives, get_objective
 
 MIB = 2**20
@@ -34,70 +35,157 @@ def scenario_of(head: str) -> str:
 
 # ---------------------------------------------------------------------------------- analytic FLOPs
 
+LAYER_MODULES = {
+    # role -> module path inside a Transformer layer: BERT (post-norm), then ViT (pre-norm)
+    False: {
+        "q": "attention.self.query",
+        "k": "attention.self.key",
+        "v": "attention.self.value",
+        "o": "attention.output.dense",
+        "norm1": "attention.output.LayerNorm",
+        "ffn_in": "intermediate.dense",
+        "ffn_out": "output.dense",
+        "norm2": "output.LayerNorm",
+    },
+    True: {
+        "norm1": "layernorm_before",
+        "q": "attention.q_proj",
+        "k": "attention.k_proj",
+        "v": "attention.v_proj",
+        "o": "attention.o_proj",
+        "norm2": "layernorm_after",
+        "ffn_in": "mlp.fc1",
+        "ffn_out": "mlp.fc2",
+    },
+}
+
+
+def _matrices(arch: ModelArch, names: Sequence[str]) -> list[str]:
+    """The matrices among a module's parameters, in parameter order: its weight first, then adapters (LoRA's
+    ``A`` and ``B``; peft renames the wrapped weight ``<module>.base_layer.weight``)."""
+    return [n for n in names if len(arch.param_shapes[n]) == 2]
+
+
+class _Pass:
+    """FLOPs of one forward + backward pass, accumulated matmul by matmul.
+
+    A matmul of ``flops`` forward FLOPs costs as much again for its weight gradient if its weight trains, and as
+    much again for its input gradient if its input needs one (something trained below it); a frozen weight
+    below every trained tensor costs its forward only.
+    """
+
+    def __init__(self, arch: ModelArch, plan: ClientPlan):
+        self.arch, self.plan = arch, plan
+        self.forward = self.backward = 0
+
+    def matmul(self, flops: int, weight_grad: bool, input_grad: bool) -> None:
+        self.forward += flops
+        self.backward += flops * (weight_grad + input_grad)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The shape of the part of ``name`` the client holds (under a width slice, its selection's shape)."""
+        selection = self.plan.sub_shapes.get(name, self.arch.param_shapes[name])
+        return tuple(s if isinstance(s, int) else len(s) for s in selection)
+
+    def numel(self, name: str) -> int:
+        return math.prod(self.shape(name))
+
+    def linear(self, names: Sequence[str], trained: set[str], tokens: int, grad: bool) -> bool:
+        """A linear module (its parameters ``names``) over ``tokens`` positions whose input needs a gradient if
+        ``grad``: its weight (the first matrix), then the chain of adapter matrices beside it (the others in
+        parameter order, from the same input: LoRA's ``A`` then ``B``), each by the shape the client holds.
+        Returns whether the output needs a gradient."""
+        weight, *adapters = _matrices(self.arch, names)
+        self.matmul(tokens * 2 * self.numel(weight), weight in trained, grad)
+        chain = grad
+        for adapter in adapters:
+            self.matmul(tokens * 2 * self.numel(adapter), adapter in trained, chain)
+            chain = chain or adapter in trained
+        return grad or any(n in trained for n in names)
+
+    def attention(self, tokens: int, seq_len: int, widths: tuple[int, int], grads: tuple[bool, bool, bool]) -> bool:
+        """Eager attention ``softmax(Q K^T) V`` (``2*S*a`` FLOPs per token for each product, ``a`` the Q/K or V
+        width): the backward pass computes the gradient of each operand that needs one."""
+        qk, v = (2 * seq_len * width for width in widths)
+        q_grad, k_grad, v_grad = grads
+        self.forward += tokens * (qk + v)
+        self.backward += tokens * (v * ((q_grad or k_grad) + v_grad) + qk * (q_grad + k_grad))
+        return q_grad or k_grad or v_grad
+
+    def layer(self, position: int, tokens: int, seq_len: int, grad: bool) -> bool:
+        """Local position ``position`` (its tensors train unless it is a stale copy) over ``tokens`` positions of
+        ``seq_len``; returns whether its output needs a gradient."""
+        arch, plan = self.arch, self.plan
+        prefix = f"{arch.layer_prefix}{plan.layer_map[position]}."
+        names = arch.layer_params(plan.layer_map[position])
+        trained = set() if position in plan.stale_positions else set(names) & plan.trainable
+        modules = {
+            role: [n for n in names if n.startswith(f"{prefix}{path}.")]
+            for role, path in LAYER_MODULES[arch.pre_norm].items()
+        }
+
+        def norm(role: str, needs: bool) -> bool:
+            return needs or any(n in trained for n in modules[role])
+
+        normed = norm("norm1", grad) if arch.pre_norm else grad
+        q, k, v = (self.linear(modules[role], trained, tokens, normed) for role in ("q", "k", "v"))
+        widths = tuple(self.shape(_matrices(arch, modules[role])[0])[0] for role in ("q", "v"))
+        context = self.attention(tokens, seq_len, widths, (q, k, v))
+        attended = self.linear(modules["o"], trained, tokens, context) or grad
+        if not arch.pre_norm:
+            attended = norm("norm1", attended)
+        inner = self.linear(modules["ffn_in"], trained, tokens, norm("norm2", attended) if arch.pre_norm else attended)
+        out = self.linear(modules["ffn_out"], trained, tokens, inner) or attended
+        return out if arch.pre_norm else norm("norm2", out)
+
 
 def analytic_train_flops(
     arch: ModelArch, plan: ClientPlan, sequences: int, seq_len: int, predicted_tokens: int, head: str = "mlm"
 ) -> int:
     """FLOPs of one training pass (forward + backward) of the local model of ``plan`` over ``sequences``
-    sequences of ``seq_len`` tokens (``T = sequences * seq_len``).
+    sequences of ``seq_len`` tokens (``T = sequences * seq_len``), matmul by matmul from the shapes the client
+    holds (a width slice's blocks under ``plan.sub_shapes``).
 
-    Forward, per token and Transformer layer: ``W + A`` with ``W = 2*(4*H^2 + 2*H*I)`` (the Q, K, V,
-    attention-output and two FFN matmuls) and ``A = 4*S*H`` (the weight-free ``Q K^T`` and ``P V``).
-    Heads: MLM ``2*H^2`` (transform) + ``2*H*V`` (decoder) per *predicted* token (masked positions, or all
-    ``T`` tokens for full logits: the caller decides); classification ``2*H^2`` (pooler) +
-    ``2*H*num_labels`` (classifier) per sequence. Image models (``S`` = patches + 1): the patch-embedding
-    projection ``2*p^2*C*H`` per patch (its weight gradient too when the embeddings train; it needs no input
-    gradient), MIM ``2*H*p^2*C`` per patch (the decoder reconstructs every patch: ``predicted_tokens``),
-    image classification ``2*H*num_labels`` per image. Embedding lookups, norms and activations count 0.
+    Forward: every linear module ``2 * out * in`` per token (per layer ``W = 2*(4*H^2 + 2*H*I)`` unsliced), an
+    adapter matrix beside it (LoRA's ``A``: ``2*r*in``, ``B``: ``2*out*r``) likewise, and the weight-free
+    ``Q K^T`` and ``P V`` ``2*S*a`` each (``a``: heads x head size). Heads: MLM transform ``2*H^2`` and decoder
+    ``2*H*V`` per *predicted* token (masked positions, or all ``T`` tokens for full logits: the caller decides);
+    classification ``2*H^2`` (pooler) + ``2*H*num_labels`` (classifier) per sequence. Image models (``S`` =
+    patches + 1): the patch-embedding projection ``2*p^2*C*H`` per patch, MIM ``2*H*p^2*C`` per patch (the
+    decoder reconstructs every patch: ``predicted_tokens``), image classification ``2*H*num_labels`` per image.
+    Embedding lookups, norms, activations and element-wise scalings count 0.
 
-    Backward, walking the local positions bottom-up (position ``j`` trains if a parameter of global layer
-    ``plan.layer_map[j]`` is in ``plan.trainable`` and ``j`` is not a stale copy; the input needs a gradient once
-    anything below trains):
+    Backward, walking the local positions bottom-up (the tensors of position ``j`` train if they are in
+    ``plan.trainable`` and ``j`` is not a stale copy), per matmul: its forward FLOPs once for the weight gradient
+    if its weight trains, once for the input gradient if its input needs one, i.e. if a tensor it depends on
+    trains (a frozen weight above a trained tensor costs forward + input gradient, 2x forward; below every
+    trained tensor, forward only); attention, the gradient of each of ``Q``, ``K``, ``V`` and ``P`` that needs
+    one. So the lowest trained BERT layer skips its Q/K/V input gradients (in a pre-norm ViT layer its trainable
+    LayerNorm before attention needs them), the patch projection never computes an input gradient, and a fully
+    trainable model costs exactly 3 x forward. LoRA: base weights forward + input gradients above the lowest
+    adapter, adapters their own forward and backward.
 
-    * weight gradients: ``W`` for every training layer, each head matmul's forward FLOPs if its weight trains;
-    * activation gradients, once the layer's input needs a gradient or the layer trains: ``W + 2*A`` (both
-      operands of ``Q K^T`` and ``P V`` are activations), minus the Q/K/V input gradients ``6*H^2`` for the
-      lowest training layer when nothing below it trains (post-norm BERT only: in a pre-norm ViT layer the
-      trainable LayerNorm before attention needs them); each head matmul's forward FLOPs once its input
-      needs a gradient.
-
-    A width-sliced layer (``plan.sub_shapes``, HeteroFL) with ``a`` attention outputs (heads x head size) and ``f``
-    FFN neurons has ``W = 2*(4*H*a + 2*H*f)``, ``A = 4*S*a`` and Q/K/V input gradients ``6*H*a``.
-
-    So a fully trainable model costs exactly 3 x forward, and frozen lower layers cost forward only. This is
-    the count of eager attention; fused attention kernels (PyTorch's SDPA/flash) recompute ``Q K^T`` in the
-    backward pass, so measured FLOPs exceed it by ``2*S*H`` per token and training layer (about 1% for
-    MiniLM at 64 tokens; 5-7% for a narrow ViT whose attention share is large).
+    This is the count of eager attention (and of PyTorch's SDPA when it falls back to matmuls, as on CPU with
+    attention dropout); fused attention kernels (flash) recompute ``Q K^T`` in the backward pass and compute every
+    operand's gradient, so measured FLOPs exceed it by ``2*S*a`` per token and layer that backpropagates (more in
+    the lowest LoRA layer, whose ``K`` needs none): about 1% for MiniLM at 64 tokens, 5-7% for a narrow ViT whose
+    attention share is large.
     """
-    H, S = arch.hidden_size, seq_len
+    flops = _Pass(arch, plan)
     tokens = sequences * seq_len
-    trainable = plan.trainable
     embeddings = [n for n in arch.names if n.startswith(arch.base_prefix + "embeddings.")]
-    grad = any(n in trainable for n in embeddings)
-    forward = backward = 0
+    grad = any(n in plan.trainable for n in embeddings)
     if arch.vision:
-        projection = sequences * arch.num_patches * 2 * arch.patch_size**2 * arch.num_channels * H
-        forward += projection
-        backward += projection if grad else 0
+        projection = next(n for n in embeddings if n.endswith("projection.weight"))
+        flops.matmul(sequences * arch.num_patches * 2 * flops.numel(projection), projection in plan.trainable, False)
     for position in range(len(plan.layer_map)):
-        # a width slice keeps a heads and f FFN neurons: every matmul of the layer shrinks with them
-        a, f = layer_widths(arch, plan.layer_map[position], plan.sub_shapes) if plan.sub_shapes else (H, None)
-        weights = 2 * (4 * H * H + 2 * H * arch.intermediate_size) if f is None else 2 * (4 * H * a + 2 * H * f)
-        attention = 4 * S * a
-        # post-norm (BERT): the lowest training layer with nothing trained below skips its Q/K/V input gradients
-        skipped_qkv = 0 if arch.pre_norm else 2 * 3 * H * a
-        trains = plan.trains_position(position, arch)
-        forward += tokens * (weights + attention)
-        if trains:
-            backward += tokens * weights
-        if grad or trains:
-            backward += tokens * (weights + 2 * attention - (0 if grad else skipped_qkv))
-        grad = grad or trains
-    for flops, weight, group in get_objective(head, key="head").head_stages(arch, sequences, predicted_tokens):
-        forward += flops
-        backward += flops * ((weight in trainable) + grad)
-        grad = grad or any(n in trainable for n in group)
-    return forward + backward
+        grad = flops.layer(position, tokens, seq_len, grad)
+    for stage_flops, weight, group in get_objective(head, key="head").head_stages(arch, sequences, predicted_tokens):
+        if weight in plan.sub_shapes:  # a sliced head matmul: its FLOPs scale with the block it holds
+            stage_flops = stage_flops // arch.param_numel[weight] * flops.numel(weight)
+        flops.matmul(stage_flops, weight in plan.trainable, grad)
+        grad = grad or any(n in plan.trainable for n in group)
+    return flops.forward + flops.backward
 
 
 # ------------------------------------------------------------------------------------ cost tables

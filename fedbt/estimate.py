@@ -2,7 +2,9 @@
 shapes (meta device, no weights) and the data sizes, and the device-hours at a sustained throughput.
 
 A job's *client* FLOPs are those its ledger will hold: every round, every selected client's local training
-(:func:`fedbt.costs.analytic_train_flops` of the method's plan over the client's share of the data). Its
+(:func:`fedbt.costs.analytic_train_flops` of the method's plan, fitted to its tier's memory budget as the
+simulator fits it (:func:`fedbt.memory.fit_plan`: shrunk, or sitting the round out under ``budget_policy: drop``),
+over the client's share of the data); the job also records each tier's largest memory estimate. Its
 *evaluation* FLOPs are the rest of the job: the per-round scores (forward passes over the held-out or dev/test
 examples) and the downstream fine-tuning (``evaluation.seeds`` x ``evaluation.epochs`` passes over the task's
 train examples, full model, plus the dev/test forward passes).
@@ -44,6 +46,11 @@ class JobCost:
     lengths: str
     """Where the sequence lengths came from: ``cache`` or ``max_length`` (upper bound)."""
     notes: list[str] = field(default_factory=list)
+    memory_mb: dict[str, float] = field(default_factory=dict)
+    """Per resource tier (``all`` without tiers): the largest memory estimate of its clients' plans, MB
+    (:mod:`fedbt.memory`, as the simulator fits them under ``federation.budget_policy``)."""
+    dropped_client_rounds: int = 0
+    """Client-rounds whose plan does not fit the tier's budget under ``budget_policy: drop``."""
 
 
 # ------------------------------------------------------------------------------------ the jobs
@@ -59,23 +66,31 @@ def _sets(layer: Mapping[str, Any]) -> list[str]:
 
 
 def study_jobs(study: Mapping[str, Any]) -> list[tuple[str, str, str, int, RunConfig]]:
-    """``(study, data set, variant, seed, run config)`` of every job of a study config, each once (in the first
-    study that lists it), with the overrides the pipeline gives it (a starting model or a distilled student that
-    the pipeline would build first is replaced by the architecture it has)."""
+    """``(study, data set, variant label, seed, run config)`` of every job of a study config, each once (in the
+    first study that lists it), at every grid point (:func:`fedbt.pipeline.grid_points`; the label names the
+    point as the run directory does, ``fedprox-lr0.0003-mu0.01``), with the overrides the pipeline gives it (a
+    starting model or a distilled student that the pipeline would build first is replaced by the architecture it
+    has)."""
+    from fedbt.pipeline import grid_points, point_label
+
     jobs, seen = [], set()
     for name, spec in study["studies"].items():
         for data in spec["data"]:
             for variant in spec["variants"]:
                 for seed in spec["seeds"]:
-                    identity = (spec["scenario"], data, variant, seed)
-                    if identity in seen:
-                        continue
-                    seen.add(identity)
-                    jobs.append((name, data, variant, seed, _job_config(study, *identity)))
+                    for point in grid_points(study, name, variant):
+                        identity = (spec["scenario"], data, variant, seed, point)
+                        if identity in seen:
+                            continue
+                        seen.add(identity)
+                        label = f"{variant}-{point_label(point)}" if point else variant
+                        jobs.append((name, data, label, seed, _job_config(study, *identity)))
     return jobs
 
 
-def _job_config(study: Mapping[str, Any], scenario: str, data: str, variant: str, seed: int) -> RunConfig:
+def _job_config(
+    study: Mapping[str, Any], scenario: str, data: str, variant: str, seed: int, point: tuple = ()
+) -> RunConfig:
     vspec = study["variants"].get(variant) or {}
     options = dict(vspec.get("options") or {})
     data_spec = study["data"][data]
@@ -91,6 +106,7 @@ def _job_config(study: Mapping[str, Any], scenario: str, data: str, variant: str
         starting,
         vspec.get("overrides") or {},
         {"scenario": scenario, "method.name": vspec.get("method", variant), "method.options": options, "seed": seed},
+        dict(point),
     ]
     try:
         return load_config(None, [item for layer in layers for item in _sets(layer)])
@@ -282,6 +298,7 @@ def job_cost(study: str, data: str, variant: str, seed: int, config: RunConfig) 
     from fedbt.data.partition import partition_indices
     from fedbt.federated.method import ClientPlan, create_method, get_method
     from fedbt.federated.tiers import FULL, deal, tiers_from_config
+    from fedbt.memory import fit_plan, memory_settings
     from fedbt.training.objectives import ObjectiveSettings
 
     head, max_length, notes = config.local.objective, config.model.max_length, []
@@ -308,13 +325,13 @@ def job_cost(study: str, data: str, variant: str, seed: int, config: RunConfig) 
         max_length = arch.num_patches + 1
     settings_data = config.data
     if config.scenario == "pretrain":
+        from fedbt.data.run_data import corpus_slices
+
         pool = corpus_sizes(config)
-        usable = (
-            pool.count
-            if settings_data.max_examples is None
-            else min(pool.count, settings_data.max_examples + settings_data.heldout_examples)
+        train, dev, test = corpus_slices(
+            pool.count, settings_data.max_examples, settings_data.dev_examples, settings_data.heldout_examples
         )
-        count, heldout = max(usable - settings_data.heldout_examples, 0), min(settings_data.heldout_examples, usable)
+        count, heldout = len(train), len(dev) + len(test)  # the dev and the test slice are scored every round
         rows = np.arange(count)
     else:
         pool = tasks["train"]
@@ -340,10 +357,15 @@ def job_cost(study: str, data: str, variant: str, seed: int, config: RunConfig) 
     # each client's resource tier, as the simulator deals it (pooled clients train in one place: no tiers)
     dealt = deal(method.tiers, fed.clients, config.seed) if fed.tiers and len(arranged) == len(clients) else []
     local = config.local
-    client_flops = 0
+    client_flops = dropped = 0
+    memory, memory_mb = memory_settings(config, arch), {}
     for round_idx in range(fed.rounds):
         for client_id in range(len(arranged)):
-            plan = method.client_plan(round_idx, client_id, dealt[client_id] if dealt else FULL)
+            tier = dealt[client_id] if dealt else FULL
+            fitted = fit_plan(method, round_idx, client_id, tier, memory, fed.budget_policy)
+            plan, dropped = fitted.plan, dropped + fitted.dropped
+            if fitted.estimate is not None:
+                memory_mb[tier.name] = max(memory_mb.get(tier.name, 0.0), fitted.estimate.mb)
             members = arranged[client_id]
             if not plan.trainable or not len(members):
                 continue
@@ -364,7 +386,7 @@ def job_cost(study: str, data: str, variant: str, seed: int, config: RunConfig) 
     if config.scenario == "pretrain" and task_name:
         evaluation_flops += _downstream(config, task_name, tasks, source, settings, max_length)
     lengths = "cache" if pool.lengths is not None else "max_length"
-    return JobCost(study, data, variant, seed, client_flops, evaluation_flops, lengths, notes)
+    return JobCost(study, data, variant, seed, client_flops, evaluation_flops, lengths, notes, memory_mb, dropped)
 
 
 def _num_labels(config: RunConfig, task_name: str, notes: list[str]) -> int:
@@ -433,7 +455,8 @@ def measured_tflops(path: Path = THROUGHPUT_FILE) -> tuple[float, str] | None:
 
 
 def estimate(study: Mapping[str, Any], tflops: float) -> dict[str, Any]:
-    """Every job's FLOPs, per study and in total, with device-hours at ``tflops`` sustained TFLOP/s."""
+    """Every job's FLOPs, per study and in total, with device-hours at ``tflops`` sustained TFLOP/s, and
+    ``memory_mb``: per study, variant and tier, the largest memory estimate of a client plan (MB)."""
     jobs = [job_cost(*job) for job in study_jobs(study)]
     hours = 1.0 / (tflops * 1e12 * 3600)
     studies: dict[str, dict[str, Any]] = {}
@@ -448,9 +471,15 @@ def estimate(study: Mapping[str, Any], tflops: float) -> dict[str, Any]:
     total = {key: sum(row[key] for row in studies.values()) for key in ("jobs", "client_flops", "evaluation_flops")}
     total["device_hours"] = (total["client_flops"] + total["evaluation_flops"]) * hours
     total["client_device_hours"] = total["client_flops"] * hours
+    memory: dict[str, dict[str, dict[str, float]]] = {}
+    for job in jobs:
+        tiers = memory.setdefault(job.study, {}).setdefault(job.variant, {})
+        for tier, mb in job.memory_mb.items():
+            tiers[tier] = max(tiers.get(tier, 0.0), mb)
     return {
         "tflops": tflops,
         "jobs": [job.__dict__ for job in jobs],
         "studies": studies,
         "total": total,
+        "memory_mb": memory,
     }

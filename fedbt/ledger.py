@@ -24,9 +24,11 @@ MIB = 2**20
 MB = 10**6
 
 
-TRAINED, IDLE, NO_DATA = "trained", "idle", "no_data"
+TRAINED, IDLE, NO_DATA, OVER_BUDGET = "trained", "idle", "no_data", "over-budget"
 """Row statuses: the client trained; its plan trained nothing (it sat the round out); it holds no examples (it
-sat the round out: no bytes, no FLOPs, aggregation weight 0)."""
+sat the round out: no bytes, no FLOPs, aggregation weight 0); its plan's memory estimate exceeds its tier's budget
+under ``federation.budget_policy: drop`` (it sat the round out as a device out of memory would; the row keeps the
+estimate and the budget)."""
 
 
 @dataclass
@@ -48,6 +50,9 @@ class LedgerRow:
     download_bytes: int = 0
     measured_flops: int = 0
     analytic_flops: int = 0
+    measured_steps: int = 0
+    """Steps whose FLOPs ``FlopCounterMode`` counted (``local.flop_count_steps``): all ``steps``, or ``measured_flops``
+    is those steps' count scaled to the others by the analytic model of their shapes."""
     seconds: float = 0.0
     """Compute seconds of local training (process CPU time on CPU, synchronised time on CUDA)."""
     wall_seconds: float = 0.0
@@ -57,6 +62,11 @@ class LedgerRow:
     state_bytes: int = 0
     """What the client held to train, activations excluded: its local model's parameters, the trained ones'
     gradients and the optimizer's state (counted from the tensors: deterministic)."""
+    memory_estimate_bytes: int = 0
+    """The memory estimate of the client's plan (:mod:`fedbt.memory`: parameters, gradients, optimizer moments,
+    activations, the method's extra tensors; for an over-budget row, of the plan that did not fit)."""
+    memory_budget_mb: float = 0.0
+    """The client's tier's ``memory_mb`` (0: no budget)."""
     train_loss: float = 0.0
 
 
@@ -156,18 +166,23 @@ class Ledger:
                 "download_bytes",
                 "measured_flops",
                 "analytic_flops",
+                "measured_steps",
             )
         }
+        over = sum(row.status == OVER_BUDGET for row in rows)
         summary: dict[str, float] = {
             "rounds": len(rounds),
             "client_rounds": trained,
             "idle_client_rounds": len(rows) - trained,
+            "over_budget_client_rounds": over,
+            "dropped_client_rounds_pct": 100.0 * over / max(len(rows), 1),
         }
         summary.update({f"total_{name}": value for name, value in totals.items()})
         summary["total_client_seconds"] = sum(row.seconds for row in rows)
         summary["total_client_wall_seconds"] = sum(row.wall_seconds for row in rows)
         summary["max_peak_memory_bytes"] = max((row.peak_memory_bytes for row in rows), default=0)
         summary["max_state_bytes"] = max((row.state_bytes for row in rows), default=0)
+        summary["max_memory_estimate_bytes"] = max((row.memory_estimate_bytes for row in rows), default=0)
         for direction in ("upload", "download"):
             nbytes = totals[f"{direction}_bytes"]
             for unit, size in (("bytes", 1), ("mib", MIB), ("mb", MB)):
@@ -187,7 +202,9 @@ class Ledger:
     def tier_summary(self, tiers: Sequence[Tier]) -> dict[str, dict[str, Any]]:
         """Per resource tier: its clients and client-rounds, its costs per client-round of the tier (FLOPs, bytes,
         seconds; a round a client sat out costs 0 and counts, so a tier that never trains costs 0), its largest
-        peak memory and training state, and whether they exceed the tier's memory budget (None: no budget)."""
+        peak memory, training state and memory estimate, whether they exceed the tier's memory budget (None: no
+        budget), and the client-rounds it sat out over budget (``dropped_client_rounds_pct``: their share of the
+        tier's client-rounds)."""
         rows = self.rows()
         summary = {}
         for tier in tiers:
@@ -195,6 +212,8 @@ class Ledger:
             n = max(len(own), 1)
             peak = max((row.peak_memory_bytes for row in own), default=0)
             state = max((row.state_bytes for row in own), default=0)
+            estimated = max((row.memory_estimate_bytes for row in own), default=0)
+            over = sum(row.status == OVER_BUDGET for row in own)
             budget = None if tier.memory_mb is None else tier.memory_mb * MB
             summary[tier.name] = {
                 "share": tier.share,
@@ -210,8 +229,12 @@ class Ledger:
                 "client_seconds_per_client_round": sum(row.seconds for row in own) / n,
                 "max_peak_memory_mb": peak / MB,
                 "max_state_mb": state / MB,
+                "max_memory_estimate_mb": estimated / MB,
                 "memory_budget_mb": tier.memory_mb,
                 "peak_memory_exceeds_budget": None if budget is None else peak > budget,
                 "state_exceeds_budget": None if budget is None else state > budget,
+                "estimate_exceeds_budget": None if budget is None else estimated > budget,
+                "over_budget_client_rounds": over,
+                "dropped_client_rounds_pct": 100.0 * over / n,
             }
         return summary

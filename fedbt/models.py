@@ -14,15 +14,17 @@
   tensors appear once). A *local* model of depth ``L_k`` is described by a ``layer_map``: the global
   layer index held at each local position. :func:`local_to_global_names` translates names,
   :func:`load_from_global` copies tensors in, :func:`extract_to_global` reads trained tensors out.
-* Width slices (HeteroFL): :func:`width_shapes` gives the leading blocks of a layer's tensors that keep its first
-  attention heads and FFN neurons (the hidden size, and so embeddings, LayerNorms and every head, stays whole);
-  :func:`slice_parameters` shrinks a local model's tensors to such blocks.
+* Width slices (HeteroFL): :func:`width_selections` gives, at width rate ``r``, the part of every tensor a
+  sub-model keeps (hidden size, each head's dimension and the FFN scaled by ``r``; per-dimension index
+  selections, :data:`Selection`); :func:`slice_parameters` shrinks a local model to them so that it runs at that
+  width, and :func:`add_scalers` adds HeteroFL's Scaler.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -382,32 +384,136 @@ class ModelArch:
 
 # ------------------------------------------------------------------------------------ width slices
 
-WIDTH_ROLES = {
-    # suffix within a layer -> (what the sliced dimension counts, which dimension): BERT, then ViT names
-    "attention.self.query.weight": ("heads", 0),
-    "attention.self.query.bias": ("heads", 0),
-    "attention.self.key.weight": ("heads", 0),
-    "attention.self.key.bias": ("heads", 0),
-    "attention.self.value.weight": ("heads", 0),
-    "attention.self.value.bias": ("heads", 0),
-    "attention.output.dense.weight": ("heads", 1),
-    "intermediate.dense.weight": ("ffn", 0),
-    "intermediate.dense.bias": ("ffn", 0),
-    "output.dense.weight": ("ffn", 1),
-    "attention.q_proj.weight": ("heads", 0),
-    "attention.q_proj.bias": ("heads", 0),
-    "attention.k_proj.weight": ("heads", 0),
-    "attention.k_proj.bias": ("heads", 0),
-    "attention.v_proj.weight": ("heads", 0),
-    "attention.v_proj.bias": ("heads", 0),
-    "attention.o_proj.weight": ("heads", 1),
-    "mlp.fc1.weight": ("ffn", 0),
-    "mlp.fc1.bias": ("ffn", 0),
-    "mlp.fc2.weight": ("ffn", 1),
+Selection = tuple[int | tuple[int, ...], ...]
+"""A width slice of one tensor, per dimension: an ``int`` ``n`` keeps the first ``n`` entries, a tuple keeps
+those indices (in order). All ints: the leading block ``tensor[:s0, :s1, ...]``."""
+
+WIDTH_ROLES: dict[str, tuple[str | None, ...]] = {
+    # name (within a layer, or its tail) -> what each dimension counts: "hidden" (the residual width H: the first
+    # ceil(r H)), "heads" (A heads of size d: the first ceil(r d) of *each* head), "ffn" (the first ceil(r I)) or
+    # None (vocabulary, positions, labels, channels, pixels: kept whole). BERT, then ViT.
+    "word_embeddings.weight": (None, "hidden"),
+    "position_embeddings.weight": (None, "hidden"),
+    "token_type_embeddings.weight": (None, "hidden"),
+    "LayerNorm.weight": ("hidden",),
+    "LayerNorm.bias": ("hidden",),
+    "attention.self.query.weight": ("heads", "hidden"),
+    "attention.self.query.bias": ("heads",),
+    "attention.self.key.weight": ("heads", "hidden"),
+    "attention.self.key.bias": ("heads",),
+    "attention.self.value.weight": ("heads", "hidden"),
+    "attention.self.value.bias": ("heads",),
+    "attention.output.dense.weight": ("hidden", "heads"),
+    "attention.output.dense.bias": ("hidden",),
+    "intermediate.dense.weight": ("ffn", "hidden"),
+    "intermediate.dense.bias": ("ffn",),
+    "output.dense.weight": ("hidden", "ffn"),
+    "output.dense.bias": ("hidden",),
+    "pooler.dense.weight": ("hidden", "hidden"),
+    "pooler.dense.bias": ("hidden",),
+    "transform.dense.weight": ("hidden", "hidden"),
+    "transform.dense.bias": ("hidden",),
+    "predictions.bias": (None,),
+    "classifier.weight": (None, "hidden"),
+    "classifier.bias": (None,),
+    "embeddings.cls_token": (None, None, "hidden"),
+    "embeddings.mask_token": (None, None, "hidden"),
+    "embeddings.position_embeddings": (None, None, "hidden"),
+    "patch_embeddings.projection.weight": ("hidden", None, None, None),
+    "patch_embeddings.projection.bias": ("hidden",),
+    "attention.q_proj.weight": ("heads", "hidden"),
+    "attention.q_proj.bias": ("heads",),
+    "attention.k_proj.weight": ("heads", "hidden"),
+    "attention.k_proj.bias": ("heads",),
+    "attention.v_proj.weight": ("heads", "hidden"),
+    "attention.v_proj.bias": ("heads",),
+    "attention.o_proj.weight": ("hidden", "heads"),
+    "attention.o_proj.bias": ("hidden",),
+    "layernorm_before.weight": ("hidden",),
+    "layernorm_before.bias": ("hidden",),
+    "layernorm_after.weight": ("hidden",),
+    "layernorm_after.bias": ("hidden",),
+    "mlp.fc1.weight": ("ffn", "hidden"),
+    "mlp.fc1.bias": ("ffn",),
+    "mlp.fc2.weight": ("hidden", "ffn"),
+    "mlp.fc2.bias": ("hidden",),
+    "layernorm.weight": ("hidden",),
+    "layernorm.bias": ("hidden",),
+    "decoder.0.weight": (None, "hidden", None, None),
+    "decoder.0.bias": (None,),
 }
-"""The tensors of a Transformer layer that a width slice shrinks, by name within the layer. Attention Q/K/V
-rows and the attention output's columns are grouped by head (head ``h`` is ``h*d .. (h+1)*d - 1``), so keeping
-the first heads is a leading block; so is keeping the first FFN neurons. Everything else keeps its shape."""
+"""What each dimension of a parameter counts, for width slicing (HeteroFL's split of a transformer). A name
+matches its longest key that it equals or ends with after a dot; a parameter no key matches cannot be sliced."""
+
+SCALED_MODULES = (
+    "word_embeddings",
+    "position_embeddings",
+    "token_type_embeddings",
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+    "pooler.dense",
+    "transform.dense",
+    "attention.q_proj",
+    "attention.k_proj",
+    "attention.v_proj",
+    "attention.o_proj",
+    "mlp.fc1",
+    "mlp.fc2",
+)
+"""The sub-layers whose output HeteroFL's Scaler divides by ``r`` in training (module-name tails): where the
+authors' transformer applies it (each embedding, Q/K/V, the attention output, both FFN matmuls, the decoder's
+hidden transform; here also BERT's pooler). ViT's embedding block (patches, [CLS], positions) is scaled as a
+whole (:func:`add_scalers`); the vocabulary, label and pixel outputs are not scaled."""
+
+
+def width_size(width: float, total: int) -> int:
+    """``ceil(width * total)``, at least 1 (a float product just above an integer is not rounded up)."""
+    return max(1, math.ceil(width * total - 1e-9))
+
+
+def width_roles(arch: ModelArch, name: str) -> tuple[str | None, ...]:
+    """What each dimension of parameter ``name`` counts (:data:`WIDTH_ROLES`)."""
+    layer = arch.layer_of(name)
+    within = name if layer is None else name[len(arch.layer_prefix) + len(str(layer)) + 1 :]
+    keys = [k for k in WIDTH_ROLES if within == k or within.endswith("." + k)]
+    roles = WIDTH_ROLES[max(keys, key=len)] if keys else None
+    if roles is None or len(roles) != len(arch.param_shapes[name]):
+        raise FedBTError(f"{name} {arch.param_shapes[name]}: no width-slicing rule (fedbt.models.WIDTH_ROLES)")
+    return roles
+
+
+def width_selections(arch: ModelArch, width: float) -> dict[str, Selection]:
+    """HeteroFL's sub-model at width rate ``width`` (``r``): the selection of every parameter it shrinks (the
+    others stay whole). Hidden size ``ceil(r H)``, each of the ``A`` heads keeps its first ``ceil(r d)``
+    dimensions (the head count is kept), FFN ``ceil(r I)``; rates in ``(0, 1]``, ``{}`` at 1."""
+    if not 0 < width <= 1:
+        raise ConfigError("width", f"width rate {width} must be in (0, 1]")
+    head = arch.hidden_size // arch.num_heads
+    per_head = width_size(width, head)
+    heads = tuple(h * head + i for h in range(arch.num_heads) for i in range(per_head))
+    kept = {
+        "hidden": width_size(width, arch.hidden_size),
+        "ffn": width_size(width, arch.intermediate_size),
+        "heads": len(heads) if per_head == head or arch.num_heads == 1 else heads,
+    }
+    selections = {}
+    for name in arch.names:
+        shape = arch.param_shapes[name]
+        selection = tuple(
+            size if r is None else kept[r] for size, r in zip(shape, width_roles(arch, name), strict=True)
+        )
+        if selection_shape(selection) != shape:
+            selections[name] = selection
+    return selections
+
+
+def selection_shape(selection: Selection) -> tuple[int, ...]:
+    """The shape of the part of a tensor that ``selection`` keeps."""
+    return tuple(s if isinstance(s, int) else len(s) for s in selection)
 
 
 def leading_block(shape: Sequence[int]) -> tuple[slice, ...]:
@@ -415,56 +521,77 @@ def leading_block(shape: Sequence[int]) -> tuple[slice, ...]:
     return tuple(slice(0, size) for size in shape)
 
 
-def _width_role(arch: ModelArch, name: str) -> tuple[str, int] | None:
-    layer = arch.layer_of(name)
-    if layer is None:
-        return None
-    within = name[len(arch.layer_prefix) + len(str(layer)) + 1 :]
-    return WIDTH_ROLES.get(within)
+def selection_index(selection: Selection, device: torch.device | str = "cpu") -> tuple:
+    """An index for ``tensor[...]`` (read or write) of the part ``selection`` keeps: basic slices for a leading
+    block, else one broadcasting index tensor per dimension (an open mesh, as ``numpy.ix_``)."""
+    if all(isinstance(s, int) for s in selection):
+        return leading_block(selection)
+    index = []
+    for dim, s in enumerate(selection):
+        values = torch.arange(s, device=device) if isinstance(s, int) else torch.tensor(s, device=device)
+        shape = [1] * len(selection)
+        shape[dim] = -1
+        index.append(values.reshape(shape))
+    return tuple(index)
 
 
-def width_shapes(arch: ModelArch, layer: int, heads: int, ffn: int) -> dict[str, tuple[int, ...]]:
-    """The leading-block shapes of layer ``layer``'s tensors for a slice keeping its first ``heads`` attention
-    heads and first ``ffn`` FFN neurons (only the tensors that change)."""
-    if not 1 <= heads <= arch.num_heads or not 1 <= ffn <= arch.intermediate_size:
-        raise ConfigError("width", f"{heads} heads of {arch.num_heads}, {ffn} FFN neurons of {arch.intermediate_size}")
-    size = {"heads": heads * (arch.hidden_size // arch.num_heads), "ffn": ffn}
-    shapes = {}
-    for name in arch.layer_params(layer):
-        role = _width_role(arch, name)
-        if role is None:
-            continue
-        kind, dim = role
-        shape = list(arch.param_shapes[name])
-        shape[dim] = size[kind]
-        if tuple(shape) != arch.param_shapes[name]:
-            shapes[name] = tuple(shape)
-    return shapes
+def select(tensor: torch.Tensor, selection: Selection) -> torch.Tensor:
+    """The part of ``tensor`` that ``selection`` keeps (a view for a leading block, else a copy)."""
+    if tensor.is_meta:
+        return torch.empty(selection_shape(selection), dtype=tensor.dtype, device="meta")
+    return tensor[selection_index(selection, tensor.device)]
 
 
-def layer_widths(arch: ModelArch, layer: int, sub_shapes: Mapping[str, Sequence[int]]) -> tuple[int, int]:
-    """``(attention width, FFN width)`` of global layer ``layer`` under a plan's ``sub_shapes``: the Q/K/V
-    output size (heads x head size; ``H`` unsliced) and the FFN neurons (``I`` unsliced)."""
-    widths = {"heads": arch.hidden_size, "ffn": arch.intermediate_size}
-    for name, shape in sub_shapes.items():
-        if arch.layer_of(name) == layer:
-            role = _width_role(arch, name)
-            if role is not None:
-                widths[role[0]] = shape[role[1]]
-    return widths["heads"], widths["ffn"]
-
-
-def slice_parameters(model: nn.Module, shapes: Mapping[str, Sequence[int]]) -> None:
-    """Replace each named parameter of ``model`` by its leading block of the given shape (a new, smaller
-    tensor); a Linear layer's ``in_features`` / ``out_features`` follow its weight."""
-    for name, shape in shapes.items():
+def slice_parameters(model: nn.Module, selections: Mapping[str, Selection]) -> None:
+    """Replace each named parameter of ``model`` by the part its selection keeps (a new, smaller tensor; a tied
+    tensor, e.g. BERT's MLM decoder, follows its owner) and make the modules run at those sizes: Linear, Embedding,
+    Conv2d and LayerNorm sizes follow their weights, attention its head size (the head count is kept; the
+    softmax temperature is ``sqrt`` of the new head size, as the authors' local model computes it)."""
+    replaced = {}
+    for name, selection in selections.items():
         module_name, _, attribute = name.rpartition(".")
-        module = model.get_submodule(module_name)
-        param = getattr(module, attribute)
-        block = param.detach()[leading_block(shape)].clone()
-        setattr(module, attribute, nn.Parameter(block, requires_grad=param.requires_grad))
-        if isinstance(module, nn.Linear):
-            module.out_features, module.in_features = module.weight.shape
+        param = getattr(model.get_submodule(module_name), attribute)
+        block = select(param.detach(), selection).clone()
+        replaced[id(param)] = (param, nn.Parameter(block, requires_grad=param.requires_grad))
+    for module in model.modules():
+        for attribute, param in module._parameters.items():
+            if param is not None and id(param) in replaced:
+                module._parameters[attribute] = replaced[id(param)][1]
+    for module in reversed(list(model.modules())):  # children first: attention reads its projections' sizes
+        _follow_weights(module)
+
+
+def _follow_weights(module: nn.Module) -> None:
+    """Set a module's size attributes from its (sliced) weights."""
+    if isinstance(module, nn.Linear):
+        module.out_features, module.in_features = module.weight.shape
+    elif isinstance(module, nn.Embedding):
+        module.num_embeddings, module.embedding_dim = module.weight.shape
+    elif isinstance(module, nn.Conv2d):
+        module.out_channels, module.in_channels = module.weight.shape[:2]
+    elif isinstance(module, nn.LayerNorm) and module.weight is not None:
+        module.normalized_shape = tuple(module.weight.shape)
+    elif hasattr(module, "attention_head_size"):  # BERT self-attention
+        module.all_head_size = module.query.out_features
+        module.attention_head_size = module.all_head_size // module.num_attention_heads
+        module.scaling = module.attention_head_size**-0.5
+    elif hasattr(module, "head_dim") and hasattr(module, "q_proj"):  # ViT attention
+        module.head_dim = module.q_proj.out_features // module.num_attention_heads
+        module.scaling = module.head_dim**-0.5
+
+
+def add_scalers(model: nn.Module, rate: float) -> None:
+    """HeteroFL's Scaler: in training mode, divide the output of every sub-layer of :data:`SCALED_MODULES` (and
+    of ViT's embedding block) by ``rate``; identity in eval mode and for ``rate`` 1."""
+    if rate == 1:
+        return
+
+    def scale(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        return output / rate if module.training else output
+
+    for name, module in model.named_modules():
+        if hasattr(module, "patch_embeddings") or any(name == t or name.endswith("." + t) for t in SCALED_MODULES):
+            module.register_forward_hook(scale)
 
 
 def local_to_global_names(arch: ModelArch, layer_map: Sequence[int]) -> dict[str, str]:
@@ -492,14 +619,16 @@ def local_to_global_names(arch: ModelArch, layer_map: Sequence[int]) -> dict[str
 def load_from_global(
     local_model: nn.Module, global_params: Mapping[str, torch.Tensor], name_map: Mapping[str, str]
 ) -> None:
-    """Copy the global tensors named by ``name_map`` (local -> global) into the local model in place; a local
-    tensor smaller than its global one (a width slice) takes the global tensor's leading block."""
+    """Copy the global tensors named by ``name_map`` (local -> global) into the local model in place; a width-sliced
+    local tensor takes the slice the client received (shapes must match)."""
     with torch.no_grad():
         for local_name, param in local_model.named_parameters():
             if local_name in name_map:
                 value = global_params[name_map[local_name]]
                 if value.shape != param.shape:
-                    value = value[leading_block(param.shape)]
+                    raise FedBTError(
+                        f"{local_name}: received {tuple(value.shape)}, the local model holds {tuple(param.shape)}"
+                    )
                 param.copy_(value)
 
 

@@ -3,16 +3,23 @@ with its ``--set`` overrides, the starting models and distilled students they ne
 job (for MLflow) and the report specification. Bookkeeping only, no Snakemake and no training: the rules in
 ``workflow/rules/`` call this module and stay thin.
 
-A job is identified by (scenario, data set, variant, seed). It runs once, in the directory of the first study
-that lists it (:meth:`Layout.run_dir`), and every study whose table needs it reads that run. Every job's run
+A job is identified by (scenario, data set, variant, seed, grid point). A study's ``lr_grid`` (``local.lr``)
+times a variant's ``grid`` (any run-config override key -> candidate values) is the product of points its
+jobs run at, one job each, named by the point (``fedavg-lr0.0003``, ``fedprox-lr0.0003-mu0.01``); every seed
+runs every point, and the report chooses one per row and data set on the mean dev score over the seeds
+(:mod:`fedbt.report.selection`). A job runs once, in the directory of the first study that lists it
+(:meth:`Layout.run_dir`), and every study whose table needs it reads that run. Every job's run
 config is loaded by fedbt's own config loader while planning, so a bad key fails before any job starts,
 named (``job results/runs/...: config key 'federation.rouns': unknown key; ...``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import itertools
 import json
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,9 +96,80 @@ class Layout:
         return f"sqlite:///{self.results}/mlflow.db"
 
 
-def lr_label(lr: float) -> str:
-    """How a learning rate of a study's ``lr_grid`` names its runs: ``lr0.0003``, ``lr5e-05``."""
-    return f"lr{lr:g}"
+Point = tuple[tuple[str, Any], ...]
+"""A grid point: (override key, value) pairs, ``local.lr`` (the study's ``lr_grid``) first, then the variant's
+``grid`` keys in their order; ``()`` for a job without a grid."""
+
+PIPELINE_KEYS = ("scenario", "seed", "name", "study", "method.name", "method.options", "tracking.", "data.data_dir")
+"""Run-config keys the pipeline sets per job, which a grid may not vary (``method.options.<option>`` may)."""
+
+LABEL_VALUE = re.compile(r"[A-Za-z0-9._+]+")
+
+
+def label_value(value: Any) -> str:
+    """A grid value as a run label spells it: ``0.0003``, ``5e-05``, ``true``, ``adam``."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:g}" if isinstance(value, int | float) else str(value)
+
+
+def point_label(point: Point) -> str:
+    """How a grid point names its runs: each key's short name and value, joined by ``-`` (``lr0.0003``,
+    ``lr0.0003-mu0.01``). The short name is the key's last part (``local.lr`` is always ``lr``), or the whole key
+    with ``_`` for ``.`` where two keys of the point end alike (``server_lr`` beside ``lr``)."""
+    lasts = [key.rsplit(".", 1)[-1] for key, _ in point]
+    parts = []
+    for (key, value), last in zip(point, lasts, strict=True):
+        name = "lr" if key == "local.lr" else last if lasts.count(last) == 1 else key.replace(".", "_")
+        parts.append(f"{name}{label_value(value)}")
+    return "-".join(parts)
+
+
+def study_lr_grid(config: dict[str, Any], study: str) -> list[float]:
+    """A study's ``lr_grid`` (empty without one): distinct learning rates > 0."""
+    grid = config["studies"][study].get("lr_grid")
+    if grid is None:
+        return []
+    if not grid or len(set(grid)) != len(grid) or any(lr <= 0 for lr in grid):
+        raise ConfigError(f"studies.{study}.lr_grid", f"got {grid}, expected distinct learning rates > 0")
+    return [float(lr) for lr in grid]
+
+
+def variant_grid(config: dict[str, Any], variant: str) -> dict[str, list[Any]]:
+    """A variant's ``grid`` (override key -> candidate values), checked: every list non-empty, its values distinct
+    as labels spell them; no key the pipeline sets per job. (Whether a key is a run-config key, or an option of
+    the variant's method, is checked with each job's config: :meth:`Plan._validate_run_configs`.)"""
+    grid = (config["variants"][variant] or {}).get("grid") or {}
+    for key, values in grid.items():
+        where = f"variants.{variant}.grid.{key}"
+        if key.startswith(PIPELINE_KEYS) and not key.startswith("method.options."):
+            raise ConfigError(where, "the pipeline sets this key per job; a grid varies other override keys")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(where, f"got {values!r}, expected a non-empty list of candidate values")
+        labels = [label_value(value) for value in values]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(where, f"got {values}, expected distinct values (as run labels spell them)")
+        bad = [label for label in labels if not LABEL_VALUE.fullmatch(label)]
+        if bad:
+            raise ConfigError(where, f"{bad[0]!r} cannot name a run; values are numbers, booleans or A-Za-z0-9._+")
+    return grid
+
+
+def grid_points(config: dict[str, Any], study: str, variant: str) -> list[Point]:
+    """The points a variant's jobs run at in a study: the product of the study's ``lr_grid`` and the variant's
+    ``grid``; ``[()]`` (one job at the configured settings) without either, or for a variant with ``tuned:
+    false``."""
+    spec = config["variants"][variant] or {}
+    grid = variant_grid(config, variant)
+    if not spec.get("tuned", True):
+        if grid:
+            raise ConfigError(f"variants.{variant}.grid", "a variant with tuned: false runs untuned, without a grid")
+        return [()]
+    lrs = study_lr_grid(config, study)
+    if lrs and "local.lr" in grid:
+        raise ConfigError(f"variants.{variant}.grid.local.lr", f"studies.{study}.lr_grid sets the learning rate")
+    axes = ({"local.lr": lrs} if lrs else {}) | grid
+    return [tuple(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
 
 
 TOKEN_KEYS = (
@@ -111,24 +189,24 @@ TOKEN_KEYS = (
 
 @dataclass(frozen=True)
 class Job:
-    """One ``fedbt run`` of the pipeline: ``study`` is the first study listing it (its run directory's); ``lr``
-    is set for the jobs of a study with an ``lr_grid`` (one job per learning rate)."""
+    """One ``fedbt run`` of the pipeline: ``study`` is the first study listing it (its run directory's); ``point``
+    is its grid point (:func:`grid_points`; ``()`` without a grid)."""
 
     study: str
     scenario: str
     data: str
     variant: str
     seed: int
-    lr: float | None = None
+    point: Point = ()
 
     @property
-    def identity(self) -> tuple[str, str, str, int, float | None]:
-        return (self.scenario, self.data, self.variant, self.seed, self.lr)
+    def identity(self) -> tuple[str, str, str, int, Point]:
+        return (self.scenario, self.data, self.variant, self.seed, self.point)
 
     @property
     def label(self) -> str:
-        """The variant folder of its run directory: the variant, with ``-lr<value>`` for a grid job."""
-        return self.variant if self.lr is None else f"{self.variant}-{lr_label(self.lr)}"
+        """The variant folder of its run directory: the variant, with ``-<point label>`` for a grid job."""
+        return f"{self.variant}-{point_label(self.point)}" if self.point else self.variant
 
 
 def yaml_value(value: Any) -> str:
@@ -214,8 +292,8 @@ class Plan:
                 for j, variant in enumerate(spec["variants"]):
                     self.variant(variant, f"studies.{study}.variants[{j}]")
                     for seed in spec["seeds"]:
-                        for lr in self.lr_grid(study):
-                            identity = (spec["scenario"], data, variant, seed, lr)
+                        for point in self.points(study, variant):
+                            identity = (spec["scenario"], data, variant, seed, point)
                             job = Job(owner.setdefault(identity, study), *identity)
                             jobs[self.layout.run_dir(job.study, data, job.label, seed)] = job
             reference = spec.get("reference", "fedavg")
@@ -223,35 +301,55 @@ class Plan:
                 raise ConfigError(f"studies.{study}.reference", f"{reference!r} is not among its variants")
         return jobs
 
-    def lr_grid(self, study: str) -> list[float | None]:
-        """The learning rates a study's jobs run with: its ``lr_grid`` (the report picks one per variant and data
-        set on dev), or ``[None]`` (the configured ``local.lr``)."""
-        spec = self.config["studies"][study]
-        grid = spec.get("lr_grid")
-        if grid is None:
-            return [None]
-        if spec["scenario"] != "finetune":
-            raise ConfigError(
-                f"studies.{study}.lr_grid",
-                "only fine-tuning studies choose a learning rate (on their dev split); a pretrain study has none",
-            )
-        if len(set(grid)) != len(grid) or any(lr <= 0 for lr in grid):
-            raise ConfigError(f"studies.{study}.lr_grid", f"got {grid}, expected distinct learning rates > 0")
-        return [float(lr) for lr in grid]
+    def points(self, study: str, variant: str) -> list[Point]:
+        """The grid points of a variant's jobs in a study (:func:`grid_points`; the report picks one per data set
+        on dev)."""
+        self.variant(variant, f"variants.{variant}")
+        return grid_points(self.config, study, variant)
+
+    def grid_study(self, study: str) -> bool:
+        """Whether some row of the study has a grid (its table then shows each row's chosen point)."""
+        return any(self.points(study, variant) != [()] for variant in self.config["studies"][study]["variants"])
 
     def _validate_run_configs(self) -> None:
         for name in self.config.get("students") or {}:
             self.student_start(name)
         for run_dir, job in self.jobs.items():
             try:
-                load_config(None, self.job_sets(job))
+                config = load_config(None, self.job_sets(job))
             except ConfigError as error:
-                raise FedBTError(f"job {run_dir}: {error}") from None
+                raise self._grid_error(job, error) or FedBTError(f"job {run_dir}: {error}") from None
+            self._check_option_keys(job, config)
         for name in self.config.get("starting_models") or {}:
             try:
                 load_config(None, self.start_sets(name))
             except ConfigError as error:
                 raise FedBTError(f"starting model {name}: {error}") from None
+
+    @staticmethod
+    def _grid_error(job: Job, error: ConfigError) -> ConfigError | None:
+        """A job's config error as an error of its variant's grid, when a grid key is what it names."""
+        key = next((k for k, _ in job.point if k == error.key or k.startswith(f"{error.key}.")), None)
+        if key is None or key == "local.lr":
+            return None
+        return ConfigError(f"variants.{job.variant}.grid.{key}", f"not a run-config override key here: {error}")
+
+    @staticmethod
+    def _check_option_keys(job: Job, config) -> None:
+        """A ``method.options.<option>`` grid key must name an option of the job's method."""
+        options = [k.removeprefix("method.options.") for k, _ in job.point if k.startswith("method.options.")]
+        if not options:
+            return
+        from fedbt.federated.method import get_method, load_plugins
+
+        load_plugins(config.plugins)
+        known = {f.name for f in dataclasses.fields(get_method(config.method.name).Options)}
+        for option in options:
+            if option.split(".")[0] not in known:
+                raise ConfigError(
+                    f"variants.{job.variant}.grid.method.options.{option}",
+                    f"not an option of method {config.method.name}; its options: {', '.join(sorted(known)) or 'none'}",
+                )
 
     # ------------------------------------------------------------------------------ jobs
 
@@ -277,7 +375,7 @@ class Plan:
 
     def job_sets(self, job: Job) -> list[str]:
         """Every ``--set`` of a job, in order: data, defaults, scenario, data set, starting model, variant,
-        identity and tracking."""
+        identity, grid point and tracking."""
         spec = self.variant(job.variant, f"variants.{job.variant}")
         options = dict(spec.get("options") or {})
         if spec.get("student"):
@@ -292,11 +390,9 @@ class Plan:
             "name": f"{job.data}-{job.label}-seed{job.seed}",
             "study": job.study,
             "tracking.experiment": self.experiment(job.scenario),
-            "tracking.tags": {"variant": job.variant, "data": job.data},
+            "tracking.tags": {"variant": job.variant, "data": job.data}
+            | ({"grid": point_label(job.point)} if job.point else {}),
         }
-        if job.lr is not None:
-            identity["local.lr"] = job.lr
-            identity["tracking.tags"] |= {"lr": lr_label(job.lr)}
         layers = [
             self._data_layer(),
             self.config.get("defaults") or {},
@@ -305,6 +401,7 @@ class Plan:
             starting,
             spec.get("overrides") or {},
             identity,
+            dict(job.point),
             self.tracking_layer,
         ]
         return as_sets(layers)
@@ -401,7 +498,7 @@ class Plan:
 
     def study_scopes(self) -> dict[str, list[dict[str, Any]]]:
         """Per MLflow experiment, the scope of each of its studies (``fedbt track-init --studies``): the run tags
-        (data, variant, seed) of the runs its table reads."""
+        (data, variant, seed and, per variant with a grid, its point labels) of the runs its table reads."""
         experiments: dict[str, list[dict[str, Any]]] = {}
         for study, spec in self.config["studies"].items():
             scope = {
@@ -410,30 +507,40 @@ class Plan:
                 "data": list(spec["data"]),
                 "variants": list(spec["variants"]),
                 "seeds": list(spec["seeds"]),
-                "lrs": [lr_label(lr) for lr in self.lr_grid(study) if lr is not None],
+                "grid": {
+                    v: [point_label(p) for p in self.points(study, v)]
+                    for v in spec["variants"]
+                    if self.points(study, v) != [()]
+                },
             }
             experiments.setdefault(self.experiment(spec["scenario"]), []).append(scope)
         for start in (self.config.get("starting_models") or {}).values():
             experiments.setdefault(self.experiment(start["overrides"].get("scenario", "pretrain")), [])
         return experiments
 
-    def study_runs(self, study: str, lr: float | None = None) -> dict[str, dict[str, list[str]]]:
-        """Per variant and data set, the ``metrics.json`` of each seed that study ``study``'s table reads (for
-        a study with an ``lr_grid``: those of learning rate ``lr``)."""
+    def cell_runs(self, study: str, variant: str, point: Point = ()) -> dict[str, list[str]]:
+        """Per data set, the ``metrics.json`` of each seed that study ``study``'s table reads for a variant at
+        grid point ``point``."""
         spec = self.config["studies"][study]
 
-        def metrics(data: str, variant: str, seed: int) -> str:
-            job = self._by_identity[(spec["scenario"], data, variant, seed, lr)]
+        def metrics(data: str, seed: int) -> str:
+            job = self._by_identity[(spec["scenario"], data, variant, seed, point)]
             return self.layout.run_metrics(job.study, data, job.label, seed)
 
-        return {v: {d: [metrics(d, v, s) for s in spec["seeds"]] for d in spec["data"]} for v in spec["variants"]}
+        return {d: [metrics(d, s) for s in spec["seeds"]] for d in spec["data"]}
+
+    def not_tuned(self, study: str, variant: str) -> str | None:
+        """Why a row of a study with a grid runs at one setting (None: it has a grid, or the study has none)."""
+        if not self.grid_study(study) or self.points(study, variant) != [()]:
+            return None
+        if not (self.config["variants"][variant] or {}).get("tuned", True):
+            return f"variants.{variant}.tuned is false: it trains nothing a grid could change, so it runs once"
+        return "no grid of its own (the study has no lr_grid): it runs at the configured settings"
 
     def report_spec(self) -> dict[str, Any]:
         """The tables (one per study) with the runs of every cell, for ``fedbt report --spec``."""
         tables = []
         for study, spec in self.config["studies"].items():
-            grid = self.lr_grid(study)
-            candidates = {lr: self.study_runs(study, lr) for lr in grid}
             rows = []
             for variant in spec["variants"]:
                 vspec = self.variant(variant, f"variants.{variant}")
@@ -443,9 +550,18 @@ class Plan:
                     bert_base = {"method": method, "options": {}, **bert_base}
                 paper_row = (vspec.get("paper") or {}).get(spec.get("paper"))
                 options = vspec.get("options") or {}
-                row = {"variant": variant, "method": method, "options": options, "runs": candidates[grid[0]][variant]}
-                if grid != [None]:  # the report picks each cell's learning rate on dev
-                    row["lr_runs"] = {lr_label(lr): candidates[lr][variant] for lr in grid}
+                points = self.points(study, variant)
+                candidates = {point_label(p): self.cell_runs(study, variant, p) for p in points}
+                row = {
+                    "variant": variant,
+                    "method": method,
+                    "options": options,
+                    "runs": next(iter(candidates.values())),
+                }
+                if points != [()]:  # the report picks each cell's grid point on dev
+                    row["lr_runs"] = candidates
+                if self.not_tuned(study, variant):
+                    row["not_tuned"] = self.not_tuned(study, variant)
                 rows.append(row | {"paper_row": paper_row, "bert_base": bert_base})
             tables.append(
                 {

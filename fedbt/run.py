@@ -1,7 +1,8 @@
 """One federated run from a config, one way through, in four named steps:
 
 1. :func:`prepare` checks everything that does not need weights or data (keys, names, method options, the
-   objective against the task and the model's modality) and returns a :class:`PreparedRun`;
+   objective against the task and the model's modality, and under ``federation.budget_policy: refuse`` every
+   client plan's memory estimate against its tier's budget) and returns a :class:`PreparedRun`;
 2. :func:`build_federation` gets the data in one call (:func:`fedbt.data.run_data.load_run_data`: tokenised
    once into the shared cache, partitioned by the shared index file), the starting global model and the objective;
 3. :func:`simulate` runs the rounds (resuming from a checkpoint) and saves the model of the reported round;
@@ -33,6 +34,7 @@ from fedbt.data.run_data import RunData
 from fedbt.federated.method import Method, create_method, get_method, load_plugins
 from fedbt.federated.simulator import SimulationSetup
 from fedbt.ledger import Ledger
+from fedbt.memory import memory_settings
 from fedbt.models import is_vision, load_model, meta_model, model_config_for, sequence_length
 from fedbt.training.objectives import Objective, ObjectiveSettings, available_objectives, get_objective
 
@@ -119,6 +121,7 @@ def prepare(config: RunConfig) -> PreparedRun:
         )
     num_labels = _check_data(config, objective, vision)
     hf_config = model_config_for(model_config, num_labels)
+    from fedbt.federated.server_optimizer import server_optimizer_for
     from fedbt.federated.tiers import tiers_from_config
 
     method = create_method(
@@ -130,6 +133,8 @@ def prepare(config: RunConfig) -> PreparedRun:
         config.scenario,
         tiers_from_config(config.federation.tiers),
     )
+    server_optimizer_for(method, config.server.optimizer)  # one server optimizer per run, checked before loading
+    _refuse_over_budget(config, method)
     patches = sequence_length(hf_config, config.model.max_length) - 1 if vision else 0
     return PreparedRun(config, method, objective, num_labels, model_config, config.resolved_out_dir(), patches)
 
@@ -231,6 +236,9 @@ def build_federation(prepared: PreparedRun) -> Federation:
         seed=config.seed,
         device=device,
         tiers=deal(prepared.method.tiers, fed.clients, config.seed) if fed.tiers else (),
+        server_optimizer=config.server.optimizer,
+        memory=memory_settings(config, prepared.method.arch),
+        budget_policy=fed.budget_policy,
     )
     return Federation(data, global_model, setup)
 
@@ -328,6 +336,7 @@ def record(
     if config.scenario == "finetune":
         metrics["selection"] = best_round(records, federation.data.task.scored_metrics[0])
         metrics["majority"] = majority_scores(prepared, federation)
+    metrics["dropped_client_rounds_pct"] = metrics["costs"]["dropped_client_rounds_pct"]
     if config.federation.tiers:
         metrics["tiers"] = _tier_summary(simulated.ledger, method)
     metrics["final"] = final_metrics(metrics)
@@ -341,10 +350,26 @@ def record(
     return metrics
 
 
+def _refuse_over_budget(config: RunConfig, method: Method) -> None:
+    """``federation.budget_policy: refuse``: fail before any training when a client's plan (shrunk if the method
+    can) exceeds its tier's ``memory_mb`` (a method that pools the clients trains in one place: no tiers)."""
+    from fedbt.federated.tiers import deal
+    from fedbt.memory import check_budgets
+
+    fed = config.federation
+    if fed.budget_policy != "refuse" or not fed.tiers:
+        return
+    if len(method.arrange_clients([[k] for k in range(fed.clients)])) != fed.clients:
+        return
+    dealt = deal(method.tiers, fed.clients, config.seed)
+    check_budgets(method, dealt, fed.rounds, memory_settings(config, method.arch))
+
+
 def _tier_summary(ledger, method: Method) -> dict[str, Any]:
     """The ledger's costs per resource tier, with a warning for each memory budget a tier's clients exceeded."""
     summary = ledger.tier_summary(method.tiers)
     measures = {
+        "estimate_exceeds_budget": ("max_memory_estimate_mb", "memory estimate of a client plan (fedbt.memory)"),
         "state_exceeds_budget": ("max_state_mb", "training state (parameters, gradients, optimizer)"),
         "peak_memory_exceeds_budget": ("max_peak_memory_mb", "peak memory of the training process"),
     }
@@ -400,7 +425,8 @@ def final_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def round_evaluator(prepared: PreparedRun, federation: Federation):
-    """Per-round scores of the global model: held-out MLM (MIM) loss (pre-training), or dev and test metrics
+    """Per-round scores of the global model: held-out MLM (MIM) loss on the test and the dev slice (pre-training,
+    ``heldout_*`` and ``dev_heldout_*``), or dev and test metrics
     (fine-tuning; the final test score is taken at the best dev round, see :func:`best_round`). None when there
     is nothing to score."""
     from fedbt.training import loop
@@ -416,8 +442,12 @@ def round_evaluator(prepared: PreparedRun, federation: Federation):
     if config.scenario == "pretrain":
 
         def heldout_loss(model) -> dict[str, float]:
-            loss = loop.eval_loss(model, objective, eval_sets["heldout"], batch_size, device, config.seed)
-            return {f"heldout_{config.local.objective}_loss": loss}
+            return {  # heldout_mlm_loss (the reported test slice) and dev_heldout_mlm_loss (what grids choose on)
+                f"{name}_{config.local.objective}_loss": loop.eval_loss(
+                    model, objective, examples, batch_size, device, config.seed
+                )
+                for name, examples in eval_sets.items()
+            }
 
         return heldout_loss
 

@@ -133,34 +133,37 @@ def logged_model_name(run_name: str) -> str:
 
 @dataclass(frozen=True)
 class StudyScope:
-    """The runs one study's table reads: every (data set, variant, seed) combination of its lists."""
+    """The runs one study's table reads: every (data set, variant, seed) combination of its lists, at each grid
+    point of a variant with one."""
 
     name: str
     title: str
     data: tuple[str, ...]
     variants: tuple[str, ...]
     seeds: tuple[int, ...]
-    lrs: tuple[str, ...] = ()
-    """The ``lr`` tags of its ``lr_grid`` (e.g. ``lr0.0003``); empty: its runs carry no ``lr`` tag."""
+    grid: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Per variant with a grid, the ``grid`` tags of its points (``lr0.0003``, ``lr0.0003-mu0.01``); the runs of
+    the other variants carry no ``grid`` tag."""
 
     def includes(self, tags: Mapping[str, str]) -> bool:
-        """Whether a run with these tags (``data``, ``variant``, ``seed``, ``lr``) is one of the study's."""
+        """Whether a run with these tags (``data``, ``variant``, ``seed``, ``grid``) is one of the study's."""
         return (
             tags.get("data") in self.data
             and tags.get("variant") in self.variants
             and tags.get("seed") in {str(s) for s in self.seeds}
-            and tags.get("lr") in (self.lrs or (None,))
+            and tags.get("grid") in self.grid.get(tags.get("variant"), (None,))
         )
 
     def to_json(self) -> str:
         scope = {"title": self.title, "data": self.data, "variants": self.variants, "seeds": self.seeds}
-        return json.dumps(scope | ({"lrs": self.lrs} if self.lrs else {}))
+        return json.dumps(scope | ({"grid": self.grid} if self.grid else {}))
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> StudyScope:
-        """From ``{"name", "title", "data", "variants", "seeds"[, "lrs"]}`` as ``Plan.study_scopes`` gives it."""
-        fields = ("data", "variants", "seeds", "lrs")
-        return cls(spec["name"], spec["title"], *(tuple(spec.get(field, ())) for field in fields))
+        """From ``{"name", "title", "data", "variants", "seeds"[, "grid"]}`` as ``Plan.study_scopes`` gives it."""
+        fields = ("data", "variants", "seeds")
+        grid = {variant: tuple(labels) for variant, labels in (spec.get("grid") or {}).items()}
+        return cls(spec["name"], spec["title"], *(tuple(spec.get(field, ())) for field in fields), grid)
 
 
 def study_scopes(experiment_tags: Mapping[str, str]) -> list[StudyScope]:

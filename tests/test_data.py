@@ -396,3 +396,44 @@ def test_token_cache_is_built_once_reused_and_invalidated(tmp_path, monkeypatch)
     changed = run_data.corpus_tokens(spec, tokenizer, 16, data)
     assert built == [1, 1, 1] and list(changed[0]["input_ids"]) != list(first[0]["input_ids"])
     assert len(list((tmp_path / "cache" / "tokens").iterdir())) == 3
+
+
+def test_heldout_dev_and_test_slices_are_disjoint_from_each_other_and_from_training(tiny_config):
+    """Pre-training's dev slice (data.dev_examples, what grids choose on) sits between the training sentences and
+    the reported test slice (data.heldout_examples); the three never share a sentence."""
+    from fedbt.data.run_data import corpus_slices, load_run_data
+    from fedbt.run import prepare
+
+    assert corpus_slices(100, 60, 8, 16) == (range(60), range(60, 68), range(68, 84))
+    assert corpus_slices(70, None, 8, 16) == (range(46), range(46, 54), range(54, 70)), "all: the last 24 held out"
+    assert corpus_slices(20, 60, 8, 16) == (range(0), range(0, 4), range(4, 20)), "short: training shrinks first"
+    prepared = prepare(tiny_config("data.dev_examples=8"))
+    data = load_run_data(prepared.config, prepared.model_config, prepared.objective)
+    train = {int(row) for client in data.clients for row in client.rows}
+    dev, test = (set(data.eval_sets[name].rows.tolist()) for name in ("dev_heldout", "heldout"))
+    assert (len(dev), len(test), data.pool_size) == (8, 16, 96)
+    assert not (dev & test) and not (train & dev) and not (train & test)
+    assert max(train) < min(dev) and max(dev) < min(test)
+
+
+def test_heldout_losses_score_the_test_slice_and_the_dev_slice_each_on_its_own(tiny_config):
+    """Every round of pre-training records heldout_mlm_loss on the test slice (the tables' metric) and
+    dev_heldout_mlm_loss on the dev slice (what grids choose on); without a dev slice, only the first."""
+    from fedbt.run import build_federation, prepare, round_evaluator
+    from fedbt.training import loop
+
+    prepared = prepare(tiny_config("data.dev_examples=8"))
+    federation = build_federation(prepared)
+    scores = round_evaluator(prepared, federation)(federation.global_model)
+    objective = prepared.objective.build(
+        federation.data.processor, prepared.objective_settings(padding="dynamic", masked_only=True)
+    )
+    for name in ("heldout", "dev_heldout"):
+        examples = federation.data.eval_sets[name]
+        device, seed = federation.setup.device, prepared.config.seed
+        assert scores[f"{name}_mlm_loss"] == loop.eval_loss(
+            federation.global_model, objective, examples, 32, device, seed
+        )
+    assert scores["heldout_mlm_loss"] != scores["dev_heldout_mlm_loss"]
+    plain = prepare(tiny_config())
+    assert set(round_evaluator(plain, build_federation(plain))(federation.global_model)) == {"heldout_mlm_loss"}

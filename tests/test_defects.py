@@ -294,12 +294,12 @@ def test_methods_with_identical_plans_give_identical_flop_columns(tiny_config, t
     assert a.costs.upload_mb == b.costs.upload_mb
 
 
-def test_the_default_ablation_study_gives_every_variant_its_own_plans():
+def test_the_ablation_study_gives_every_variant_its_own_plans():
     import yaml
 
     from fedbt.costs import meta_arch
 
-    study = yaml.safe_load(Path("config/config.yaml").read_text())
+    study = yaml.safe_load(Path("config/ablation.yaml").read_text())
     settings = {**study["defaults"], **study["scenarios"]["pretrain"]}
     rounds, clients = settings["federation.rounds"], settings["federation.clients"]
     arch = ModelArch.from_model(meta_arch("minilm", "mlm")[0])

@@ -13,12 +13,13 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from baselines.fedavg import FedAvg
 from baselines.fedprox import proximal_term
-from baselines.heterofl import kept
 from fedbt.config import ModelConfig, load_config
 from fedbt.errors import ConfigError
 from fedbt.federated import method as method_module
 from fedbt.federated.method import ClientPlan, LocalContext, available_methods, create_method
+from fedbt.federated.server_optimizer import OPTIMIZERS
 from fedbt.federated.simulator import Simulator
 from fedbt.federated.tiers import FULL, Tier, deal
 from fedbt.ledger import IDLE, TRAINED, Ledger
@@ -109,7 +110,7 @@ def test_fedprox_pulls_local_training_towards_the_global_model(tiny_config, tmp_
             )
         )
     )
-    assert same["rounds"][0]["train_loss"] == fedavg["rounds"][0]["train_loss"], "mu = 0 is FedAvg"
+    assert same["rounds"][0]["train_loss"] == fedavg["rounds"][0]["train_loss"], "mu = 0 at full work is FedAvg"
     assert same["plan_sha256"] != fedavg["plan_sha256"], "equal plans, another training rule: no equal-plan warning"
     assert drift(1000.0) < drift(0.0)
 
@@ -118,10 +119,14 @@ def test_fedprox_pulls_local_training_towards_the_global_model(tiny_config, tmp_
 
 
 @pytest.mark.parametrize("name", ["fedadam", "fedyogi"])
-def test_server_optimizers_follow_reddi_et_al_on_the_pseudo_gradient(name):
-    """Hand-computed, one element: x = 1, the clients' mean 1.1 (Delta 0.1), then 1.0 from the new x."""
+def test_fedadam_and_fedyogi_are_fedavg_with_that_server_optimizer(name):
+    """Hand-computed, one element: x = 1, the clients' mean 1.1 (Delta 0.1), then 1.0 from the new x. The rule lives
+    in fedbt.federated.server_optimizer (tests/test_server_optimizer.py); the method names it with its options."""
     lr, b1, b2, tau = 0.01, 0.9, 0.99, 1e-3
     method = create_method(name, tiny_arch(), 2, 0, {"server_lr": lr, "beta1": b1, "beta2": b2, "tau": tau}, "pretrain")
+    optimizer = method.server_optimizer()
+    assert optimizer == OPTIMIZERS[name](lr=lr, beta1=b1, beta2=b2, tau=tau)
+    assert type(method).aggregate is FedAvg.aggregate and type(method).plan is FedAvg.plan, "FedAvg otherwise"
     x, m, v = 1.0, 0.0, tau**2
     for mean in (1.1, 1.0):
         delta = mean - x
@@ -131,14 +136,14 @@ def test_server_optimizers_follow_reddi_et_al_on_the_pseudo_gradient(name):
         else:
             v = v - (1 - b2) * delta**2 * math.copysign(1.0, v - delta**2)
         expected = x + lr * m / (math.sqrt(v) + tau)
-        out = method.aggregate({"p": torch.tensor([x])}, {"p": torch.tensor([mean])})
+        out = optimizer.step({"p": torch.tensor([x])}, {"p": torch.tensor([mean])})
         assert out["p"].item() == pytest.approx(expected, rel=1e-5)
         x = out["p"].item()
-    state = method.state_tensors()
+    state = optimizer.state_tensors()
     assert set(state) == {"m/p", "v/p"} and state["v/p"].item() == pytest.approx(v, rel=1e-5)
-    fresh = create_method(name, tiny_arch(), 2, 0, {"server_lr": lr}, "pretrain")
+    fresh = create_method(name, tiny_arch(), 2, 0, {"server_lr": lr}, "pretrain").server_optimizer()
     fresh.load_state_tensors(state)
-    assert fresh.m["p"].item() == pytest.approx(m, rel=1e-5)
+    assert fresh.state["m/p"].item() == pytest.approx(m, rel=1e-5)
     with pytest.raises(ConfigError, match="method.options.beta2"):
         create_method(name, tiny_arch(), 2, 0, {"beta2": 1.0}, "pretrain")
 
@@ -146,31 +151,20 @@ def test_server_optimizers_follow_reddi_et_al_on_the_pseudo_gradient(name):
 # ---------------------------------------------------------------------------------------------- heterofl
 
 
-def test_heterofl_slices_the_first_heads_and_ffn_neurons_and_keeps_heads_whole():
+def test_heterofl_width_of_a_tier_and_its_plan():
     arch = tiny_arch()  # hidden 32, 2 heads of 16, FFN 64
     heterofl = create_method("heterofl", arch, 2, 0, {}, "pretrain", (weak(),))
     assert heterofl.width_of(weak()) == 0.5 and heterofl.width_of(weak(None, 0.25)) == 0.25
-    assert kept(0.5, 2) == 1 and kept(1 / 3, 12) == 4 and kept(0.01, 64) == 1
     plan = heterofl.client_plan(0, 0, weak())
-    shapes = {n.removeprefix("bert.encoder.layer.0."): s for n, s in plan.sub_shapes.items() if ".layer.0." in n}
-    assert shapes == {
-        "attention.self.query.weight": (16, 32),
-        "attention.self.query.bias": (16,),
-        "attention.self.key.weight": (16, 32),
-        "attention.self.key.bias": (16,),
-        "attention.self.value.weight": (16, 32),
-        "attention.self.value.bias": (16,),
-        "attention.output.dense.weight": (32, 16),
-        "intermediate.dense.weight": (32, 32),
-        "intermediate.dense.bias": (32,),
-        "output.dense.weight": (32, 32),
-    }
-    assert not any(arch.layer_of(n) is None for n in plan.sub_shapes), "embeddings and the head stay whole"
-    assert plan.trainable == frozenset(arch.names) and plan.layer_map == (0, 1, 2, 3)
-    assert heterofl.client_plan(0, 0, FULL).sub_shapes == {}, "full width: fedavg"
+    assert plan.sub_shapes["bert.embeddings.word_embeddings.weight"] == (30522, 16), "the hidden size is sliced"
+    assert plan.sub_shapes["bert.encoder.layer.0.attention.self.query.weight"] == (16, 16)
+    assert plan.trainable == frozenset(arch.names) and plan.layer_map == (0, 1, 2, 3) and plan.scaler_rate == 0.5
+    assert heterofl.client_plan(0, 0, FULL).slices == {}, "full width: fedavg"
 
 
-def test_heterofl_averages_each_slice_over_the_clients_holding_it(tiny_config, monkeypatch):
+def test_heterofl_averages_each_element_over_the_clients_holding_it(tiny_config, monkeypatch):
+    """Tiers r = 1/2, 3/4, 1 (2, 1, 1 clients); layer 1's query weight (rows: 2 heads of 16): r = 1/2 holds rows
+    0..7, 16..23 and columns 0..15, r = 3/4 rows 0..11, 16..27 and columns 0..23."""
     uploads = spy_uploads(monkeypatch)
     prepared, metrics, rows, dealt = tiered_run(tiny_config, "heterofl", "federation.rounds=1")
     arch, method = prepared.method.arch, prepared.method
@@ -181,23 +175,37 @@ def test_heterofl_averages_each_slice_over_the_clients_holding_it(tiny_config, m
     assert len({r.upload_bytes for r in rows}) == 3, "three widths, three upload sizes"
     start = load_model(TINY, "mlm", 0).state_dict()
     saved = load_file(str(prepared.out_dir / "model/model.safetensors"))
-    query = "bert.encoder.layer.1.attention.self.query.weight"  # rows 0..15: head 0, rows 16..31: head 1
-    held = [(p[query], n) for _, _, p, n in uploads]
-    wide = [(t, n) for t, n in held if t.shape[0] == 32]
-    assert 0 < len(wide) < len(held), "the weak clients hold head 0 only"
-    head0 = sum(t[:16] * n for t, n in held) / sum(n for _, n in held)
-    head1 = sum(t[16:] * n for t, n in wide) / sum(n for _, n in wide)
-    torch.testing.assert_close(saved[query][:16], head0)
-    torch.testing.assert_close(saved[query][16:], head1)
-    assert not torch.equal(saved[query][16:], start[query][16:])
+    query = "bert.encoder.layer.1.attention.self.query.weight"
+    held = {16: [], 24: [], 32: []}  # by the width each client holds
+    for _, _, payload, n in uploads:
+        held[payload[query].shape[1]].append((payload[query], n))
+    assert [len(v) for v in held.values()] == [2, 1, 1]
+
+    def mean(pairs):
+        return sum(t * n for t, n in pairs) / sum(n for _, n in pairs)
+
+    everyone, wide = held[16] + held[24] + held[32], held[24] + held[32]
+    cases = {  # global (row, column) -> (the clients holding it, its local row index for r = 1/2, 3/4, 1)
+        (0, 0): (everyone, (0, 0, 0)),
+        (20, 0): (everyone, (12, 16, 20)),  # head 1's 5th dimension
+        (10, 0): (wide, (None, 10, 10)),
+        (14, 0): (held[32], (None, None, 14)),
+    }
+    for (i, j), (pairs, local) in cases.items():
+        rows_at = dict(zip((16, 24, 32), local, strict=True))
+        expected = mean([(t[rows_at[t.shape[1]], j], n) for t, n in pairs])
+        torch.testing.assert_close(saved[query][i, j], expected)
+    torch.testing.assert_close(saved[query][0, 20], mean([(t[0, 20], n) for t, n in wide]))
+    assert not torch.equal(saved[query][14], start[query][14])
 
 
 # ------------------------------------------------------------------------------------------- inclusivefl
 
 
-def test_inclusivefl_trains_the_bottom_layers_with_the_head_as_exit_and_averages_per_layer(tiny_config, monkeypatch):
+def test_inclusivefl_trains_the_bottom_layers_with_its_depths_head_and_averages_per_layer(tiny_config, monkeypatch):
+    """The global model's tensors; the per-depth heads and top layers and the momentum: tests/test_inclusivefl.py."""
     arch = tiny_arch()
-    inclusive = create_method("inclusivefl", arch, 2, 0, {}, "pretrain", (weak(),))
+    inclusive = create_method("inclusivefl", arch, 2, 0, {}, "pretrain", (weak(), FULL))
     plan = inclusive.client_plan(0, 0, weak())
     assert plan.layer_map == (0, 1) and plan.trained_layers(arch) == [0, 1]
     assert set(arch.head_params()) | set(arch.embedding_params()) <= plan.trainable
@@ -208,13 +216,15 @@ def test_inclusivefl_trains_the_bottom_layers_with_the_head_as_exit_and_averages
     saved = load_file(str(prepared.out_dir / "model/model.safetensors"))
     by_depth = {len(prepared.method.client_plan(0, c, t).layer_map) for c, t in enumerate(dealt)}
     assert by_depth == {2, 3, 4}
-    for name in (
-        "bert.encoder.layer.0.output.dense.weight",
-        "bert.encoder.layer.3.output.dense.weight",
-        arch.head_params()[0],
+    depth = {c: len(prepared.method.client_plan(0, c, t).layer_map) for c, t in enumerate(dealt)}
+    for name, deeper_than in (
+        ("bert.encoder.layer.0.output.dense.weight", 0),
+        ("bert.encoder.layer.1.output.dense.weight", 2),  # the depth-2 group's top layer: not in the global average
+        ("bert.encoder.layer.3.output.dense.weight", 3),
+        (arch.head_params()[0], 3),  # the global head: the full-depth model's, each depth has its own
     ):
-        held = [(p, n) for _, _, p, n in uploads if name in p]
-        assert len(held) == (1 if ".layer.3." in name else 4), "layer 3: the full-depth client only"
+        held = [(p, n) for _, c, p, n in uploads if depth[c] > deeper_than]
+        assert len(held) == {0: 4, 2: 2, 3: 1}[deeper_than]
         torch.testing.assert_close(saved[name], weighted_mean(held, name))
 
 
@@ -309,10 +319,11 @@ def test_client_state_travels_through_the_flower_codec():
     from fedbt.flower import codec
     from fedbt.ledger import LedgerRow
 
-    plan = ClientPlan((0, 1), frozenset({"a"}), sub_shapes={"a": (2, 1)})
-    task = ClientTask(1, 2, plan, {"a": torch.ones(2, 1)}, {"g": torch.arange(3.0)})
+    plan = ClientPlan((0, 1), frozenset({"a"}), slices={"a": (2, (0, 3))}, scaler_rate=0.5)
+    task = ClientTask(1, 2, plan, {"a": torch.ones(2, 2)}, {"g": torch.arange(3.0)})
     back = codec.from_content(ClientTask, codec.to_content(task))
-    assert back.plan == plan and back.plan.sub_shapes == {"a": (2, 1)} and torch.equal(back.state["g"], task.state["g"])
+    assert back.plan == plan and back.plan.slices == {"a": (2, (0, 3))} and back.plan.scaler_rate == 0.5
+    assert torch.equal(back.state["g"], task.state["g"])
     update = codec.from_content(
         ClientUpdate, codec.to_content(ClientUpdate({}, LedgerRow(1, 2, 3), {"g": torch.ones(1)}))
     )

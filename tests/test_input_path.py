@@ -200,8 +200,9 @@ def test_estimate_of_the_paper_study_offline():
 
     study = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
     pretrain, finetune = study["studies"]["pretrain"], study["studies"]["finetune"]
-    pretrain.update(data=["cs", "medicine"], variants=["none", "fedavg", "fedbt"])
+    pretrain.update(data=["cs", "medicine"], variants=["none", "fedavg", "fedbt"], seeds=[0])
     finetune.update(data=["ncbi_disease", "chemprot"], variants=["fedavg", "fedbt-ft"], seeds=[0])
+    pretrain.pop("lr_grid"), finetune.pop("lr_grid")  # one job per cell
     study["studies"] = {"pretrain": pretrain, "finetune": finetune}
     result = estimate(study, tflops=400.0)
     total = result["total"]

@@ -45,6 +45,8 @@ def test_shipped_configs_pass_the_schema(name):
         (lambda c: c["studies"]["pretrain"].update(scenario="pre"), "scenario"),
         (lambda c: c["studies"]["pretrain"].pop("seeds"), "seeds"),
         (lambda c: c["variants"]["fedbt"].update(optons={}), "optons"),
+        (lambda c: c["variants"]["fedbt"].update(grid={"local.weight_decay": []}), "grid"),
+        (lambda c: c["variants"]["fedbt"].update(grid={"local.weight_decay": [[0.1]]}), "grid"),
     ],
 )
 def test_schema_rejects_bad_configs_naming_the_key(change, key):
@@ -62,6 +64,10 @@ def test_schema_rejects_bad_configs_naming_the_key(change, key):
         (lambda c: c["defaults"].update({"federation.rouns": 2}), "federation.rouns"),
         (lambda c: c["studies"]["pretrain"]["variants"].append("fedbt-x"), "studies.pretrain.variants"),
         (lambda c: c["studies"]["finetune"]["data"].append("cs"), "studies.finetune.data"),
+        (
+            lambda c: c["variants"]["fedbt"].update(grid={"method.options.muu": [0.1, 1.0]}),
+            "variants.fedbt.grid.method.options.muu",
+        ),
     ],
 )
 def test_bad_config_fails_at_planning_naming_the_key(tmp_path, change, message):
@@ -102,7 +108,13 @@ def test_config_readme_documents_every_schema_key():
 
 @pytest.mark.parametrize(
     ("name", "runs", "starts"),
-    [("config.yaml", 62, 1), ("paper.yaml", 564, 0), ("vision.yaml", 10, 1), ("hetero.yaml", 26, 1)],
+    [
+        ("config.yaml", 69, 1),
+        ("ablation.yaml", 102, 1),
+        ("paper.yaml", 1570, 0),
+        ("vision.yaml", 10, 1),
+        ("hetero.yaml", 87, 1),
+    ],
 )
 def test_shipped_studies_plan_offline(tmp_path, name, runs, starts):
     result = snakemake(tmp_path, ROOT / "config" / name, "-n", "--quiet", "rules")

@@ -11,7 +11,7 @@ from snakemake.utils import validate
 
 from fedbt.config import load_config
 from fedbt.errors import ConfigError, FedBTError
-from fedbt.pipeline import Layout, Plan, as_sets, job_environment, lr_label, set_flags, yaml_value
+from fedbt.pipeline import Layout, Plan, as_sets, job_environment, point_label, set_flags, yaml_value
 from fedbt.tracking import StudyScope
 
 from .conftest import REPO
@@ -43,31 +43,39 @@ def test_layout_is_spelled_in_one_place():
     assert layout.mlflow_uri == "sqlite:///out/mlflow.db"
 
 
-@pytest.mark.parametrize(("name", "runs"), [("config.yaml", 62), ("paper.yaml", 564), ("test.yaml", 4)])
+@pytest.mark.parametrize(
+    ("name", "runs"),
+    [("config.yaml", 69), ("ablation.yaml", 102), ("hetero.yaml", 87), ("paper.yaml", 1570), ("test.yaml", 4)],
+)
 def test_shared_jobs_run_once_in_the_first_study(name, runs):
     plan = Plan(study_config(name))
     assert len(plan.jobs) == runs
     assert len({job.identity for job in plan.jobs.values()}) == runs
 
 
-def test_a_job_shared_by_studies_lives_in_the_first_study_and_feeds_each_table(default_plan):
-    fedavg_cs = [default_plan.layout.run_metrics("pretrain", "cs", "fedavg", seed) for seed in (0, 1)]
-    tables = {t["name"]: t for t in default_plan.report_spec()["tables"]}
-    for study in ("pretrain", "ablation", "depth-pretrain"):
+def test_a_job_shared_by_studies_lives_in_the_first_study_and_feeds_each_table():
+    plan = Plan(study_config("ablation.yaml"))
+    fedavg_cs = [plan.layout.run_metrics("ablation", "cs", "fedavg-lr0.0003", seed) for seed in (0, 1, 2)]
+    tables = {t["name"]: t for t in plan.report_spec()["tables"]}
+    for study in ("ablation", "depth-pretrain", "pretrain-extra"):
         row = next(r for r in tables[study]["rows"] if r["variant"] == "fedavg")
-        assert row["runs"]["cs"] == fedavg_cs, study
-    assert "results/runs/ablation/cs/fedavg/seed0" not in default_plan.jobs
-    assert "results/runs/ablation/cs/fedbt-all/seed0" in default_plan.jobs
+        assert row["lr_runs"]["lr0.0003"]["cs"] == fedavg_cs, study
+    assert "results/ablation/runs/depth-pretrain/cs/fedavg-lr0.0003/seed0" not in plan.jobs
+    assert "results/ablation/runs/depth-pretrain/cs/fedbt-L2-lr0.0003/seed0" in plan.jobs
 
 
 def run_tags(job) -> dict[str, str]:
     """The tags a job's MLflow run carries that study scopes match."""
     tags = {"data": job.data, "variant": job.variant, "seed": str(job.seed)}
-    return tags | ({"lr": lr_label(job.lr)} if job.lr is not None else {})
+    return tags | ({"grid": point_label(job.point)} if job.point else {})
 
 
 def test_every_study_scope_holds_exactly_the_runs_its_table_reads(default_plan):
     """The MLflow study filter (run tags matched against the scope) selects the runs of the study's table."""
+    assert_scopes_hold_their_tables(default_plan)
+
+
+def assert_scopes_hold_their_tables(default_plan: Plan) -> None:
     scopes = {s["name"]: StudyScope.from_dict(s) for group in default_plan.study_scopes().values() for s in group}
     for table in default_plan.report_spec()["tables"]:
         cells = [row["runs"] for row in table["rows"]]
@@ -89,15 +97,16 @@ def test_experiments_are_one_per_scenario_and_named_by_the_config():
 
 
 def test_job_overrides_in_order_and_loadable(default_plan):
-    job = default_plan.job("pretrain", "cs", "distill", "0")
+    job = default_plan.job("pretrain", "cs", "distill-lr0.001", "0")
     sets = default_plan.job_sets(job)
     assert sets[0] == "data.data_dir=data" and sets[1] == "data.partition_dir=results/partitions"
     assert "method.options={student: results/runs/_students/minilm-L3}" in sets
-    assert "tracking.tags={data: cs, variant: distill}" in sets
+    assert "tracking.tags={data: cs, grid: lr0.001, variant: distill}" in sets
     assert "tracking.experiment=pretrain" in sets and "study=pretrain" in sets
     config = load_config(None, sets)
-    assert config.name == "cs-distill-seed0" and config.method.name == "distill"
-    assert config.federation.rounds == 3 and config.evaluation.task is None and config.local.lr == 3.0e-4
+    assert config.name == "cs-distill-lr0.001-seed0" and config.method.name == "distill"
+    assert config.federation.rounds == 3 and config.evaluation.task is None and config.local.lr == 1.0e-3
+    assert config.data.dev_examples == 64 and config.data.heldout_examples == 128
     student, start, stamp = default_plan.run_inputs(job)
     assert (student, start) == (
         "results/runs/_students/minilm-L3/distill_costs.json",
@@ -178,10 +187,10 @@ def test_job_environment_puts_this_fedbt_first_and_claims_gpus_only_when_capped(
 def test_report_captions_by_kind(default_plan):
     outputs = default_plan.report_outputs()
     captions = dict((p, (c, s)) for p, c, s in default_plan.report_captions(outputs["tables"] + outputs["figures"]))
-    assert captions["results/tables/depth-pretrain.md"][0] == "table.rst"
-    assert captions["results/figures/depth-pretrain_pareto.png"] == (
+    assert captions["results/tables/pretrain.md"][0] == "table.rst"
+    assert captions["results/figures/pretrain_pareto.png"] == (
         "pareto.rst",
-        "Client depth L_k in further pre-training (CS corpus, held-out MLM loss)",
+        "Table 1: further pre-training (CS corpus, held-out MLM loss), learning rate per method chosen on dev",
     )
     assert captions["results/figures/layer_schedule.png"] == ("layer_schedule.rst", "Method")
 
@@ -195,14 +204,14 @@ def grid_config() -> dict:
 
 def test_an_lr_grid_runs_every_job_once_per_learning_rate():
     plan = Plan(grid_config())
-    grid_jobs = [job for job in plan.jobs.values() if job.lr is not None]
+    grid_jobs = [job for job in plan.jobs.values() if job.point]
     assert len(grid_jobs) == 2 * 2 * 2  # variants x seeds x learning rates
     job = plan.job("finetune", "rct", "fedbt-ft-lr0.0003", 1)
-    assert (job.variant, job.lr, job.seed) == ("fedbt-ft", 3.0e-4, 1)
+    assert (job.variant, job.point, job.seed) == ("fedbt-ft", (("local.lr", 3.0e-4),), 1)
     config = load_config(None, plan.job_sets(job))
     assert config.local.lr == 3.0e-4 and config.name == "rct-fedbt-ft-lr0.0003-seed1"
-    assert config.tracking.tags["lr"] == "lr0.0003" and config.tracking.tags["variant"] == "fedbt-ft"
-    assert all(job.lr is None for job in plan.jobs.values() if job.scenario == "pretrain")
+    assert config.tracking.tags["grid"] == "lr0.0003" and config.tracking.tags["variant"] == "fedbt-ft"
+    assert all(not job.point for job in plan.jobs.values() if job.scenario == "pretrain")
 
 
 def test_an_lr_grid_gives_the_report_every_candidate():
@@ -216,18 +225,78 @@ def test_an_lr_grid_gives_the_report_every_candidate():
     assert set(plan.metrics_files()) >= {f"{d}/metrics.json" for d in plan.jobs}
 
 
+def test_a_bad_lr_grid_names_the_key():
+    config = grid_config()
+    config["studies"]["finetune"]["lr_grid"] = [1e-4, 1e-4]
+    with pytest.raises(ConfigError, match="distinct") as error:
+        Plan(config)
+    assert error.value.key == "studies.finetune.lr_grid"
+
+
+def pretrain_grid_config() -> dict:
+    """test.yaml with a pre-training lr_grid, a dev slice, an untuned row and fedbt's own grid over its depth."""
+    config = study_config("test.yaml")
+    config["scenarios"]["pretrain"]["data.dev_examples"] = 8
+    config["variants"]["none"] = {"tuned": False}
+    config["variants"]["fedbt"]["grid"] = {"method.options.local_layers": [1, 2], "local.weight_decay": [0.0, 0.01]}
+    config["studies"]["pretrain"] |= {"variants": ["none", "fedavg", "fedbt"], "lr_grid": [1e-4, 3e-4]}
+    return config
+
+
+def test_a_variant_grid_plans_the_product_with_the_lr_grid_named_by_the_point():
+    plan = Plan(pretrain_grid_config())
+    labels = sorted(job.label for job in plan.jobs.values() if job.study == "pretrain")
+    points = [f"lr{lr}-local_layers{k}-weight_decay{wd}" for lr in (0.0001, 0.0003) for k in (1, 2) for wd in (0, 0.01)]
+    assert labels == sorted(["none", "fedavg-lr0.0001", "fedavg-lr0.0003"] + [f"fedbt-{p}" for p in points])
+    job = plan.job("pretrain", "cs", "fedbt-lr0.0003-local_layers1-weight_decay0.01", 0)
+    config = load_config(None, plan.job_sets(job))
+    assert (config.local.lr, config.method.options, config.local.weight_decay) == (3e-4, {"local_layers": 1}, 0.01)
+    assert config.data.dev_examples == 8 and config.tracking.tags["grid"] == "lr0.0003-local_layers1-weight_decay0.01"
+    assert config.name == "cs-fedbt-lr0.0003-local_layers1-weight_decay0.01-seed0"
+    shared = sorted(job.label for job in plan.jobs.values() if job.study == "shared")  # no lr_grid: fedbt's own
+    assert shared == [f"fedbt-local_layers{k}-weight_decay{wd}" for k in (1, 2) for wd in (0, 0.01)]
+
+
+def test_the_report_spec_carries_every_grid_point_and_why_a_row_is_untuned():
+    plan = Plan(pretrain_grid_config())
+    table = next(t for t in plan.report_spec()["tables"] if t["name"] == "pretrain")
+    rows = {row["variant"]: row for row in table["rows"]}
+    assert "lr_runs" not in rows["none"] and "tuned is false" in rows["none"]["not_tuned"]
+    assert rows["none"]["runs"]["cs"] == [plan.layout.run_metrics("pretrain", "cs", "none", 0)]
+    assert sorted(rows["fedavg"]["lr_runs"]) == ["lr0.0001", "lr0.0003"] and "not_tuned" not in rows["fedavg"]
+    assert len(rows["fedbt"]["lr_runs"]) == 8
+    assert rows["fedbt"]["lr_runs"]["lr0.0001-local_layers2-weight_decay0"]["cs"] == [
+        plan.layout.run_metrics("pretrain", "cs", "fedbt-lr0.0001-local_layers2-weight_decay0", 0)
+    ]
+
+
+def test_study_scopes_follow_variant_grids():
+    assert_scopes_hold_their_tables(Plan(pretrain_grid_config()))
+
+
+def test_short_names_of_a_point_stay_apart_where_keys_end_alike():
+    assert point_label((("local.lr", 3e-4),)) == "lr0.0003", "today's labels of lr-only grids"
+    assert point_label((("local.lr", 5e-5), ("server.lr", 1.0))) == "lr5e-05-server_lr1"
+    assert point_label((("method.options.mu", 0.01), ("server.optimizer", "adam"))) == "mu0.01-optimizeradam"
+
+
 @pytest.mark.parametrize(
-    ("change", "message"),
+    ("grid", "key", "message"),
     [
-        (lambda c: c["studies"]["pretrain"].update(lr_grid=[1e-4, 2e-4]), "studies.pretrain.lr_grid"),
-        (lambda c: c["studies"]["finetune"].update(lr_grid=[1e-4, 1e-4]), "distinct"),
+        ({"federation.rouns": [1, 2]}, "variants.fedbt.grid.federation.rouns", "unknown key"),
+        ({"method.options.muu": [0.1]}, "variants.fedbt.grid.method.options.muu", "not an option of method fedbt"),
+        ({"method.options.local_layers": []}, "variants.fedbt.grid.method.options.local_layers", "non-empty"),
+        ({"local.weight_decay": [0.1, 0.1]}, "variants.fedbt.grid.local.weight_decay", "distinct"),
+        ({"local.lr": [0.1, 0.2]}, "variants.fedbt.grid.local.lr", "lr_grid sets the learning rate"),
+        ({"seed": [0, 1]}, "variants.fedbt.grid.seed", "the pipeline sets this key"),
     ],
 )
-def test_a_bad_lr_grid_names_the_key(change, message):
-    config = grid_config()
-    change(config)
-    with pytest.raises(ConfigError, match=message):
+def test_a_bad_variant_grid_fails_at_planning_naming_the_key(grid, key, message):
+    config = pretrain_grid_config()
+    config["variants"]["fedbt"]["grid"] = grid
+    with pytest.raises(ConfigError, match=message) as error:
         Plan(config)
+    assert error.value.key == key
 
 
 def test_jobs_reading_the_same_data_share_one_tokenize_job(default_plan):
@@ -237,7 +306,7 @@ def test_jobs_reading_the_same_data_share_one_tokenize_job(default_plan):
     assert all(len(readers) == 1 for readers in stamps.values()), "one cache per data set (and model, length)"
     assert {data for readers in stamps.values() for _, data in readers} == set(default_plan.config["data"])
     assert set(default_plan.token_jobs()) == set(stamps)
-    sets = default_plan.token_jobs()[default_plan.token_stamp(default_plan.job("pretrain", "cs", "fedbt", 0))]
+    sets = default_plan.token_jobs()[default_plan.token_stamp(default_plan.job("pretrain", "cs", "fedbt-lr0.0003", 0))]
     config = load_config(None, sets)
     assert config.data.corpus == "cs" and config.model.source == "minilm", "the starting model's base tokenizer"
     assert config.data.cache_dir == "results/cache"
@@ -249,19 +318,29 @@ def test_image_jobs_need_no_token_cache():
 
 
 def test_the_default_study_scores_every_row_with_spread(default_plan):
-    """Issue 12's design: every study runs >= 2 seeds; pre-training is scored by its held-out loss (no downstream
-    fine-tuning that cannot move at this scale); Table 3 chooses each method's learning rate on dev and carries
-    fedbt-ft's two controls; Table 7 shares Table 3's jobs at one point of its grid."""
+    """Issues 12 and 20: every study runs >= 3 federation seeds (n for every p-value); pre-training is scored by its
+    held-out loss on a test slice, its learning rate chosen on a separate dev slice (no downstream fine-tuning that
+    cannot move at this scale); every table chooses each method's learning rate on dev, Table 3 with fedbt-ft's
+    control; `none` trains nothing and runs once."""
     studies = default_plan.config["studies"]
-    assert all(len(spec["seeds"]) >= 2 for spec in studies.values())
+    assert all(len(spec["seeds"]) >= 3 and len(spec["lr_grid"]) >= 2 for spec in studies.values())
     for job in default_plan.jobs.values():
         config = load_config(None, default_plan.job_sets(job))
         if job.scenario == "pretrain":
             assert config.evaluation.task is None and config.data.heldout_examples > 0
-    assert len(studies["finetune"]["lr_grid"]) >= 2
-    assert {"freeze-bottom-top3", "fedbt-ft-cycle6"} <= set(studies["finetune"]["variants"])
-    assert set(studies["depth"]["lr_grid"]) <= set(studies["finetune"]["lr_grid"])
-    depth = next(t for t in default_plan.report_spec()["tables"] if t["name"] == "depth")
-    fedavg = next(row for row in depth["rows"] if row["variant"] == "fedavg")
-    shared = default_plan.layout.run_metrics("finetune", "ag_news", "fedavg-lr0.0003", 0)
-    assert fedavg["runs"]["ag_news"][0] == shared, "Table 7's fedavg is Table 3's job at the same learning rate"
+            assert config.data.dev_examples > 0
+    assert "freeze-bottom-top3" in studies["finetune"]["variants"]
+    pretrain = next(t for t in default_plan.report_spec()["tables"] if t["name"] == "pretrain")
+    rows = {row["variant"]: row for row in pretrain["rows"]}
+    assert "lr_runs" not in rows["none"] and all("lr_runs" in row for v, row in rows.items() if v != "none")
+
+
+def test_the_estimate_counts_every_grid_job_under_its_run_label():
+    from fedbt.estimate import study_jobs
+
+    config = pretrain_grid_config()
+    plan = Plan(config)
+    estimated = [(study, data, label, seed) for study, data, label, seed, _ in study_jobs(config)]
+    assert sorted(estimated) == sorted((j.study, j.data, j.label, j.seed) for j in plan.jobs.values())
+    job = next(run for *_, run in study_jobs(config) if run.local.lr == 3e-4 and run.method.options)
+    assert job.method.options["local_layers"] in (1, 2) and job.data.dev_examples == 8

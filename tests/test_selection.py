@@ -1,9 +1,16 @@
-"""Choosing a learning rate per method on dev (studies with an lr_grid): dev decides, test never does."""
+"""Choosing a grid point per method on dev (a study's lr_grid times a variant's grid): dev decides, test never
+does; fine-tuning maximises the dev score, pre-training minimises the dev slice's held-out loss."""
 
 from __future__ import annotations
 
-from fedbt.report.runs import RunCosts, RunResult
-from fedbt.report.selection import choose
+import json
+import math
+
+import pytest
+
+from fedbt.errors import ConfigError
+from fedbt.report.runs import RunCosts, RunResult, load_run
+from fedbt.report.selection import LrChoice, choose, shown
 from fedbt.report.spec import Row
 
 
@@ -63,3 +70,131 @@ def test_ties_go_to_the_first_rate_and_unfinished_rates_are_not_candidates():
 def test_a_row_without_a_grid_is_left_as_it_is():
     row = Row(variant="fedavg", method="fedavg", options={}, runs={"ag_news": ["a"]})
     assert choose(row, {}) == (row, {})
+
+
+def pretrain_run(path: str, seed: int, dev: float, test: float) -> RunResult:
+    return RunResult(
+        path=path,
+        scenario="pretrain",
+        method="fedbt",
+        data="cs",
+        seed=seed,
+        device="cpu",
+        metric="",
+        scores={"heldout_mlm_loss": {str(seed): test}},
+        majority={},
+        dev={"heldout_mlm_loss": dev},
+        curve_name="heldout_mlm_loss",
+        curve={3: test},
+        spent={3: (1.0, 1.0)},
+        costs=RunCosts(1.0, 1.0, 1.0, 1.0, 1.0),
+        upload_bytes_total=1.0,
+        plan_sha256=None,
+    )
+
+
+def pretrain_row(results: dict[str, RunResult]) -> Row:
+    lr_runs = {}
+    for path in results:
+        lr_runs.setdefault(path.split("/")[0], {"cs": []})["cs"].append(path)
+    return Row(variant="fedbt", method="fedbt", options={}, runs={}, lr_runs=lr_runs)
+
+
+def test_pretraining_picks_the_lowest_mean_dev_loss_whatever_the_test_loss_says():
+    results = {
+        "lr0.0003-mu0.01/s0": pretrain_run("lr0.0003-mu0.01/s0", 0, dev=4.0, test=9.0),
+        "lr0.0003-mu0.01/s1": pretrain_run("lr0.0003-mu0.01/s1", 1, dev=5.0, test=9.5),
+        "lr0.001-mu0.01/s0": pretrain_run("lr0.001-mu0.01/s0", 0, dev=4.25, test=1.0),
+        "lr0.001-mu0.01/s1": pretrain_run("lr0.001-mu0.01/s1", 1, dev=4.5, test=1.5),
+    }
+    row, choices = choose(pretrain_row(results), results)
+    assert choices["cs"] == LrChoice("lr0.001-mu0.01", {"lr0.0003-mu0.01": 4.5, "lr0.001-mu0.01": 4.375})
+    assert row.runs == {"cs": ["lr0.001-mu0.01/s0", "lr0.001-mu0.01/s1"]}, "4.375 < 4.5: lower dev loss wins"
+
+
+def test_pretraining_never_reads_test_and_skips_diverged_points():
+    base = {
+        "lr0.0001/s0": pretrain_run("lr0.0001/s0", 0, dev=6.0, test=2.0),
+        "lr0.0003/s0": pretrain_run("lr0.0003/s0", 0, dev=5.0, test=8.0),
+        "lr0.001/s0": pretrain_run("lr0.001/s0", 0, dev=math.nan, test=0.1),
+    }
+    flipped = {
+        path: pretrain_run(path, 0, dev=run.dev["heldout_mlm_loss"], test=-run.headline_scores[0])
+        for path, run in base.items()
+    }
+    for results in (base, flipped):
+        choice = choose(pretrain_row(results), results)[1]["cs"]
+        assert choice.chosen == "lr0.0003" and choice.dev == {"lr0.0001": 6.0, "lr0.0003": 5.0, "lr0.001": None}
+
+
+def test_a_row_without_any_dev_score_says_why():
+    results = {"lr0.0001/s0": pretrain_run("lr0.0001/s0", 0, dev=1.0, test=1.0)}
+    results["lr0.0001/s0"].dev.clear()  # no dev slice: data.dev_examples was 0
+    choice = choose(pretrain_row(results), results)[1]["cs"]
+    assert choice.chosen is None and "no grid point" in choice.reason
+
+
+def test_an_untuned_row_carries_no_choice_with_its_reason():
+    row = Row(variant="none", method="none", options={}, runs={"cs": ["none/s0"]}, not_tuned="tuned is false")
+    assert choose(row, {}) == (row, {"cs": LrChoice(None, {}, "tuned is false")})
+
+
+def test_a_table_cell_shows_an_lr_only_point_as_its_rate_and_others_by_label():
+    assert shown(LrChoice("lr5e-05", {})) == "5e-05" and shown(LrChoice("lr0.0003", {})) == "0.0003"
+    assert shown(LrChoice("lr0.0003-mu0.01", {})) == "lr0.0003-mu0.01"
+    assert shown(LrChoice(None, {}, "tuned is false")) is None and shown(None) is None
+
+
+def test_a_pretraining_run_reads_its_final_dev_slice_loss_as_its_dev_score(tmp_path):
+    rounds = [
+        {"round": r, "heldout_mlm_loss": test, "dev_heldout_mlm_loss": dev, "measured_flops": 1, "upload_bytes": 1}
+        for r, test, dev in ((1, 5.0, 5.5), (2, 4.0, 4.5))
+    ]
+    costs = {"total_measured_flops": 2, "total_analytic_flops": 2, "total_client_seconds": 1, "total_upload_bytes": 2}
+    metrics = {"scenario": "pretrain", "seed": 0, "method": "fedavg", "data": "cs", "rounds": rounds, "costs": costs}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    run = load_run(tmp_path)
+    assert run.dev == {"heldout_mlm_loss": 4.5} and run.scores["heldout_mlm_loss"] == {"0": 4.0}
+    assert run.curve == {1: 5.0, 2: 4.0}, "the test curve keeps its name; the dev slice is not in it"
+
+
+def test_the_table_json_carries_the_chosen_point_and_every_candidate_for_every_row():
+    from fedbt.report.build import choose_learning_rates
+    from fedbt.report.spec import Column, Table
+    from fedbt.report.tables import build_table, to_json
+
+    results = {
+        "fedavg-lr0.0003/s0": pretrain_run("fedavg-lr0.0003/s0", 0, dev=5.0, test=5.1),
+        "fedavg-lr0.001/s0": pretrain_run("fedavg-lr0.001/s0", 0, dev=4.0, test=4.1),
+        "fedprox-lr0.001-mu0.01/s0": pretrain_run("fedprox-lr0.001-mu0.01/s0", 0, dev=4.2, test=4.0),
+        "fedprox-lr0.001-mu0.1/s0": pretrain_run("fedprox-lr0.001-mu0.1/s0", 0, dev=3.9, test=4.4),
+        "none/s0": pretrain_run("none/s0", 0, dev=7.0, test=7.0),
+    }
+
+    def row(variant: str, points: list[str]) -> Row:
+        return Row(variant, variant, {}, {}, lr_runs={p: {"cs": [f"{variant}-{p}/s0"]} for p in points})
+
+    rows = [
+        Row("none", "none", {}, {"cs": ["none/s0"]}, not_tuned="variants.none.tuned is false"),
+        row("fedavg", ["lr0.0003", "lr0.001"]),
+        row("fedprox", ["lr0.001-mu0.01", "lr0.001-mu0.1"]),
+    ]
+    table, choices = choose_learning_rates(Table("t", "T", "pretrain", [Column("cs", "cs")], rows), results)
+    shown = {r["variant"]: r["lr"]["cs"] for r in to_json(build_table(table, results, {}, choices))["rows"]}
+    assert shown["fedavg"] == {"chosen": "lr0.001", "dev": {"lr0.0003": 5.0, "lr0.001": 4.0}, "reason": None}
+    assert shown["fedprox"]["chosen"] == "lr0.001-mu0.1" and shown["fedprox"]["dev"]["lr0.001-mu0.01"] == 4.2
+    assert shown["none"] == {"chosen": None, "dev": {}, "reason": "variants.none.tuned is false"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["data.dev_examples=-1"], "must be >= 0"),
+        (["scenario=finetune", "data.task=rct", "local.objective=classification", "data.dev_examples=8"], "only pre"),
+    ],
+)
+def test_only_pretraining_takes_a_dev_slice_of_zero_or_more_sentences(tiny_config, extra, message):
+    assert tiny_config("data.dev_examples=8").data.dev_examples == 8
+    with pytest.raises(ConfigError, match=message) as error:
+        tiny_config(*extra)
+    assert error.value.key == "data.dev_examples"

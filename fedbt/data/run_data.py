@@ -6,8 +6,10 @@ images; the task's dev and test subsets) and the scored task. :func:`task_exampl
 evaluation its splits the same way. Text is read from the token cache (:mod:`fedbt.data.tokens`), built on first
 use; images are held in memory.
 
-Subsets: pre-training takes the corpus's first ``max_examples + heldout_examples`` sentences and holds out the
-last ``heldout_examples`` of them (images: the first ``heldout_examples`` dev images); fine-tuning takes
+Subsets: pre-training takes the corpus's first ``max_examples + dev_examples + heldout_examples`` sentences and
+holds out the last ``dev_examples + heldout_examples`` of them: a dev slice (``dev_heldout``, what a grid chooses
+on), then the reported test slice (``heldout``); images: the first ``heldout_examples`` dev images are the test
+slice, the next ``dev_examples`` the dev slice. Fine-tuning takes
 ``max_examples`` train, ``heldout_examples`` dev and ``evaluation.max_eval_examples`` test rows, each by the one
 seeded subset rule (:func:`fedbt.data.tasks.subset_rows`).
 """
@@ -33,7 +35,8 @@ class RunData:
     processor: Any
     clients: list[Sequence[dict]]
     eval_sets: dict[str, Sequence[dict]]
-    """Scored every round: ``heldout`` (pre-training) or ``dev`` and ``test`` (fine-tuning)."""
+    """Scored every round: ``heldout`` (the test slice) and ``dev_heldout`` (pre-training), or ``dev`` and
+    ``test`` (fine-tuning)."""
     task: TaskSpec | None
     """The fine-tuned task (None in pre-training)."""
     partition: Partition
@@ -103,14 +106,30 @@ def _corpus_data(config: RunConfig, processor, objective) -> tuple[Sequence[dict
         parts = load_image_splits(data_set, data.data_dir, "data.corpus")
         images = parts[part]
         count = len(images) if data.max_examples is None else min(data.max_examples, len(images))
-        heldout = parts["dev"].images[: data.heldout_examples]
-        return image_examples(images.images[:count], images.labels[:count]), {"heldout": image_examples(heldout)}
+        test, dev = heldout_slices(len(parts["dev"].images), data.heldout_examples, data.dev_examples)
+        held = {
+            "heldout": image_examples(parts["dev"].images[test]),
+            "dev_heldout": image_examples(parts["dev"].images[dev]),
+        }
+        return image_examples(images.images[:count], images.labels[:count]), held
     sentences = corpus_tokens(spec, processor, config.model.max_length, data)
-    total = (
-        len(sentences) if data.max_examples is None else min(len(sentences), data.max_examples + data.heldout_examples)
-    )
-    cut = max(total - data.heldout_examples, 0)
-    return sentences.select(range(cut)), {"heldout": sentences.select(range(cut, total))}
+    train, dev, test = corpus_slices(len(sentences), data.max_examples, data.dev_examples, data.heldout_examples)
+    return sentences.select(train), {"heldout": sentences.select(test), "dev_heldout": sentences.select(dev)}
+
+
+def corpus_slices(total: int, max_examples: int | None, dev: int, test: int) -> tuple[range, range, range]:
+    """The training, dev and test sentences of a corpus of ``total``: its first ``max_examples + dev + test``
+    (all without ``max_examples``) in that order; a short corpus shrinks training first, then dev."""
+    used = total if max_examples is None else min(total, max_examples + dev + test)
+    test_start = max(used - test, 0)
+    dev_start = max(test_start - dev, 0)
+    return range(dev_start), range(dev_start, test_start), range(test_start, used)
+
+
+def heldout_slices(total: int, test: int, dev: int) -> tuple[slice, slice]:
+    """The test and dev images of the image pool's dev split: its first ``test``, then the next ``dev``."""
+    test_end = min(test, total)
+    return slice(0, test_end), slice(test_end, min(test_end + dev, total))
 
 
 def corpus_tokens(spec: CorpusSpec, tokenizer, max_length: int, data: DataConfig) -> Examples:

@@ -12,10 +12,16 @@ Beyond the plan, a method may change local training and the server step through 
   their arguments): :meth:`Method.local_optimizer` (the optimizer), :meth:`Method.local_loss` (an extra loss
   term, e.g. FedProx's proximal term), :meth:`Method.client_state` (state a client keeps across its rounds,
   e.g. FedDyn's or SCAFFOLD's correction terms; the server keeps it for the client and saves it in every
-  checkpoint, so a resumed run continues exactly);
+  checkpoint, so a resumed run continues exactly), :meth:`Method.local_steps` (how many of the local steps a
+  client of a tier runs: FedProx's variable local work);
 * server side: :meth:`Method.aggregate` (the weighted average of the uploads to new global tensors, e.g. a
   server optimizer on the pseudo-gradient) with tensor state in :meth:`Method.state_tensors` (saved with every
-  checkpoint).
+  checkpoint); :meth:`Method.server_optimizer` (a server optimizer of :mod:`fedbt.federated.server_optimizer`
+  the simulator runs after :meth:`Method.aggregate`, as the run's ``server.optimizer`` does for any method:
+  ``fedadam``, ``fedyogi``); per-tier server state (InclusiveFL's per-depth heads) through
+  :meth:`Method.download_tensors` (what a client of a plan and tier receives in place of the global tensors) and
+  :meth:`Method.receive_upload` (each upload with its client's plan, tier and weight; returns the part that
+  enters the plain average).
 
 Registering::
 
@@ -53,11 +59,12 @@ from torch import nn
 from fedbt.config import from_dict
 from fedbt.errors import ConfigError
 from fedbt.federated.tiers import FULL, Tier
-from fedbt.models import ModelArch, leading_block
+from fedbt.models import ModelArch, Selection, select, selection_shape
 from fedbt.seeding import derive_seed
 
 if TYPE_CHECKING:
     from fedbt.config import LocalConfig
+    from fedbt.federated.server_optimizer import ServerOptimizer
 
 
 @dataclass(frozen=True)
@@ -75,15 +82,24 @@ class ClientPlan:
     """Local positions that keep the copy of their global layer the client made from the *starting*
     model (not refreshed from the current global model, nothing downloaded for them). A stale copy is never
     trained or uploaded, even when its global layer is trainable at another position."""
-    sub_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict, hash=False)
-    """Width slices (HeteroFL): global tensor -> the shape of the leading block ``tensor[:s0, :s1, ...]`` the
-    client holds instead of the whole tensor. It downloads, trains and uploads only that block; the server
-    averages every element over the clients whose blocks hold it."""
+    slices: dict[str, Selection] = field(default_factory=dict, hash=False)
+    """Width slices (HeteroFL): global tensor -> the part of it the client holds instead of the whole tensor, per
+    dimension the first ``n`` entries or the listed indices (:data:`fedbt.models.Selection`; all ints: the leading
+    block ``tensor[:s0, :s1, ...]``). It downloads, trains and uploads only that part, its local model runs at
+    those sizes; the server averages every element over the clients whose parts hold it."""
+    scaler_rate: float = 1.0
+    """HeteroFL's Scaler: while the client trains, the output of each width-sliced sub-layer is divided by this
+    rate (:func:`fedbt.models.add_scalers`; 1: none)."""
+
+    @property
+    def sub_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shapes of the width-sliced tensors the client holds (global name -> shape)."""
+        return {name: selection_shape(selection) for name, selection in self.slices.items()}
 
     def block(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        """The part of global tensor ``name`` the client holds: its leading block, or all of it."""
-        shape = self.sub_shapes.get(name)
-        return tensor if shape is None else tensor[leading_block(shape)]
+        """The part of global tensor ``name`` the client holds: its width slice, or all of it."""
+        selection = self.slices.get(name)
+        return tensor if selection is None else select(tensor, selection)
 
     def download_names(self, arch: ModelArch) -> list[str]:
         """Global parameter names the client downloads to build its local model (each counted once)."""
@@ -132,6 +148,11 @@ class Method:
     """Set when plans use ``stale_positions``: the simulator then keeps a copy of the starting model."""
     transmits: ClassVar[bool] = True
     """False for training in one place (no communication): the ledger records no bytes."""
+    shrinks: ClassVar[str | None] = None
+    """The :class:`~fedbt.federated.tiers.Tier` attribute the method can reduce to fit a client's memory budget
+    (``"local_layers"`` or ``"width"``; None: it cannot). Under ``federation.budget_policy`` drop or refuse,
+    :func:`fedbt.memory.fit_plan` then plans the client at the largest value whose plan fits (depths down to 1,
+    widths in steps of 1/8)."""
 
     @dataclass
     class Options:
@@ -224,7 +245,36 @@ class Method:
         back as ``client.state`` in the client's next round; it never counts as communication."""
         return {}
 
+    def extra_client_numel(self, plan: ClientPlan) -> int:
+        """Elements of the tensors a client holds beyond its local model, gradients, optimizer moments and
+        activations, at the parameters' dtype, for the memory estimate (:mod:`fedbt.memory`; e.g. FedProx's copy
+        of the global trained tensors, a client's control variate: ``fedbt.memory.plan_numel(self.arch, plan,
+        plan.trainable)``). Default: none (FedAvg, FedBT: adapters are parameters and already counted)."""
+        return 0
+
+    def local_steps(self, tier: Tier, steps: int) -> int:
+        """The local steps (at least 1) a client of ``tier`` runs where the run gives it ``steps`` (``local.steps``,
+        or those of ``local.epochs``); default: all of them. FedProx's clients run their tier's ``local_work``
+        share (variable local work). The ledger's steps and FLOPs are those run."""
+        return steps
+
     # --------------------------------------------------------------------------- server side: the step
+
+    def download_tensors(
+        self, plan: ClientPlan, tier: Tier, global_params: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """The tensors, by global name, that a client of ``tier`` receives for ``plan`` (before :meth:`encode`;
+        default: the global tensors of ``plan.download_names``, or their blocks). A method with per-tier server
+        state sends its own copies under the global names."""
+        return {n: plan.block(n, global_params[n]) for n in plan.download_names(self.arch)}
+
+    def receive_upload(
+        self, plan: ClientPlan, tier: Tier, upload: Mapping[str, torch.Tensor], weight: float
+    ) -> dict[str, torch.Tensor]:
+        """Server side, per client: its decoded upload with its plan, tier and aggregation weight, before the
+        round's weighted average; returns the part that enters that average and so :meth:`aggregate` (default: all
+        of it). A method keeps what it holds back (e.g. per-tier averages) for its :meth:`aggregate`."""
+        return dict(upload)
 
     def aggregate(
         self, global_params: Mapping[str, torch.Tensor], averaged: Mapping[str, torch.Tensor]
@@ -232,6 +282,12 @@ class Method:
         """Turn the weighted average of the uploads into the new global tensors (default: take it). A server
         optimizer keeps its state in attributes and returns them from :meth:`state_tensors`."""
         return dict(averaged)
+
+    def server_optimizer(self) -> ServerOptimizer | None:
+        """The server optimizer the method runs on what :meth:`aggregate` returns (default: none; ``fedadam`` and
+        ``fedyogi`` return theirs). The run's ``server.optimizer`` composes one with any method instead; a method
+        with its own refuses a second. The simulator applies it and checkpoints its state."""
+        return None
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Tensor state of the server step (e.g. optimizer moments), saved with every checkpoint (default: none)."""

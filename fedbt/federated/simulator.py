@@ -5,10 +5,15 @@ tensors it downloads (a :class:`ClientTask`); the client (:class:`LocalTrainer`)
 instance per local depth, reused across clients) from the tensors it received, marks the planned tensors
 trainable, trains locally and encodes the trained tensors as its upload; bytes, FLOPs, seconds and memory go
 into the ledger. Uploads stream into a weighted average; the method turns the average into new global
-tensors; the round is checkpointed. Nothing here knows a method by name.
+tensors, and the run's server optimizer (``server.optimizer``, or the method's own,
+:mod:`fedbt.federated.server_optimizer`) steps on their pseudo-gradient; the round is checkpointed. Nothing here
+knows a method by name.
 
 A client with no examples, or whose plan trains nothing, sits the round out: nothing is sent or computed, it
-has no weight in the average, and its ledger row says why (``status``). A run that selects a round by its
+has no weight in the average, and its ledger row says why (``status``); so does a client whose plan's memory
+estimate exceeds its tier's budget under ``budget_policy: drop`` (status ``over-budget``, :mod:`fedbt.memory`:
+a method with ``shrinks`` is first planned at the largest depth or width that fits). Every row carries its
+plan's memory estimate and its tier's budget. A run that selects a round by its
 scores (federated fine-tuning: the best dev round) keeps that round's global tensors, in memory and in the
 checkpoint, so the model it saves is the model it reports.
 
@@ -18,10 +23,14 @@ process; :mod:`fedbt.flower` sends the same tasks to Flower ClientApps, which tr
 
 Resource tiers: each client's :class:`~fedbt.federated.tiers.Tier` (dealt by seed, ``setup.tiers``) goes to
 ``method.plan``; the ledger row names it. Method hooks run where they belong: the local optimizer, the extra
-loss term and the client's state in :class:`LocalTrainer` (the state travels in the task and the update, is kept
-here per client and saved in every checkpoint, and is never counted as communication), the server step in
-``method.aggregate`` (its tensor state saved in every checkpoint). A plan with width slices (``sub_shapes``)
-downloads, trains and uploads leading blocks; the average takes every element over the clients that hold it.
+loss term, the client's state and the steps its tier runs (``method.local_steps``) in :class:`LocalTrainer` (the
+state travels in the task and the update, is kept here per client and saved in every checkpoint, and is never
+counted as communication), the server step in ``method.aggregate`` and the server optimizer (their tensor state
+saved in every checkpoint). A plan with width slices (``slices``) downloads, trains and uploads those parts
+of its tensors (its local model runs at their sizes, with HeteroFL's Scaler at ``scaler_rate``); the average
+takes every element over the clients that hold it.
+What a client downloads comes from ``method.download_tensors`` and each upload passes ``method.receive_upload``
+(with the client's plan and tier) before the average, so a method can keep per-tier server state.
 """
 
 from __future__ import annotations
@@ -39,15 +48,18 @@ import torch
 from torch import nn
 
 from fedbt.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from fedbt.config import LocalConfig
+from fedbt.config import LocalConfig, ServerOptimizerConfig
 from fedbt.costs import analytic_train_flops
 from fedbt.errors import FedBTError
 from fedbt.federated.aggregate import WeightedAverage, client_weight
 from fedbt.federated.method import ClientPlan, LocalContext, Method
+from fedbt.federated.server_optimizer import server_optimizer_for
 from fedbt.federated.tiers import FULL, Tier
-from fedbt.ledger import IDLE, NO_DATA, Ledger, LedgerRow, format_layers, payload_nbytes
+from fedbt.ledger import IDLE, NO_DATA, OVER_BUDGET, Ledger, LedgerRow, format_layers, payload_nbytes
+from fedbt.memory import Fitted, MemorySettings, fit_plan
 from fedbt.models import (
     ModelArch,
+    add_scalers,
     build_local_model,
     extract_to_global,
     load_from_global,
@@ -79,6 +91,12 @@ class SimulationSetup:
     device: torch.device
     tiers: Sequence[Tier] = ()
     """Each client's resource tier (empty: no tiers, every client holds the whole model)."""
+    memory: MemorySettings | None = None
+    """What a local step's memory estimate depends on (:mod:`fedbt.memory`; None: no estimates, no budgets)."""
+    budget_policy: str = "warn"
+    """``federation.budget_policy``: what a plan over its tier's ``memory_mb`` does (:func:`fedbt.memory.fit_plan`)."""
+    server_optimizer: ServerOptimizerConfig | None = None
+    """``server.optimizer``: run on the pseudo-gradient of what ``method.aggregate`` returns (None: none)."""
 
 
 @dataclass
@@ -127,6 +145,8 @@ class LocalTrainer:
             raise FedBTError(f"{method.name}: the global model's parameters differ from those the method planned for")
         self.clients = method.arrange_clients(setup.clients)
         self.steps_scale = len(setup.clients) / len(self.clients)
+        # a method that pools the clients (centralised training) trains in one place: no tiers there
+        self.tiers = list(setup.tiers) if len(setup.tiers) == len(self.clients) else []
         self.initial_params = (
             {n: p.detach().clone() for n, p in template.named_parameters()} if method.uses_stale_layers else {}
         )
@@ -143,7 +163,7 @@ class LocalTrainer:
         received = method.decode(task.download)
         model, name_map = self._prepare_local_model(plan, received)
         fresh = {n: g for n, g in name_map.items() if not self._is_stale(n, plan)}
-        context = self._context(task, model, fresh, received, self._steps(len(examples)))
+        context = self._context(task, model, fresh, received, self._steps(task.client_id, len(examples)))
         optimizer = method.local_optimizer(model, local) or loop.adamw(model, local.lr, local.weight_decay)
         torch.manual_seed(derive_seed(setup.seed, DROPOUT, task.round_idx, task.client_id))
         result = loop.train(
@@ -170,11 +190,20 @@ class LocalTrainer:
         new_state = {n: t.detach().cpu() for n, t in method.client_state(context).items()}
         return ClientUpdate(upload, row, new_state)
 
-    def _steps(self, examples: int) -> int:
-        """Local steps of a client with ``examples`` examples (a fixed budget scales with the clients pooled)."""
+    def _steps(self, client_id: int, examples: int) -> int:
+        """Local steps of a client with ``examples`` examples (a fixed budget scales with the clients pooled), as
+        many of them as the method gives the client's tier (:meth:`Method.local_steps`)."""
         local = self.setup.local
         steps = loop.steps_for(examples, local.batch_size, local.epochs, local.steps)
-        return max(1, round(steps * self.steps_scale)) if local.steps is not None else steps
+        steps = max(1, round(steps * self.steps_scale)) if local.steps is not None else steps
+        run = self.method.local_steps(self.tier_of(client_id), steps)
+        if run < 1:
+            raise FedBTError(f"{self.method.name}: local_steps gave client {client_id} {run} steps; at least 1")
+        return run
+
+    def tier_of(self, client_id: int) -> Tier:
+        """The client's resource tier (:data:`~fedbt.federated.tiers.FULL` without tiers)."""
+        return self.tiers[client_id] if self.tiers else FULL
 
     def _context(
         self,
@@ -202,7 +231,7 @@ class LocalTrainer:
             row.upload_params, row.upload_bytes = payload_nbytes(upload)
         row.steps, row.tokens = result.steps, result.tokens
         row.trained_layers = format_layers(plan.trained_layers(self.arch))
-        row.measured_flops = result.measured_flops
+        row.measured_flops, row.measured_steps = result.measured_flops, result.measured_steps
         row.analytic_flops = self._analytic_flops(plan, result.shapes)
         row.seconds, row.wall_seconds = result.seconds, result.wall_seconds
         row.peak_memory_bytes, row.train_loss = result.peak_memory_bytes, result.mean_loss
@@ -224,11 +253,12 @@ class LocalTrainer:
         set."""
         depth = len(plan.layer_map)
         name_map = local_to_global_names(self.arch, plan.layer_map)
-        shapes = {n: plan.sub_shapes[g] for n, g in name_map.items() if g in plan.sub_shapes}
-        key = (depth, *sorted(shapes.items()))
+        slices = {n: plan.slices[g] for n, g in name_map.items() if g in plan.slices}
+        key = (depth, plan.scaler_rate, *sorted(slices.items()))
         if key not in self._local_models:
             model = build_local_model(self.template, depth)
-            slice_parameters(model, shapes)
+            slice_parameters(model, slices)
+            add_scalers(model, plan.scaler_rate)
             model = self.method.prepare_model(model)
             if self.setup.local.compile:
                 model.compile(dynamic=True)  # in place: parameter names stay those of the model
@@ -273,7 +303,18 @@ class InProcess:
         return {"name": self.name}
 
 
-HOOKS = ("local_optimizer", "local_loss", "client_state", "aggregate")
+HOOKS = (
+    "local_optimizer",
+    "local_loss",
+    "client_state",
+    "local_steps",
+    "download_tensors",
+    "receive_upload",
+    "aggregate",
+    "server_optimizer",
+)
+SERVER_OPTIMIZER = "server_optimizer/"
+"""Key prefix of the server optimizer's state among the checkpoint's method tensors."""
 
 
 def training_rule(method: Method) -> list:
@@ -315,10 +356,13 @@ class Simulator:
         self.clients = self.trainer.clients
         self.global_params = dict(global_model.named_parameters())
         self.shapes = {n: tuple(p.shape) for n, p in self.global_params.items()}
-        # a method that pools the clients (centralised training) trains in one place: no tiers there
-        self.tiers = list(setup.tiers) if len(setup.tiers) == len(self.clients) else []
+        self.tiers = self.trainer.tiers
         self.client_states: dict[int, dict[str, torch.Tensor]] = {}
+        self._fitted: dict[tuple[int, int], Fitted] = {}
+        self.server_optimizer = server_optimizer_for(method, setup.server_optimizer)
         self._rule = training_rule(method)
+        if self.server_optimizer is not None:
+            self._rule.append({"server_optimizer": self.server_optimizer.settings()})
         self.records: list[dict] = []
         self.select = select
         self.best_round: int | None = None
@@ -370,14 +414,18 @@ class Simulator:
         rows: list[LedgerRow] = []
         plans = []
         clients = self.selected_clients(round_idx)
+        uploaded = False
         for payload, row in self.runtime.train_clients(self, round_idx, clients):
             if payload:
-                average.add(payload, client_weight(row.examples, self.setup.aggregation))
+                weight = client_weight(row.examples, self.setup.aggregation)
+                plan, tier = self.plan(round_idx, row.client), self.tier_of(row.client)
+                average.add(self.method.receive_upload(plan, tier, payload, weight), weight, plan.slices)
+                uploaded = True
             rows.append(row)
             plans.append(self._plan_summary(round_idx, row.client, row))
             del payload
-        if len(average):
-            self._write_global(self.method.aggregate(self.global_params, average.result(self.global_params)))
+        if uploaded:
+            self._write_global(self._server_step(average))
         self.ledger.append(rows)
         trained = [r for r in rows if r.steps]
         total_examples = sum(r.examples for r in trained)
@@ -390,6 +438,7 @@ class Simulator:
             "client_seconds": sum(r.seconds for r in rows),
             "client_wall_seconds": sum(r.wall_seconds for r in rows),
             "measured_flops": sum(r.measured_flops for r in rows),
+            "measured_steps": sum(r.measured_steps for r in rows),
             "analytic_flops": sum(r.analytic_flops for r in rows),
             "plan_sha256": hashlib.sha256(json.dumps(plans + self._rule).encode()).hexdigest(),
         }
@@ -415,8 +464,8 @@ class Simulator:
             row.status,
             row.upload_bytes,
         ]
-        if plan.sub_shapes:
-            summary.append(sorted(plan.sub_shapes.items()))
+        if plan.slices:
+            summary.append(sorted(plan.slices.items()))
         return summary
 
     def train_client(self, round_idx: int, client_id: int) -> tuple[dict[str, torch.Tensor], LedgerRow]:
@@ -436,9 +485,19 @@ class Simulator:
         """The client's resource tier (:data:`~fedbt.federated.tiers.FULL` without tiers)."""
         return self.tiers[client_id] if self.tiers else FULL
 
+    def fitted(self, round_idx: int, client_id: int) -> Fitted:
+        """The method's plan for the client, given its tier, under its tier's memory budget and the budget policy
+        (shrunk to fit, or emptied when the client sits the round out over budget)."""
+        key = (round_idx, client_id)
+        if key not in self._fitted:
+            setup = self.setup
+            tier = self.tier_of(client_id)
+            self._fitted[key] = fit_plan(self.method, round_idx, client_id, tier, setup.memory, setup.budget_policy)
+        return self._fitted[key]
+
     def plan(self, round_idx: int, client_id: int) -> ClientPlan:
-        """The method's plan for the client, given its tier."""
-        return self.method.client_plan(round_idx, client_id, self.tier_of(client_id))
+        """The plan the client runs (:meth:`fitted`)."""
+        return self.fitted(round_idx, client_id).plan
 
     def client_task(self, round_idx: int, client_id: int) -> ClientTask:
         """The client's plan for the round, the global tensors (or blocks) it downloads, encoded by the method, and
@@ -446,8 +505,8 @@ class Simulator:
         plan = self.plan(round_idx, client_id)
         task = ClientTask(round_idx, client_id, plan, {}, self.client_states.get(client_id, {}))
         if not self.sits_out(task):
-            names = plan.download_names(self.arch)
-            task.download = self.method.encode({n: plan.block(n, self.global_params[n]) for n in names})
+            tensors = self.method.download_tensors(plan, self.tier_of(client_id), self.global_params)
+            task.download = self.method.encode(tensors)
         return task
 
     def sits_out(self, task: ClientTask) -> bool:
@@ -457,21 +516,49 @@ class Simulator:
     def idle_row(self, task: ClientTask) -> LedgerRow:
         """The ledger row of a client that sat the round out, saying why (``status``)."""
         examples = len(self.clients[task.client_id])
-        status = NO_DATA if not examples else IDLE
+        fitted = self.fitted(task.round_idx, task.client_id)
+        status = NO_DATA if not examples else OVER_BUDGET if fitted.dropped else IDLE
         row = LedgerRow(round=task.round_idx, client=task.client_id, examples=examples, status=status)
-        row.tier = self.tier_of(task.client_id).name if self.tiers else ""
+        self._name_tier(row, fitted)
         return row
+
+    def _name_tier(self, row: LedgerRow, fitted: Fitted) -> None:
+        """The row's tier, its budget and the plan's memory estimate."""
+        row.tier = self.tier_of(row.client).name if self.tiers else ""
+        row.memory_budget_mb = fitted.budget_mb or 0.0
+        row.memory_estimate_bytes = fitted.estimate.total if fitted.estimate else 0
 
     def receive(self, task: ClientTask, update: ClientUpdate) -> tuple[dict[str, torch.Tensor], LedgerRow]:
         """A client's update as the server takes it: the decoded upload and the row with the download counted and
         the tier named; the client's new state is kept for its next round."""
         row = update.row
-        row.tier = self.tier_of(task.client_id).name if self.tiers else ""
+        self._name_tier(row, self.fitted(task.round_idx, task.client_id))
         if self.method.transmits:
             row.download_params, row.download_bytes = payload_nbytes(task.download)
         if update.state:
             self.client_states[task.client_id] = update.state
         return self.method.decode(update.upload), row
+
+    def _server_step(self, average: WeightedAverage) -> dict[str, torch.Tensor]:
+        """The round's new global tensors: ``method.aggregate`` of the average, then the server optimizer (if any)
+        on the pseudo-gradient of what it returned."""
+        new = self.method.aggregate(self.global_params, average.result(self.global_params))
+        return self.server_optimizer.step(self.global_params, new) if self.server_optimizer else new
+
+    def _server_state(self) -> dict[str, torch.Tensor]:
+        """The method's tensor state and the server optimizer's (keys prefixed :data:`SERVER_OPTIMIZER`)."""
+        state = dict(self.method.state_tensors())
+        if self.server_optimizer is not None:
+            state.update({SERVER_OPTIMIZER + k: t for k, t in self.server_optimizer.state_tensors().items()})
+        return state
+
+    def _load_server_state(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Restore what :meth:`_server_state` returned."""
+        own = {k: t for k, t in tensors.items() if not k.startswith(SERVER_OPTIMIZER)}
+        self.method.load_state_tensors(own)
+        if self.server_optimizer is not None:
+            prefixed = {k.removeprefix(SERVER_OPTIMIZER): t for k, t in tensors.items() if k not in own}
+            self.server_optimizer.load_state_tensors(prefixed)
 
     def _write_global(self, tensors: Mapping[str, torch.Tensor]) -> None:
         with torch.no_grad():
@@ -491,7 +578,7 @@ class Simulator:
                 params=self.global_params,
                 best_round=self.best_round,
                 best_params=self.best_params,
-                method_tensors=self.method.state_tensors(),
+                method_tensors=self._server_state(),
                 client_states=self.client_states,
             ),
         )
@@ -506,7 +593,7 @@ class Simulator:
         self.method.load_state_dict(checkpoint.method_state)
         self.records = checkpoint.records
         self.best_round, self.best_params = checkpoint.best_round, checkpoint.best_params
-        self.method.load_state_tensors(checkpoint.method_tensors)
+        self._load_server_state(checkpoint.method_tensors)
         self.client_states = checkpoint.client_states
         self.ledger.truncate_after(checkpoint.completed_round)
         log.info("resuming after round %d from %s", checkpoint.completed_round, self.checkpoint_dir)

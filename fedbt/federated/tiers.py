@@ -1,11 +1,13 @@
 """Client resource tiers: what each client can hold, dealt to the clients by seed.
 
-A tier (``federation.tiers`` in the run config) has a share of the clients, a local depth ``L_k``, a width (the
-share of each layer's attention heads and FFN neurons a width-scaled method gives it) and an optional memory
-budget. :func:`deal` turns the shares into a tier per client: the counts are the shares times the number of
-clients, rounded by the largest-remainder rule (ties to the earlier tier), so they always sum to the number of
-clients; which clients get which tier is a permutation drawn from the run seed. Without tiers every client has
-:data:`FULL`, a tier that holds the whole model.
+A tier (``federation.tiers`` in the run config) has a share of the clients, a local depth ``L_k``, a width (the share
+of each layer's attention heads and FFN neurons a width-scaled method gives it) and an optional memory budget
+``memory_mb``: MB (10^6 bytes) of device memory a client of the tier has for local training, against which
+:mod:`fedbt.memory` estimates every client plan (never a fraction of full-model training);
+``federation.budget_policy`` (warn, drop, refuse) says what a plan over it does. :func:`deal` turns the shares into a
+tier per client: the counts are the shares times the number of clients, rounded by the largest-remainder rule (ties
+to the earlier tier), so they always sum to the number of clients; which clients get which tier is a permutation
+drawn from the run seed. Without tiers every client has :data:`FULL`, a tier that holds the whole model.
 
 Methods read a client's tier as the third argument of ``plan(round_idx, client_id, tier)``; a method that does
 not scale with resources ignores it.
@@ -27,7 +29,9 @@ TIERS = 21  # tag of the tier-dealing random stream
 @dataclass(frozen=True)
 class Tier:
     """One resource tier: ``local_layers`` / ``width`` None mean "no limit" (the method's default depth, full
-    width); ``memory_mb`` None means no budget. ``key`` names the tier in errors (its config key)."""
+    width); ``memory_mb`` (MB of device memory) None means no budget. ``key`` names the tier in errors (its config
+    key). ``local_work`` is the share of the local steps its clients run under a method with variable local work
+    (``fedprox``; None: the method's default)."""
 
     name: str = "all"
     share: float = 1.0
@@ -35,6 +39,7 @@ class Tier:
     width: float | None = None
     memory_mb: float | None = None
     key: str = "federation.tiers"
+    local_work: float | None = None
 
     def holds_full_model(self, num_layers: int) -> bool:
         """True when a client of this tier can train the whole global model (every layer, full width)."""
@@ -57,6 +62,7 @@ def tiers_from_config(tiers: Sequence, key: str = "federation.tiers") -> tuple[T
             local_layers=tier.local_layers,
             width=tier.width,
             memory_mb=tier.memory_mb,
+            local_work=tier.local_work,
             key=f"{key}[{i}]",
         )
         for i, tier in enumerate(tiers)

@@ -128,7 +128,10 @@ def _rebuild(hint: Any, value: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None:
             return None
-        return _rebuild(next(a for a in args if a is not type(None)), value)
+        options = [a for a in args if a is not type(None)]
+        # a JSON list rebuilds as the union's collection type (e.g. ``int | tuple[int, ...]``), else its first type
+        collections = [a for a in options if get_origin(a) in (tuple, list, set, frozenset)]
+        return _rebuild(collections[0] if isinstance(value, list) and collections else options[0], value)
     if origin in (frozenset, set):
         return origin(_rebuild(args[0], v) for v in value)
     if origin is tuple:

@@ -26,7 +26,9 @@ The local depth is the option ``local_layers`` (default ``L_G // 2``: 6 for BERT
 resource tiers (``federation.tiers``) each client builds a local model of its own tier's ``L_k`` (a tier without
 ``local_layers`` takes the option): deep sampling fills positions ``l+1..L_k-1`` of that client's model, so
 every client trains and uploads layer ``l`` and the head, and weaker clients run fewer deep layers forward.
-Every tier's ``L_k`` must exceed the deepest layer of the schedule.
+Every tier's ``L_k`` must exceed the deepest layer of the schedule. Under a memory budget that binds
+(``federation.budget_policy`` drop or refuse) FedBT shrinks a client's ``L_k`` (``shrinks = "local_layers"``) to the
+largest depth whose plan fits, never below ``l + 1`` (the layers ``0..l`` it trains on).
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class FedBTPretrain(Method):
     """FedBT further pre-training; subclasses switch off one mechanism each (the ablations)."""
 
     scenarios = ("pretrain",)
+    shrinks = "local_layers"
     schedule_kind: ClassVar[str] = "progressive"  # progressive | first | sequential
     sampling: ClassVar[bool] = True
     refresh_deep: ClassVar[bool] = True
@@ -124,7 +127,8 @@ class FedBTPretrain(Method):
         return sample_deep_layers(generator, layer + 1, self.arch.num_layers, count)
 
     def plan(self, round_idx: int, client_id: int, tier: Tier = FULL) -> ClientPlan:
-        layer, depth = self.schedule[round_idx], self.depth_of(tier)
+        layer = self.schedule[round_idx]
+        depth = max(self.depth_of(tier), layer + 1)  # a local model holds layers 0..l (a shrunk L_k cannot cut them)
         stale: frozenset[int] = frozenset()
         if self.refresh_deep:
             deep = self.deep_layers(layer, round_idx, client_id, depth)

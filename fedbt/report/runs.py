@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 MB = 10**6
 
@@ -27,10 +31,11 @@ class RunCosts:
 class RunResult:
     """One run's summary.
 
-    ``scores[metric][sample]`` are test scores: one sample per evaluation seed after further pre-training
-    (``"<seed>/<evaluation seed>"``), or the test score at the selected (best dev) round of federated
-    fine-tuning (``"<seed>"``). Samples of two runs with the same key were made with the same seeds, so they pair
-    up. ``curve`` is the per-round held-out MLM (MIM) loss of pre-training or dev primary score of fine-tuning.
+    ``scores[metric]`` is ``{"<federation seed>": score}``, one independent sample per federated run: after
+    further pre-training the mean over the evaluation seeds of the downstream fine-tuning of its one model (they
+    replicate the evaluation, not the federation), after federated fine-tuning the test score at the selected
+    (best dev) round. Samples of two runs with the same key were made with the same seed, so they pair up.
+    ``curve`` is the per-round held-out MLM (MIM) loss of pre-training or dev primary score of fine-tuning.
     """
 
     path: str
@@ -46,7 +51,9 @@ class RunResult:
     majority: dict[str, float]
     """The task metrics of always predicting the most frequent training label, on the same test examples."""
     dev: dict[str, float]
-    """Fine-tuning: the dev scores of the selected round (what chooses a learning rate); empty otherwise."""
+    """What a grid chooses on (:mod:`fedbt.report.selection`): fine-tuning's dev scores of the selected round;
+    pre-training's final-round loss on the dev slice, under the test metric's name (``heldout_mlm_loss``);
+    empty without a dev split or slice."""
     curve_name: str
     curve: dict[int, float]
     spent: dict[int, tuple[float, float]]
@@ -56,6 +63,16 @@ class RunResult:
     plan_sha256: str | None
     tiers: dict[str, dict[str, Any]] | None = None
     """Costs per resource tier (``metrics.json``'s ``tiers``; None for a run without tiers)."""
+    evaluation_seeds: int = 0
+    """Evaluation seeds averaged into each downstream score (0: no downstream evaluation)."""
+    diverged: bool = False
+    """A loss or score of the run is NaN or infinite: its scores are no sample of the method."""
+    dropped_pct: float | None = None
+    """Share (0..100) of client-rounds dropped for not fitting the memory budget (None: not recorded)."""
+    steps: int = 0
+    """Local steps of all its client-rounds."""
+    measured_steps: int | None = None
+    """How many of them FlopCounterMode counted (the others are scaled); None: not recorded."""
 
     @property
     def headline(self) -> str:
@@ -69,21 +86,50 @@ class RunResult:
         return list(self.scores.get(self.headline, {}).values())
 
 
-def _scores(metrics: dict[str, Any]) -> tuple[str, dict[str, dict[str, float]]]:
-    """The primary task metric and every task score (fine-tuning: at the selected round; after pre-training:
-    per evaluation seed)."""
-    seed = int(metrics["seed"])
+def _scores(metrics: dict[str, Any]) -> tuple[str, dict[str, dict[str, float]], int]:
+    """The primary task metric, every task score keyed by federation seed (fine-tuning: at the selected round;
+    after pre-training: the mean over the evaluation seeds) and the number of evaluation seeds averaged."""
+    seed = str(metrics["seed"])
     selection = metrics.get("selection")
     if selection:
-        return selection["primary"], {name: {str(seed): float(v)} for name, v in selection["test"].items()}
+        return selection["primary"], {name: {seed: float(v)} for name, v in selection["test"].items()}, 0
     evaluation = metrics.get("evaluation")
     if evaluation:
-        scores: dict[str, dict[str, float]] = {name: {} for name in evaluation["metrics"]}
-        for sample in evaluation["seeds"]:
-            for name in evaluation["metrics"]:
-                scores[name][f"{seed}/{sample['seed']}"] = float(sample["test"][name])
-        return evaluation["primary"], scores
-    return "", {}
+        samples = evaluation["seeds"]
+        scores = {
+            name: {seed: statistics.fmean(float(sample["test"][name]) for sample in samples)}
+            for name in evaluation["metrics"]
+        }
+        return evaluation["primary"], scores, len(samples)
+    return "", {}, 0
+
+
+def _diverged(metrics: dict[str, Any], scores: dict[str, dict[str, float]]) -> bool:
+    """Whether a number of a round's record (training or held-out loss, dev score), or a score, is NaN or
+    infinite."""
+    recorded = [v for r in metrics["rounds"] for v in r.values() if isinstance(v, int | float)]
+    return not all(math.isfinite(v) for v in [*recorded, *(v for s in scores.values() for v in s.values())])
+
+
+def _measured_steps(path: Path, costs: dict[str, Any]) -> int | None:
+    """Local steps FlopCounterMode counted: the ledger summary's ``total_measured_steps``, else (a run from before
+    the ledger counted them) each ledger row's ``min(steps, local.flop_count_steps)`` (all its steps for -1) from
+    the run directory's ``ledger.csv`` and ``config.yaml``; None without them."""
+    if "total_measured_steps" in costs:
+        return int(costs["total_measured_steps"])
+    ledger, config = path.parent / "ledger.csv", path.parent / "config.yaml"
+    if not (ledger.is_file() and config.is_file()):
+        return None
+    counted = int((yaml.safe_load(config.read_text()).get("local") or {}).get("flop_count_steps", 0))
+    with ledger.open(newline="") as handle:
+        steps = [int(row["steps"]) for row in csv.DictReader(handle)]
+    return sum(steps) if counted < 0 else sum(min(n, counted) for n in steps)
+
+
+def _dropped_pct(metrics: dict[str, Any]) -> float | None:
+    """``dropped_client_rounds_pct`` of the run's summary (top level or its costs); None when not recorded."""
+    value = metrics.get("dropped_client_rounds_pct", metrics["costs"].get("dropped_client_rounds_pct"))
+    return None if value is None else float(value)
 
 
 def _heldout(metrics: dict[str, Any], curve: dict[int, float], curve_name: str) -> dict[str, dict[str, float]]:
@@ -96,6 +142,16 @@ def _heldout(metrics: dict[str, Any], curve: dict[int, float], curve_name: str) 
     if curve_name == "heldout_mlm_loss":
         scores["heldout_mlm_perplexity"] = {seed: math.exp(loss)}
     return scores
+
+
+def _dev(metrics: dict[str, Any], curve_name: str) -> dict[str, float]:
+    """Fine-tuning: the selected round's dev scores; pre-training: ``{curve_name: the last round's
+    dev_<curve_name>}`` (the round whose test loss is reported); empty when not recorded."""
+    if metrics["scenario"] == "finetune":
+        return {k: float(v) for k, v in (metrics.get("selection") or {}).get("dev", {}).items()}
+    scored = [r for r in metrics["rounds"] if curve_name in r]
+    last = max(scored, key=lambda r: r["round"]) if scored else {}
+    return {curve_name: float(last[f"dev_{curve_name}"])} if f"dev_{curve_name}" in last else {}
 
 
 def _costs(costs: dict[str, Any]) -> RunCosts:
@@ -115,7 +171,7 @@ def load_run(path: str | Path) -> RunResult:
     if path.is_dir():
         path = path / "metrics.json"
     metrics = json.loads(path.read_text())
-    metric, scores = _scores(metrics)
+    metric, scores, evaluation_seeds = _scores(metrics)
     if metrics["scenario"] == "finetune":
         curve_name = f"dev_{metric}"
     else:  # heldout_mlm_loss (text) or heldout_mim_loss (images)
@@ -135,7 +191,7 @@ def load_run(path: str | Path) -> RunResult:
         metric=metric,
         scores=scores | _heldout(metrics, curve, curve_name),
         majority={k: float(v) for k, v in (metrics.get("majority") or {}).items()},
-        dev={k: float(v) for k, v in (metrics.get("selection") or {}).get("dev", {}).items()},
+        dev=_dev(metrics, curve_name),
         curve_name=curve_name,
         curve=curve,
         spent=spent,
@@ -143,4 +199,9 @@ def load_run(path: str | Path) -> RunResult:
         upload_bytes_total=float(metrics["costs"]["total_upload_bytes"]),
         plan_sha256=metrics.get("plan_sha256"),
         tiers=metrics.get("tiers"),
+        evaluation_seeds=evaluation_seeds,
+        diverged=_diverged(metrics, scores),
+        dropped_pct=_dropped_pct(metrics),
+        steps=int(metrics["costs"].get("total_steps", 0)),
+        measured_steps=_measured_steps(path, metrics["costs"]),
     )

@@ -32,8 +32,12 @@ class Row:
     paper_row: str | None = None
     bert_base: dict[str, Any] | None = None
     lr_runs: dict[str, dict[str, list[str]]] | None = None
-    """For a study with an ``lr_grid``: per learning-rate label (``lr0.0003``), the runs of every data set; the
-    report picks one per data set on dev (:mod:`fedbt.report.selection`) and ``runs`` becomes those."""
+    """For a row with a grid (the study's ``lr_grid`` times the variant's ``grid``): per grid point label
+    (``lr0.0003``, ``lr0.0003-mu0.01``), the runs of every data set; the report picks one per data set on dev
+    (:mod:`fedbt.report.selection`) and ``runs`` becomes those."""
+    not_tuned: str | None = None
+    """Why a row of a study with a grid runs at one setting (``variants.<v>.tuned: false``, or no grid of its
+    own in a study whose other rows have one); None otherwise."""
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ Markdown, LaTeX and JSON (the machine-readable interface for scripts, ``<table>.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import statistics
@@ -13,11 +14,12 @@ from typing import Any
 
 from fedbt import paper
 from fedbt.report.runs import RunResult
-from fedbt.report.selection import LrChoice
+from fedbt.report.selection import LrChoice, shown
 from fedbt.report.spec import Row, Table
-from fedbt.report.stats import PAIRED, WELCH, compare
+from fedbt.report.stats import MIN_N, PAIRED, WELCH, compare, holm, t_interval
 
 DASH = "–"
+DIVERGED = "diverged"
 
 
 def higher_is_better(metric: str) -> bool:
@@ -27,15 +29,21 @@ def higher_is_better(metric: str) -> bool:
 
 @dataclass(frozen=True)
 class Cell:
-    """A score over ``n`` samples (seeds): mean, sample standard deviation, the p-value of the difference from
-    the reference row and the test that gave it (None: the reference itself, or fewer than 2 samples)."""
+    """A score over ``n`` federation seeds: mean, sample standard deviation, 95 % Student t interval, the p-value
+    of the difference from the reference row, Holm-adjusted over the table's rows for that metric, and the test
+    that gave it. ``diverged`` of the ``n`` runs had a non-finite loss or score: then mean, spread and test are
+    None. ``no_test`` says why a row other than the reference has no p-value (``n<3``, ``diverged``)."""
 
     mean: float | None
     std: float | None
     n: int
+    ci95: tuple[float, float] | None = None
     p_vs_reference: float | None = None
+    p_adjusted: float | None = None
     test: str | None = None
     higher_is_better: bool = True
+    diverged: int = 0
+    no_test: str | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,11 @@ class Costs:
     wall_seconds_per_client_round: float | None
     upload_mb_per_client_round: float | None
     upload_pct: float | None
+    steps: int
+    """Local steps of all the row's client-rounds (summed over its runs)."""
+    measured_steps: int | None
+    """How many of them FlopCounterMode counted (None: a run does not record it); the FLOPs of the others are
+    scaled from the counted ones by the analytic model of each step's shape."""
 
 
 @dataclass(frozen=True)
@@ -86,9 +99,13 @@ class TableRow:
     plan_sha256: str | None
     """Digest of the plans of all the row's runs (by data set and seed): equal digests, equal training."""
     lr: dict[str, LrChoice]
-    """For a study with an ``lr_grid``: the learning rate chosen on dev per data set (empty otherwise)."""
+    """For a study with a grid (``lr_grid``, a variant's ``grid``): the grid point chosen on dev per data set
+    (empty otherwise)."""
     tiers: dict[str, TierCosts] | None = None
     """Per resource tier (None: the table's runs have no tiers)."""
+    dropped_pct: float | None = None
+    """Share (0..100) of client-rounds dropped for not fitting the memory budget, mean over the row's runs
+    (None: its runs do not record it)."""
 
 
 def _mean(values: list[float]) -> float | None:
@@ -104,8 +121,11 @@ def _runs(row: Row, results: Mapping[str, RunResult], data: str | None = None) -
     return [results[p] for p in paths if p in results]
 
 
-def _samples(row: Row, data: str, metric: str, results: Mapping[str, RunResult]) -> dict[str, float]:
-    return {key: value for run in _runs(row, results, data) for key, value in run.scores.get(metric, {}).items()}
+def _samples(row: Row, data: str, metric: str, results: Mapping[str, RunResult]) -> tuple[dict[str, float], int]:
+    """The metric's samples (one per federation seed) of the row's runs that did not diverge, and how many did."""
+    runs = [run for run in _runs(row, results, data) if metric in run.scores]
+    samples = {key: value for run in runs if not run.diverged for key, value in run.scores[metric].items()}
+    return samples, sum(run.diverged for run in runs)
 
 
 def _cost_means(runs: list[RunResult]) -> dict[str, float | None]:
@@ -113,8 +133,14 @@ def _cost_means(runs: list[RunResult]) -> dict[str, float | None]:
     return {name: _mean([getattr(r.costs, name) for r in runs]) for name in fields}
 
 
+def _measured_steps(runs: list[RunResult]) -> int | None:
+    counted = [run.measured_steps for run in runs]
+    return None if not runs or None in counted else sum(counted)
+
+
 def _costs(row: Row, reference: Row | None, results: Mapping[str, RunResult]) -> Costs:
-    ours = _cost_means(_runs(row, results))
+    runs = _runs(row, results)
+    ours = _cost_means(runs)
     ref = _cost_means(_runs(reference, results)) if reference else dict.fromkeys(ours)
     return Costs(
         flops_per_client_round=ours["measured_flops"],
@@ -126,6 +152,8 @@ def _costs(row: Row, reference: Row | None, results: Mapping[str, RunResult]) ->
         wall_seconds_per_client_round=ours["wall_seconds"],
         upload_mb_per_client_round=ours["upload_mb"],
         upload_pct=_pct(ours["upload_mb"], ref["upload_mb"]),
+        steps=sum(run.steps for run in runs),
+        measured_steps=_measured_steps(runs),
     )
 
 
@@ -176,19 +204,44 @@ def _tier_costs(
     return costs
 
 
-def _cell(samples: dict[str, float], reference: dict[str, float] | None, metric: str) -> Cell:
-    if not samples:
-        return Cell(None, None, 0, higher_is_better=higher_is_better(metric))
+def _cell(
+    samples: dict[str, float], diverged: int, reference: tuple[dict[str, float], int] | None, metric: str
+) -> Cell:
+    """A row's cell from its samples and diverged runs, tested against the reference's (None: it is the reference
+    or there is none); ``p_adjusted`` is set over the whole column later (:func:`_adjust`)."""
+    n, better = len(samples) + diverged, higher_is_better(metric)
+    if diverged or not n:
+        return Cell(None, None, n, higher_is_better=better, diverged=diverged, no_test=DIVERGED if diverged else None)
     values = list(samples.values())
-    comparison = compare(samples, reference) if reference is not None else None
+    comparison, no_test = None, None
+    if reference is not None:
+        ref_samples, ref_diverged = reference
+        if ref_diverged:
+            no_test = DIVERGED
+        elif min(n, len(ref_samples)) < MIN_N:
+            no_test = f"n<{MIN_N}"
+        else:
+            comparison = compare(samples, ref_samples)
     return Cell(
         statistics.fmean(values),
-        statistics.stdev(values) if len(values) > 1 else 0.0,
-        len(values),
+        statistics.stdev(values) if n > 1 else 0.0,
+        n,
+        t_interval(values),
         comparison.p_value if comparison else None,
-        comparison.test if comparison else None,
-        higher_is_better(metric),
+        test=comparison.test if comparison else None,
+        higher_is_better=better,
+        no_test=no_test,
     )
+
+
+def _adjust(scores: list[dict[str, dict[str, Cell]]]) -> list[dict[str, dict[str, Cell]]]:
+    """Every row's cells with ``p_adjusted``: Holm over the table's rows, per data set and metric."""
+    for data, cells in scores[0].items() if scores else ():
+        for metric in cells:
+            adjusted = holm({i: row[data][metric].p_vs_reference for i, row in enumerate(scores)})
+            for i, row in enumerate(scores):
+                row[data][metric] = dataclasses.replace(row[data][metric], p_adjusted=adjusted[i])
+    return scores
 
 
 def _metrics(table: Table, data: str, results: Mapping[str, RunResult]) -> list[str]:
@@ -221,6 +274,21 @@ def _plan(row: Row, results: Mapping[str, RunResult]) -> str | None:
     return hashlib.sha256("\n".join(keyed).encode()).hexdigest()
 
 
+def _row_scores(
+    table: Table, row: Row, reference: Row | None, metrics: dict[str, list[str]], results: Mapping[str, RunResult]
+) -> dict[str, dict[str, Cell]]:
+    """data set -> metric -> the row's cell, tested against the reference row (unless it is the reference)."""
+    scores: dict[str, dict[str, Cell]] = {}
+    for column in table.columns:
+        scores[column.data] = {}
+        for metric in metrics[column.data]:
+            ref = None
+            if reference is not None and row is not reference:
+                ref = _samples(reference, column.data, metric, results)
+            scores[column.data][metric] = _cell(*_samples(row, column.data, metric, results), ref, metric)
+    return scores
+
+
 @dataclass(frozen=True)
 class TableData:
     """A table with its rows, the primary metric of each column and the device its runs trained on."""
@@ -235,6 +303,8 @@ class TableData:
     """data set -> the metrics its columns print (held-out loss and/or the task's primary metric)."""
     majority: dict[str, dict[str, float]]
     """data set -> metric -> the score of always predicting the most frequent training label."""
+    evaluation_seeds: list[int] = dataclasses.field(default_factory=list)
+    """The numbers of evaluation seeds averaged into each downstream score (empty: no downstream evaluation)."""
 
     @property
     def has_lr_grid(self) -> bool:
@@ -248,23 +318,17 @@ def build_table(
     lr_choices: Mapping[str, dict[str, LrChoice]] | None = None,
 ) -> TableData:
     """The rows of ``table`` from the run results (keyed by metrics path), the exact bert-base upload
-    percentages (keyed by variant) and, for a study with an ``lr_grid``, the learning rates chosen per variant
+    percentages (keyed by variant) and, for a study with a grid, the grid points chosen per variant
     (:func:`fedbt.report.selection.choose`; ``table``'s rows then hold the chosen runs)."""
     lr_choices = lr_choices or {}
     reference = next((row for row in table.rows if row.variant == table.reference), None)
     metrics = {c.data: _metrics(table, c.data, results) for c in table.columns}
     tiers = tier_names(table, results)
+    scores = _adjust([_row_scores(table, row, reference, metrics, results) for row in table.rows])
     rows = []
-    for row in table.rows:
+    for row, row_scores in zip(table.rows, scores, strict=True):
         paper_row = paper.paper_row(table.paper, row.paper_row)
-        scores = {}
-        for column in table.columns:
-            scores[column.data] = {}
-            for metric in metrics[column.data]:
-                ref = None
-                if reference is not None and row is not reference:
-                    ref = _samples(reference, column.data, metric, results)
-                scores[column.data][metric] = _cell(_samples(row, column.data, metric, results), ref, metric)
+        dropped = [run.dropped_pct for run in _runs(row, results) if run.dropped_pct is not None]
         rows.append(
             TableRow(
                 variant=row.variant,
@@ -273,11 +337,12 @@ def build_table(
                 bert_base_upload_pct=bert_base_pct.get(row.variant),
                 paper_compute_pct=paper_row.compute_pct if paper_row else None,
                 paper_comm_pct=paper_row.comm_pct if paper_row else None,
-                scores=scores,
+                scores=row_scores,
                 paper_scores={c.data: paper_row.scores.get(c.label) if paper_row else None for c in table.columns},
                 plan_sha256=_plan(row, results),
                 lr=lr_choices.get(row.variant, {}),
                 tiers=_tier_costs(row, reference, tiers, results),
+                dropped_pct=_mean(dropped),
             )
         )
     devices = sorted({run.device.split(":")[0] for row in table.rows for run in _runs(row, results)})
@@ -292,6 +357,7 @@ def build_table(
         "+".join(devices) or "cpu",
         {c.data: _shown(table, c.data, results) for c in table.columns},
         {c.data: _majority(table, c.data, results) for c in table.columns},
+        sorted({run.evaluation_seeds for row in table.rows for run in _runs(row, results) if run.evaluation_seeds}),
     )
 
 
@@ -323,14 +389,22 @@ def _flops(value: float | None) -> str:
     return f"{value:.3g}"
 
 
-def _p(value: float | None) -> str:
-    if value is None:
-        return DASH
-    return "<0.0001" if value < 1e-4 else f"{value:.4f}"
+def _p(cell: Cell) -> str:
+    """The Holm-adjusted p-value, or why there is none (``n<3``, ``diverged``; – for the reference)."""
+    if cell.p_adjusted is None:
+        return cell.no_test or DASH
+    return "<0.0001" if cell.p_adjusted < 1e-4 else f"{cell.p_adjusted:.4f}"
 
 
 def _score(cell: Cell, pm: str) -> str:
-    return DASH if cell.mean is None else f"{cell.mean:.4f} {pm} {cell.std:.4f}"
+    """``mean ± CI half-width`` (the mean alone for n = 1), or ``diverged k/n``."""
+    if cell.diverged:
+        return f"{DIVERGED} {cell.diverged}/{cell.n}"
+    if cell.mean is None:
+        return DASH
+    if cell.ci95 is None:
+        return f"{cell.mean:.4f}"
+    return f"{cell.mean:.4f} {pm} {(cell.ci95[1] - cell.ci95[0]) / 2:.4f}"
 
 
 METRIC_NAMES = {"heldout_mlm_loss": "held-out MLM loss", "heldout_mim_loss": "held-out MIM loss"}
@@ -345,15 +419,19 @@ def _header(data: TableData) -> list[str]:
     base = table.base_arch.removesuffix("-uncased")
     head = ["method", "FLOPs", "FLOP %", "analytic FLOP %", "CPU s" if data.device == "cpu" else "s", "s %"]
     head += ["upload MB", "upload %", f"{base} upload %", "paper compute %", "paper comm %"]
-    for name in (data.rows[0].tiers or {}) if data.rows else {}:
+    tiers = (data.rows[0].tiers or {}) if data.rows else {}
+    for name in tiers:
         head += [f"{name} FLOPs", f"{name} FLOP %", f"{name} upload MB", f"{name} state MB"]
+    if tiers:
+        head.append("dropped %")
     for column in table.columns:
         name = column.data
         if data.has_lr_grid:
             head.append(f"{name} lr")
         for metric in data.shown[column.data]:
             label = METRIC_NAMES.get(metric, metric if column.label == name else f"{column.label} {metric}")
-            head += [f"{name}: {label}", *(["ppl"] if metric == "heldout_mlm_loss" else []), f"p vs {table.reference}"]
+            ppl = ["ppl"] if metric == "heldout_mlm_loss" else []
+            head += [f"{name}: {label}", *ppl, f"p vs {table.reference} (Holm)"]
         head.append("paper")
     return head
 
@@ -381,16 +459,18 @@ def _cells(data: TableData, row: TableRow, pm: str) -> list[str]:
             _num(tier.upload_mb_per_client_round, 2),
         ]
         cells.append(state)
+    if row.tiers:
+        cells.append(_num(row.dropped_pct, 1))
     for column in data.table.columns:
         if data.has_lr_grid:
             choice = row.lr.get(column.data)
-            cells.append(choice.chosen.removeprefix("lr") if choice and choice.chosen else DASH)
+            cells.append(shown(choice) or DASH)
         for metric in data.shown[column.data]:
             cell = _cell_of(row, column.data, metric)
             cells.append(_score(cell, pm))
             if metric == "heldout_mlm_loss":
                 cells.append(_num(_cell_of(row, column.data, "heldout_mlm_perplexity").mean, 1))
-            cells.append(_p(cell.p_vs_reference))
+            cells.append(_p(cell))
         cells.append(_num(row.paper_scores[column.data], 4))
     return cells
 
@@ -398,11 +478,13 @@ def _cells(data: TableData, row: TableRow, pm: str) -> list[str]:
 def _samples_text(data: TableData) -> str:
     """How many samples the score cells hold and what they are."""
     seeds = sorted({c.n for row in data.rows for cells in row.scores.values() for c in cells.values() if c.n})
+    what = "independent federated runs"
     if data.table.scenario == "finetune":
-        what = "federation seeds, each scored at its selected (best dev) round"
-    else:
-        what = "held-out loss: federation seeds; downstream scores: federation seeds x evaluation seeds"
-    return f"n = {', '.join(map(str, seeds)) or 0} samples ({what})"
+        what += ", each scored at its selected (best dev) round"
+    elif data.evaluation_seeds:
+        counts = " or ".join(map(str, data.evaluation_seeds))
+        what += f"; a downstream score is first the mean over the {counts} evaluation seeds of its run's one model"
+    return f"n = {', '.join(map(str, seeds)) or 0} federation seeds ({what})"
 
 
 def _majority_text(data: TableData) -> str:
@@ -415,10 +497,44 @@ def _majority_text(data: TableData) -> str:
     return f" Majority class (always the most frequent training label): {', '.join(parts)}." if parts else ""
 
 
+def _flop_text(rows: list[TableRow]) -> str:
+    """On how many local steps FlopCounterMode counted, and how the others were scaled."""
+    counted = [row.costs.measured_steps for row in rows if row.costs.steps]
+    steps = sum(row.costs.steps for row in rows)
+    scaled = "the FLOPs of the others scaled from the counted ones by the analytic model of each step's shape"
+    if not counted or None in counted:
+        return (
+            f"counted on the first local.flop_count_steps steps of each client-round (the runs do not record how "
+            f"many), {scaled}"
+        )
+    if sum(counted) == steps:
+        return f"counted on every local step ({steps})"
+    return f"counted on {sum(counted)} of the {steps} local steps (JSON: measured_steps, steps), {scaled}"
+
+
+def _stats_text(data: TableData) -> str:
+    """What the p column holds, which test gave it and how it is adjusted."""
+    rows, ref = data.rows, data.table.reference
+    cells = [c for row in rows for cells in row.scores.values() for c in cells.values()]
+    tests = sorted({c.test for c in cells if c.test})
+    text = (
+        f" p vs {ref} (Holm): two-sided t-test (scipy) of the row's federation seeds against `{ref}`'s, a {PAIRED}-"
+        f"test when the runs pair up (same seeds), else {WELCH}-test (here: {', '.join(tests) or 'none'}), only "
+        f"where both rows have n >= {MIN_N} (n<{MIN_N} otherwise); the p shown is Holm-adjusted over the table's "
+        f"rows for that column (JSON: p_vs_reference raw, p_adjusted)."
+    )
+    if any(c.diverged for c in cells):
+        text += (
+            f" diverged k/n: k of the row's n federated runs have a NaN or infinite loss or score; the row gets no "
+            f"mean, interval or test in that column ({DIVERGED} in its p column, or in every row's when `{ref}` "
+            f"diverged)."
+        )
+    return text
+
+
 def notes(data: TableData) -> str:
     """The caption text under a table: what every column means."""
     table, rows, metrics = data.table, data.rows, data.metrics
-    tests = sorted({c.test for row in rows for cells in row.scores.values() for c in cells.values() if c.test})
     scored = ", ".join(
         f"{c.data}: {metrics[c.data]}" if c.label == c.data else f"{c.data}: {c.label} {metrics[c.data]}"
         for c in table.columns
@@ -437,24 +553,25 @@ def notes(data: TableData) -> str:
         else ""
     )
     grid = (
-        " lr: the learning rate of the study's lr_grid with the best mean dev score (at each run's selected round)"
-        " for that method and data set; test never takes part in the choice, and every column of the row is that"
-        " of the chosen runs."
+        " lr: the grid point (the learning rate of the study's lr_grid, times the variant's own grid, e.g."
+        " lr0.0003-mu0.01) with the best mean dev score over the seeds for that method and data set (fine-tuning:"
+        " the highest dev score at each run's selected round; pre-training: the lowest final loss on the dev slice"
+        " of held-out sentences); test never takes part in the choice, every column of the row is that of the"
+        " chosen runs, and a row without a choice says why in the JSON."
         if data.has_lr_grid
         else ""
     )
     text = (
         f"Costs per client and trained round, mean over the row's runs; % columns are percent of `{ref}` in this "
         f"table. FLOPs: training FLOPs measured by torch's FlopCounterMode (deterministic: equal plans give equal "
-        f"FLOPs); analytic FLOP %: the same ratio from the analytic model (fedbt/costs.py). s: {seconds}. upload "
-        f"MB: 10^6 bytes uploaded. {base} upload %: exact upload of the method on {table.base_arch} over the "
-        f"paper's {paper.ROUNDS[table.scenario]} rounds relative to full-model FedAvg (`fedbt costs`). paper "
-        f"compute %: wall-clock seconds on the authors' GPUs; compare it with s % of a GPU run, and with FLOP % as "
-        f"the hardware-independent share of the work (on CPU at this scale seconds also carry fixed per-step "
-        f"overheads).{losses} {'Test scores: ' + scored + '; m' if scored else 'M'}ean ± sample std over "
-        f"{_samples_text(data)}.{_majority_text(data)}{grid} p vs {ref}: two-sided t-test (scipy) of the row's "
-        f"samples against `{ref}`'s, a {PAIRED}-test over the seeds when the runs pair up (same seeds), else "
-        f"{WELCH}-test (here: {', '.join(tests) or 'none'}); – for n < 2. paper: {paper.SOURCE}"
+        f"FLOPs; {_flop_text(rows)}); analytic FLOP %: the same ratio from the analytic model (fedbt/costs.py). "
+        f"s: {seconds}. upload MB: 10^6 bytes uploaded. {base} upload %: exact upload of the method on "
+        f"{table.base_arch} over the paper's {paper.ROUNDS[table.scenario]} rounds relative to full-model FedAvg "
+        f"(`fedbt costs`). paper compute %: wall-clock seconds on the authors' GPUs; compare it with s % of a GPU "
+        f"run, and with FLOP % as the hardware-independent share of the work (on CPU at this scale seconds also "
+        f"carry fixed per-step overheads).{losses} {'Test scores: ' + scored + '; m' if scored else 'M'}ean ± "
+        f"half-width of the 95 % Student t interval (JSON: ci95, beside std) over {_samples_text(data)}."
+        f"{_majority_text(data)}{grid}{_stats_text(data)} paper: {paper.SOURCE}"
         + (f", {table.paper.replace('table', 'Table ')}." if table.paper else "; no paper table.")
     )
     if table.base_tiers:
@@ -470,6 +587,9 @@ def notes(data: TableData) -> str:
             f"state of a client of the tier (its local model's parameters, the trained ones' gradients and the "
             f"optimizer's state, counted from the tensors; activations excluded)"
             + (f", marked ! where it exceeds the tier's memory budget ({budgets})." if budgets else ".")
+            + " dropped %: the share of client-rounds in which a client sat out because its plan did not fit its "
+            "tier's memory budget (federation.budget_policy: drop), mean over the row's runs; – where the runs do "
+            "not record it."
         )
     for group in identical_plans(rows):
         text += (
@@ -519,9 +639,10 @@ def to_latex(data: TableData) -> str:
 
 def to_json(data: TableData) -> dict[str, Any]:
     """The table for scripts: ``{"study", "reference", "rows": [{"variant", "method", "flops_per_client_round",
-    "flops_pct", "analytic_flops_pct", "seconds_pct", "upload_pct", "bert_base_upload_pct", "scores": {data:
-    {metric: {"mean", "std", "n", "p_vs_reference", "test", "higher_is_better"}}}, "lr": {data: {"chosen",
-    "dev"}}, ...}], "majority": {data: {metric: value}}, ...}``."""
+    "flops_pct", "analytic_flops_pct", "seconds_pct", "upload_pct", "steps", "measured_steps",
+    "bert_base_upload_pct", "dropped_pct", "scores": {data: {metric: {"mean", "std", "n", "ci95",
+    "p_vs_reference", "p_adjusted", "test", "higher_is_better", "diverged", "no_test"}}}, "lr": {data: {"chosen",
+    "dev", "reason"}}, ...}], "majority": {data: {metric: value}}, ...}``; ``n`` counts federation seeds."""
     table, rows, metrics = data.table, data.rows, data.metrics
     return {
         "study": table.name,
@@ -541,6 +662,7 @@ def to_json(data: TableData) -> dict[str, Any]:
                 "method": row.method,
                 **asdict(row.costs),
                 "bert_base_upload_pct": row.bert_base_upload_pct,
+                "dropped_pct": row.dropped_pct,
                 "paper": {"compute_pct": row.paper_compute_pct, "comm_pct": row.paper_comm_pct, **row.paper_scores},
                 "scores": {data: {m: asdict(cell) for m, cell in cells.items()} for data, cells in row.scores.items()},
                 "plan_sha256": row.plan_sha256,

@@ -3,7 +3,8 @@
 Runs the tiny test study (``config/test.yaml``, two federation seeds, two evaluation seeds) through the pipeline
 in a temporary directory, copies each run's ``metrics.json`` to ``tests/golden/runs/<scenario>/<data>/<variant>/
 seed<N>/`` and rebuilds ``tests/golden/<table>.md`` from them with the spec of ``tests/test_report.py``. Rerun it
-when the run or report format changes, and review the diff of the golden tables.
+when the run or report format changes, and review the diff of the golden tables. ``--tables-only`` rebuilds the
+golden tables from the stored runs without rerunning them (when only the report changed).
 """
 
 from __future__ import annotations
@@ -21,12 +22,24 @@ ROOT = HERE.parents[1]
 SEEDS = [0, 1]
 
 
-def main() -> None:
-    sys.path.insert(0, str(ROOT))
-    from fedbt.pipeline import Plan
+def tables() -> None:
+    """Rebuild ``tests/golden/<table>.md`` from the runs under ``tests/golden/runs``."""
     from fedbt.report.build import build_report
     from fedbt.report.spec import from_dict
     from tests.test_report import spec_dict
+
+    with tempfile.TemporaryDirectory() as tmp:
+        build_report(from_dict(spec_dict()), tmp)
+        for table in ("pretrain", "finetune"):
+            shutil.copy(Path(tmp) / "tables" / f"{table}.md", HERE / f"{table}.md")
+
+
+def main() -> None:
+    sys.path.insert(0, str(ROOT))
+    if "--tables-only" in sys.argv[1:]:
+        tables()
+        return
+    from fedbt.pipeline import Plan
 
     study = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
     study["scenarios"]["pretrain"]["evaluation.seeds"] = SEEDS
@@ -53,16 +66,13 @@ def main() -> None:
         shutil.rmtree(HERE / "runs", ignore_errors=True)
         plan = Plan(study)
         for name, spec in study["studies"].items():
-            for variant, cells in plan.study_runs(name).items():
-                for data, paths in cells.items():
+            for variant in spec["variants"]:
+                for data, paths in plan.cell_runs(name, variant).items():
                     for seed, source in zip(SEEDS, paths, strict=True):
                         target = HERE / "runs" / spec["scenario"] / data / variant / f"seed{seed}" / "metrics.json"
                         target.parent.mkdir(parents=True, exist_ok=True)
                         shutil.copy(Path(tmp) / source, target)
-        out = Path(tmp) / "report"
-        build_report(from_dict(spec_dict()), out)
-        for table in ("pretrain", "finetune"):
-            shutil.copy(out / "tables" / f"{table}.md", HERE / f"{table}.md")
+    tables()
 
 
 if __name__ == "__main__":
