@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-flower test test-fast test-flower lint format smoke minilm reproduce vision hetero bench clean
+.PHONY: install install-flower test test-fast test-flower lint format smoke minilm reproduce ablation vision hetero bench clean
 .PHONY: config-docs check-ui test-slurm
 
 $(STAMP): pyproject.toml
@@ -61,6 +61,11 @@ reproduce: $(STAMP)
 	$(BIN)/snakemake --forcerun report
 	$(BIN)/snakemake --report results/report.html
 
+# The ablation and depth study (Tables 4 and 7, client depth, the baselines the default tables leave out): results/ablation/.
+ablation: $(STAMP)
+	$(BIN)/snakemake --configfile config/ablation.yaml --forcerun report
+	$(BIN)/snakemake --configfile config/ablation.yaml --report results/ablation/report.html
+
 # The vision study (small ViT on CIFAR-10, its starting model pre-trained by the pipeline): results/vision/.
 vision: $(STAMP)
 	$(BIN)/snakemake --configfile config/vision.yaml --forcerun report
@@ -94,4 +99,5 @@ test-slurm: $(STAMP)
 	$(BIN)/python -u tests/integration/check_slurm.py
 
 clean:
-	rm -rf results/runs results/partitions results/mlflow.db results/mlartifacts results/vision/runs results/hetero/runs
+	rm -rf results/runs results/partitions results/mlflow.db results/mlartifacts results/vision/runs results/hetero/runs \
+		results/ablation/runs
