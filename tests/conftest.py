@@ -95,3 +95,34 @@ def die_after_checkpoint(monkeypatch, round_idx: int, error: BaseException | Non
             raise error if error is not None else KeyboardInterrupt(f"killed after round {round_idx}")
 
     monkeypatch.setattr(Simulator, "_checkpoint", checkpoint_then_die)
+
+
+def kill_and_resume(tiny_config, out: Path, monkeypatch, extra: list[str], round_idx: int = 1) -> tuple[dict, Path]:
+    """Run ``extra`` once whole and once killed after round ``round_idx`` then resumed; assert both give the same
+    round records (timings aside) and the same final model. Returns the whole run's metrics and the killed run's
+    directory (its checkpoint: the state it resumed from)."""
+    from safetensors.torch import load_file
+
+    from fedbt.federated.simulator import Simulator
+    from fedbt.run import execute, prepare
+
+    reference = execute(prepare(tiny_config(*extra, f"out_dir={out / 'reference'}")))
+    original = Simulator._checkpoint
+    die_after_checkpoint(monkeypatch, round_idx)
+    with pytest.raises(KeyboardInterrupt):
+        execute(prepare(tiny_config(*extra, f"out_dir={out / 'killed'}")))
+    monkeypatch.setattr(Simulator, "_checkpoint", original)
+    checkpoint = out / "killed" / "checkpoint"
+    saved = {path.name: path.read_bytes() for path in checkpoint.iterdir() if path.is_file()}
+    resumed = execute(prepare(tiny_config(*extra, f"out_dir={out / 'killed'}")))
+    timing = {"round_seconds", "client_seconds", "client_wall_seconds"}
+    same = [[{k: v for k, v in r.items() if k not in timing} for r in m["rounds"]] for m in (resumed, reference)]
+    assert same[0] == same[1]
+    final = load_file(str(out / "killed/model/model.safetensors"))
+    expected = load_file(str(out / "reference/model/model.safetensors"))
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+    kept = out / "killed-checkpoint"
+    kept.mkdir()
+    for name, content in saved.items():
+        (kept / name).write_bytes(content)
+    return reference, kept

@@ -17,7 +17,7 @@ from fedbt.federated.server_optimizer import FedAdam, FedAvgM, FedYogi, from_con
 from fedbt.federated.simulator import SERVER_OPTIMIZER, Simulator
 from fedbt.models import load_model
 from fedbt.run import execute, prepare
-from tests.conftest import die_after_checkpoint
+from tests.conftest import kill_and_resume
 
 TINY = ModelConfig(source="tiny", max_length=32, tiny_layers=4, tiny_hidden=32, tiny_heads=2, tiny_ffn=64)
 X, MEANS = torch.tensor([1.0, -2.0]), [torch.tensor([1.1, -2.5]), torch.tensor([1.0, -2.0])]
@@ -150,20 +150,7 @@ def test_a_method_with_its_own_server_optimizer_refuses_a_second(tiny_config):
 
 def test_a_killed_run_with_a_server_optimizer_resumes_exactly(tiny_config, tmp_path, monkeypatch):
     extra = ["method.name=fedbt", "federation.rounds=3", "server.optimizer.name=fedyogi"]
-    reference = execute(prepare(tiny_config(*extra, f"out_dir={tmp_path / 'reference'}")))
-    original = Simulator._checkpoint
-    die_after_checkpoint(monkeypatch, 1)
-    killed = prepare(tiny_config(*extra, f"out_dir={tmp_path / 'killed'}"))
-    with pytest.raises(KeyboardInterrupt):
-        execute(killed)
-    state = json.loads((killed.out_dir / "checkpoint/state.json").read_text())
-    moments = load_file(str(killed.out_dir / "checkpoint" / state["method_tensors"]))
+    _, checkpoint = kill_and_resume(tiny_config, tmp_path, monkeypatch, extra)
+    state = json.loads((checkpoint / "state.json").read_text())
+    moments = load_file(str(checkpoint / state["method_tensors"]))
     assert all(k.startswith(SERVER_OPTIMIZER) for k in moments) and {k.split("/")[1] for k in moments} == {"m", "v"}
-    monkeypatch.setattr(Simulator, "_checkpoint", original)
-    resumed = execute(prepare(tiny_config(*extra, f"out_dir={tmp_path / 'killed'}")))
-    timing = {"round_seconds", "client_seconds", "client_wall_seconds"}
-    same = [[{k: v for k, v in r.items() if k not in timing} for r in m["rounds"]] for m in (resumed, reference)]
-    assert same[0] == same[1]
-    final = load_file(str(tmp_path / "killed/model/model.safetensors"))
-    expected = load_file(str(tmp_path / "reference/model/model.safetensors"))
-    assert all(torch.equal(final[k], expected[k]) for k in expected)

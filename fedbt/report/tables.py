@@ -76,7 +76,10 @@ class TierCosts:
     upload_mb_per_client_round: float | None
     upload_pct: float | None
     state_mb: float | None
-    """The largest training state (parameters, gradients, optimizer state) of a client of the tier."""
+    """The largest training state (parameters, gradients, optimizer state) of a client of the tier that trained."""
+    memory_estimate_mb: float | None
+    """The largest memory estimate of a client plan of the tier (:mod:`fedbt.memory`: training state, saved
+    activations, the method's extra tensors), what the budget binds; recorded for dropped clients too."""
     peak_memory_mb: float | None
     memory_budget_mb: float | None
     state_exceeds_budget: bool | None
@@ -174,6 +177,7 @@ def _tier_means(runs: list[RunResult], name: str) -> dict[str, Any]:
         "flops": _mean([t["measured_flops_per_client_round"] for t in tiers]),
         "upload": _mean([t["upload_mb_per_client_round"] for t in tiers]),
         "state": max((t["max_state_mb"] for t in tiers), default=None),
+        "estimate": max((t["max_memory_estimate_mb"] for t in tiers if "max_memory_estimate_mb" in t), default=None),
         "peak": max((t["max_peak_memory_mb"] for t in tiers), default=None),
         "budget": next((t["memory_budget_mb"] for t in tiers), None),
         "state_exceeds": any(flags) if flags else None,
@@ -196,6 +200,7 @@ def _tier_costs(
             upload_mb_per_client_round=ours["upload"],
             upload_pct=_pct(ours["upload"], ref["upload"]),
             state_mb=ours["state"],
+            memory_estimate_mb=ours["estimate"],
             peak_memory_mb=ours["peak"],
             memory_budget_mb=ours["budget"],
             state_exceeds_budget=ours["state_exceeds"],
