@@ -111,7 +111,7 @@ def test_config_readme_documents_every_schema_key():
     [
         ("config.yaml", 69, 1),
         ("ablation.yaml", 102, 1),
-        ("paper.yaml", 1570, 0),
+        ("paper.yaml", 1610, 0),
         ("vision.yaml", 10, 1),
         ("hetero.yaml", 87, 1),
     ],
