@@ -1,5 +1,6 @@
 """Regression tests for defects that bent results: stale copies trained, non-atomic checkpoints, empty clients,
-the saved fine-tuning model, resumes across changed evaluation settings, AdamW's no-decay rule, equal plans."""
+the saved fine-tuning model, resumes across changed evaluation settings, AdamW's no-decay rule (BERT's and timm's
+ViT), equal plans."""
 
 from __future__ import annotations
 
@@ -261,19 +262,41 @@ def test_the_selected_round_survives_a_resume(tiny_config, tmp_path, monkeypatch
 # ----------------------------------------------------------------------------------- AdamW
 
 
-def test_adamw_skips_weight_decay_on_every_one_dimensional_tensor():
-    from fedbt.models import arch_config
+def _groups(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[float]]:
+    """The decayed and undecayed parameters (by name) of :func:`adamw` over ``model``, and the groups' decays."""
+    optimizer = adamw(model, lr=1e-3, weight_decay=0.01)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay, no_decay = ({names[id(p)]: p for p in g["params"]} for g in optimizer.param_groups)
+    return decay, no_decay, [g["weight_decay"] for g in optimizer.param_groups]
 
-    config = arch_config("vit:layers=2,hidden=16,heads=2,ffn=32,image=8,patch=4")
+
+def test_adamw_skips_weight_decay_on_vit_tokens_position_embeddings_and_one_dimensional_tensors():
     from transformers import ViTForMaskedImageModeling
 
-    model = ViTForMaskedImageModeling(config)
-    optimizer = adamw(model, lr=1e-3, weight_decay=0.01)
-    decay, no_decay = ({id(p) for p in g["params"]} for g in optimizer.param_groups)
-    names = {id(p): n for n, p in model.named_parameters()}
-    assert {names[i] for i in no_decay} == {n for n, p in model.named_parameters() if p.ndim < 2}
-    assert any("layernorm_before" in names[i] for i in no_decay) and any("layernorm." in names[i] for i in no_decay)
-    assert all(p.ndim >= 2 for g in optimizer.param_groups[:1] for p in g["params"]) and decay
+    from fedbt.models import arch_config
+
+    model = ViTForMaskedImageModeling(arch_config("vit:layers=2,hidden=16,heads=2,ffn=32,image=8,patch=4"))
+    decay, no_decay, decays = _groups(model)
+    tokens = {"vit.embeddings.cls_token", "vit.embeddings.position_embeddings", "vit.embeddings.mask_token"}
+    assert decays == [0.01, 0.0]
+    assert {n for n, p in no_decay.items() if p.ndim > 1} == tokens  # timm: cls token, position embeddings, mask
+    assert {n for n, p in no_decay.items() if p.ndim == 1} == {n for n, p in model.named_parameters() if p.ndim == 1}
+    # 4 patches + [CLS] -> (1, 5, 16) positions, (1, 1, 16) tokens; 1-D: patch bias 16, per layer 3 * 16 (q, k, v)
+    # + 16 + 32 + 16 (dense biases) + 4 * 16 (two LayerNorms), final LayerNorm 32, decoder bias 4 * 4 * 3 = 48
+    assert sum(p.numel() for p in no_decay.values()) == 80 + 16 + 16 + 16 + 2 * 176 + 32 + 48
+    assert set(decay) == {n for n, p in model.named_parameters() if p.ndim > 1} - tokens
+    assert "vit.embeddings.patch_embeddings.projection.weight" in decay and "decoder.0.weight" in decay
+
+
+def test_adamw_on_bert_skips_weight_decay_on_one_dimensional_tensors_only():
+    from transformers import BertConfig, BertForMaskedLM
+
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+    model = BertForMaskedLM(config)
+    decay, no_decay, _ = _groups(model)
+    assert set(no_decay) == {n for n, p in model.named_parameters() if p.ndim == 1}
+    assert set(decay) == {n for n, p in model.named_parameters() if p.ndim > 1}
+    assert "bert.embeddings.position_embeddings.weight" in decay  # an embedding table, decayed as before
 
 
 # --------------------------------------------------------------------------------- equal plans

@@ -12,6 +12,7 @@ import pytest
 
 from fedbt.report.build import build_report
 from fedbt.report.spec import from_dict, output_files
+from fedbt.report.tables import MAX_COLUMNS
 
 GOLDEN = Path(__file__).parent / "golden"
 RUNS = GOLDEN / "runs"
@@ -102,7 +103,16 @@ def test_missing_runs_leave_dashes(tmp_path):
     fedbt_row = next(
         line for line in (tmp_path / "tables" / "pretrain.md").read_text().splitlines() if "| fedbt |" in line
     )
-    assert fedbt_row == "| fedbt | – | – | – | – | – | – | – | 7.04 | 34.31 | 7.04 | – | – | – | – | – | 0.8312 |"
+    assert fedbt_row == "| fedbt | – | – | – | – | – | – | – | 7.04 | – | – | – | – | 0.8312 |"
+
+
+def test_golden_tables_keep_to_fifteen_columns_and_the_paper_costs_move_to_the_caption():
+    for table in ("pretrain", "finetune"):
+        text = (GOLDEN / f"{table}.md").read_text()
+        header = next(line for line in text.splitlines() if line.startswith("| method"))
+        assert header.count("|") - 1 <= MAX_COLUMNS and "paper compute" not in header
+    notes = (GOLDEN / "pretrain.md").read_text().splitlines()[-1]
+    assert "Paper compute % / comm %" in notes and "fedavg 100.00 / 100.00; fedbt 34.31 / 7.04;" in notes
 
 
 def test_json_interface_has_the_documented_fields(report):
@@ -173,3 +183,26 @@ def test_cost_figure_plots_each_run_against_its_cumulative_spend(report):
         sum(r["upload_bytes"] for r in metrics["rounds"]),
     )
     assert list(run.spent) == sorted(run.spent) and set(run.curve) <= set(run.spent)
+
+
+def test_a_study_with_tiers_lists_its_per_tier_table_as_a_report_output():
+    import yaml
+
+    from fedbt.pipeline import Plan
+
+    root = Path(__file__).resolve().parents[1]
+    plan = Plan(yaml.safe_load((root / "config" / "hetero.yaml").read_text()))
+    outputs = plan.report_outputs()["tables"]
+    tier_tables = [p for p in outputs if "-tiers." in p]
+    assert sorted(tier_tables) == sorted(
+        f"results/hetero/tables/{study}-tiers.{ext}"
+        for study in plan.config["studies"]
+        for ext in ("md", "tex", "html")
+    )
+    captions = {path: (caption, sub) for path, caption, sub in plan.report_captions(outputs)}
+    title = plan.config["studies"]["hetero-pretrain"]["title"]
+    assert captions["results/hetero/tables/hetero-pretrain-tiers.md"] == ("tiers.rst", title)
+    assert captions["results/hetero/tables/hetero-pretrain.md"] == ("table.rst", title)
+    assert all(table["tiered"] for table in plan.report_spec()["tables"])
+    assert output_files(["pretrain"], "results", tiered=()) == output_files(["pretrain"], "results")
+    assert not any("-tiers" in p for p in output_files(["pretrain"])["tables"])

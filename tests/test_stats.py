@@ -209,5 +209,5 @@ def test_tiered_tables_show_the_dropped_share_column(tmp_path):
     rows = {v: [write_run(tmp_path, v, s, FEDAVG[s], extra=extra) for s in range(3)] for v in ("fedavg", "fedbt")}
     markdown = to_markdown(table_of(rows))
     header = next(line for line in markdown.splitlines() if line.startswith("| method"))
-    assert "| weak state MB | dropped % |" in header
-    assert "| 5.0 | 12.5 |" in markdown and "budget_policy: drop" in markdown
+    assert "| bert-base upload % | dropped % | cs: held-out MLM loss (ppl) |" in header and "weak" not in header
+    assert "| – | 12.5 | 2.0000 ± 0.0000 (7.4) |" in markdown and "budget_policy: drop" in markdown

@@ -230,11 +230,13 @@ def _tier(flops: float, upload: float, state: float, budget: float | None) -> di
     }
 
 
-def test_tables_of_a_study_with_tiers_have_cost_columns_per_tier(tmp_path):
-    """The golden runs with tier costs added: per-tier FLOPs, FLOP % of fedavg's same tier, upload, state (! over
-    the budget) in Markdown, and a ``tiers`` object per row in the JSON (the documented fields stay)."""
+def test_a_study_with_tiers_gets_a_per_tier_table_beside_a_main_table_of_at_most_fifteen_columns(tmp_path):
+    """The golden runs with tier costs added: the main table keeps method, cost and score columns (<= 15, with the
+    dropped share); ``pretrain-tiers`` holds every tier's FLOPs, FLOP % of fedavg's same tier, upload, memory and
+    budget flags in Markdown, LaTeX and HTML, and the JSON keeps a ``tiers`` object per row."""
     from fedbt.report.build import build_report
     from fedbt.report.spec import from_dict
+    from fedbt.report.tables import MAX_COLUMNS
     from tests.test_report import RUNS, spec_dict
 
     tiers = {
@@ -256,19 +258,32 @@ def test_tables_of_a_study_with_tiers_have_cost_columns_per_tier(tmp_path):
             paths.append(str(copy))
         row["runs"]["cs"] = paths
     assert RUNS.is_dir()
-    build_report(from_dict(spec), tmp_path / "out")
-    markdown = (tmp_path / "out/tables/pretrain.md").read_text()
+    written = build_report(from_dict(spec), tmp_path / "out")
+    out = tmp_path / "out/tables"
+    assert {out / f"pretrain-tiers.{ext}" for ext in ("md", "tex", "html")} <= set(written)
+    markdown = (out / "pretrain.md").read_text()
     header = next(line for line in markdown.splitlines() if line.startswith("| method"))
-    for column in ("weak FLOPs", "weak FLOP %", "weak upload MB", "weak state MB", "strong state MB"):
-        assert f" {column} |" in header
-    fedavg = next(line for line in markdown.splitlines() if line.startswith("| fedavg |"))
-    fedbt = next(line for line in markdown.splitlines() if line.startswith("| fedbt |"))
-    assert "| 364.0 ! |" in fedavg and "| 86.0 |" in fedbt, "the budget mark"
-    assert "| 25.0 |" in fedbt and "| 50.0 |" in fedbt, "FLOP % of fedavg's same tier"
-    assert "weak 121 MB" in markdown and "resource tiers on bert-base-uncased" in markdown
-    rows = json.loads((tmp_path / "out/tables/pretrain.json").read_text())["rows"]
+    assert header.count("|") - 1 <= MAX_COLUMNS and "weak" not in header and "| dropped % |" in header
+    assert "cs: held-out MLM loss (ppl) |" in header and "resource tiers on bert-base-uncased" in markdown
+    assert "the table pretrain-tiers beside this one" in markdown
+    lines = (out / "pretrain-tiers.md").read_text().splitlines()
+    assert lines[2] == (
+        "| method | tier | FLOPs | FLOP % | upload MB | upload % | state MB | memory estimate MB | peak MB | budget MB "
+        "| over budget |"
+    )
+    assert lines[4:8] == [
+        "| fedavg | weak | 8.00 G | 100.0 | 90.00 | 100.0 | 364.0 | – | 900.0 | 121 | state, peak |",
+        "| fedavg | strong | 8.00 G | 100.0 | 90.00 | 100.0 | 364.0 | – | 900.0 | – | – |",
+        "| fedbt | weak | 2.00 G | 25.0 | 1.00 | 1.1 | 86.0 | – | 900.0 | 121 | peak |",
+        "| fedbt | strong | 4.00 G | 50.0 | 1.00 | 1.1 | 114.0 | – | 900.0 | – | – |",
+    ]
+    assert r"fedbt & weak & 2.00 G & 25.0 &" in (out / "pretrain-tiers.tex").read_text()
+    assert "<td>state, peak</td>" in (out / "pretrain-tiers.html").read_text()
+    table_json = json.loads((out / "pretrain.json").read_text())
+    rows = table_json["rows"]
     assert rows[1]["tiers"]["weak"]["flops_pct"] == pytest.approx(25.0)
     assert rows[0]["tiers"]["weak"]["state_exceeds_budget"] is True
+    assert "memory estimate MB" in table_json["tier_notes"]
     assert {"flops_pct", "upload_pct", "bert_base_upload_pct", "scores"} <= set(rows[1])
     assert rows[1]["bert_base_upload_pct"] == pytest.approx(7.04, abs=0.01), (
         "fedbt uploads layer l + head on every tier"

@@ -232,7 +232,8 @@ class Method:
 
     def local_optimizer(self, model: nn.Module, local: LocalConfig) -> torch.optim.Optimizer | None:
         """The optimizer of one client's local training over ``model``'s trainable parameters, made afresh every
-        round (None: AdamW with ``local.lr`` and ``local.weight_decay``, no decay on 1-D tensors)."""
+        round (None: AdamW with ``local.lr`` and ``local.weight_decay``, none on 1-D tensors, nor on ViT's
+        class token, position embeddings and mask token: :func:`fedbt.training.loop.decays`)."""
         return None
 
     def local_loss(self, client: LocalContext) -> torch.Tensor | None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from fedbt.report import costs, figures, selection
 from fedbt.report.runs import RunResult, load_run
 from fedbt.report.spec import FIGURE_KINDS, SCHEDULE_FIGURE, Row, Spec, Table
-from fedbt.report.tables import build_table, identical_plans, to_html, to_json, to_latex, to_markdown
+from fedbt.report.tables import build_table, grids, html, identical_plans, latex, markdown, to_json
 
 log = logging.getLogger(__name__)
 BERT_BASE_LAYERS = 12
@@ -45,8 +45,9 @@ def load_results(spec: Spec) -> dict[str, RunResult]:
 
 
 def build_report(spec: Spec, out: str | Path) -> list[Path]:
-    """Write ``out/tables/<table>.md|.tex|.json|.html`` and ``out/figures/<table>_<kind>.png|.pdf`` for every table, and
-    ``out/figures/layer_schedule.png|.pdf``; returns the written paths."""
+    """Write ``out/tables/<table>.md|.tex|.json|.html`` (and ``<table>-tiers.md|.tex|.html`` for a study with
+    tiers) and ``out/figures/<table>_<kind>.png|.pdf`` for every table, and ``out/figures/layer_schedule.png|.pdf``;
+    returns the written paths."""
     out = Path(out)
     (out / "tables").mkdir(parents=True, exist_ok=True)
     results = load_results(spec)
@@ -59,14 +60,12 @@ def build_report(spec: Spec, out: str | Path) -> list[Path]:
             for row in table.rows
         }
         data = build_table(table, results, ratios, lr_choices)
-        for path, text in (
-            (out / "tables" / f"{table.name}.md", to_markdown(data)),
-            (out / "tables" / f"{table.name}.tex", to_latex(data)),
-            (out / "tables" / f"{table.name}.json", json.dumps(to_json(data), indent=1) + "\n"),
-            (out / "tables" / f"{table.name}.html", to_html(data)),
-        ):
-            path.write_text(text)
-            written.append(path)
+        (out / "tables" / f"{table.name}.json").write_text(json.dumps(to_json(data), indent=1) + "\n")
+        written.append(out / "tables" / f"{table.name}.json")
+        for grid in grids(data):
+            for ext, render in (("md", markdown), ("tex", latex), ("html", html)):
+                (out / "tables" / f"{grid.name}.{ext}").write_text(render(grid))
+                written.append(out / "tables" / f"{grid.name}.{ext}")
         for group in identical_plans(data.rows):
             log.warning("%s: %s trained and sent the same tensors every round (equal plans)", table.name, group)
         makers = {

@@ -4,12 +4,17 @@ which run directories feed each cell. The pipeline writes it as JSON; the report
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 FIGURE_KINDS = ("rounds", "pareto", "cost", "compute")
 SCHEDULE_FIGURE = "layer_schedule"
+TIER_SUFFIX = "-tiers"
+TIER_EXTS = ("md", "tex", "html")
+"""The per-tier table of study ``<name>`` is ``<name>-tiers.md|.tex|.html`` (its numbers are in the study's JSON,
+per row: ``tiers``)."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,8 @@ class Table:
     """The full-size architecture of the exact upload-ratio column (bert-base-uncased; vit-base for vision)."""
     base_tiers: list[dict[str, Any]] | None = None
     """Resource tiers on ``base_arch`` for that column (a study with tiers): the column is their mix."""
+    tiered: bool = False
+    """Whether the study's runs have resource tiers: the report then writes its per-tier table too."""
 
 
 @dataclass(frozen=True)
@@ -82,9 +89,11 @@ def from_dict(raw: dict[str, Any]) -> Spec:
     return Spec(tables)
 
 
-def output_files(table_names: list[str], out: str = "results") -> dict[str, list[str]]:
-    """The files ``fedbt report`` writes for these tables, by kind (``tables``, ``figures``)."""
+def output_files(table_names: list[str], out: str = "results", tiered: Collection[str] = ()) -> dict[str, list[str]]:
+    """The files ``fedbt report`` writes for these tables, by kind (``tables``, ``figures``); the tables named in
+    ``tiered`` also get their per-tier table, ``<name>-tiers.md|.tex|.html``."""
     tables = [f"{out}/tables/{name}.{ext}" for name in table_names for ext in ("md", "tex", "json", "html")]
+    tables += [f"{out}/tables/{name}{TIER_SUFFIX}.{ext}" for name in table_names if name in tiered for ext in TIER_EXTS]
     figures = [
         f"{out}/figures/{name}_{kind}.{ext}" for name in table_names for kind in FIGURE_KINDS for ext in ("png", "pdf")
     ]

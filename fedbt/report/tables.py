@@ -1,5 +1,8 @@
 """Paper-style tables: one row per method variant with compute, communication and task scores, rendered as
-Markdown, LaTeX and JSON (the machine-readable interface for scripts, ``<table>.json``)."""
+Markdown, LaTeX, HTML and JSON (the machine-readable interface for scripts, ``<table>.json``). A study whose runs
+have resource tiers gets a second, per-tier table beside it (``<table>-tiers``: one row per method and tier, its
+FLOPs, upload, memory and budget), so the main table keeps to method, cost and score columns (at most
+:data:`MAX_COLUMNS`); the paper's compute and communication percentages sit in the caption."""
 
 from __future__ import annotations
 
@@ -15,11 +18,13 @@ from typing import Any
 from fedbt import paper
 from fedbt.report.runs import RunResult
 from fedbt.report.selection import LrChoice, shown
-from fedbt.report.spec import Row, Table
+from fedbt.report.spec import TIER_SUFFIX, Row, Table
 from fedbt.report.stats import MIN_N, PAIRED, WELCH, compare, holm, t_interval
 
 DASH = "–"
 DIVERGED = "diverged"
+MAX_COLUMNS = 15
+"""The widest a main table is meant to be (a test holds the shipped studies to it)."""
 
 
 def higher_is_better(metric: str) -> bool:
@@ -315,6 +320,11 @@ class TableData:
     def has_lr_grid(self) -> bool:
         return any(row.lr for row in self.rows)
 
+    @property
+    def tiered(self) -> bool:
+        """Whether the table has a per-tier table (its runs have tiers, or the spec says they will)."""
+        return self.table.tiered or any(row.tiers for row in self.rows)
+
 
 def build_table(
     table: Table,
@@ -423,11 +433,8 @@ def _header(data: TableData) -> list[str]:
     table = data.table
     base = table.base_arch.removesuffix("-uncased")
     head = ["method", "FLOPs", "FLOP %", "analytic FLOP %", "CPU s" if data.device == "cpu" else "s", "s %"]
-    head += ["upload MB", "upload %", f"{base} upload %", "paper compute %", "paper comm %"]
-    tiers = (data.rows[0].tiers or {}) if data.rows else {}
-    for name in tiers:
-        head += [f"{name} FLOPs", f"{name} FLOP %", f"{name} upload MB", f"{name} state MB"]
-    if tiers:
+    head += ["upload MB", "upload %", f"{base} upload %"]
+    if data.tiered:
         head.append("dropped %")
     for column in table.columns:
         name = column.data
@@ -435,9 +442,10 @@ def _header(data: TableData) -> list[str]:
             head.append(f"{name} lr")
         for metric in data.shown[column.data]:
             label = METRIC_NAMES.get(metric, metric if column.label == name else f"{column.label} {metric}")
-            ppl = ["ppl"] if metric == "heldout_mlm_loss" else []
-            head += [f"{name}: {label}", *ppl, f"p vs {table.reference} (Holm)"]
-        head.append("paper")
+            ppl = " (ppl)" if metric == "heldout_mlm_loss" else ""
+            head += [f"{name}: {label}{ppl}", f"p vs {table.reference} (Holm)"]
+        if table.paper:
+            head.append("paper")
     return head
 
 
@@ -453,18 +461,8 @@ def _cells(data: TableData, row: TableRow, pm: str) -> list[str]:
         _num(costs.upload_mb_per_client_round, 2),
         _num(costs.upload_pct, 1),
         _num(row.bert_base_upload_pct, 2),
-        _num(row.paper_compute_pct, 2),
-        _num(row.paper_comm_pct, 2),
     ]
-    for tier in (row.tiers or {}).values():
-        state = _num(tier.state_mb, 1) + (" !" if tier.state_exceeds_budget else "")
-        cells += [
-            _flops(tier.flops_per_client_round),
-            _num(tier.flops_pct, 1),
-            _num(tier.upload_mb_per_client_round, 2),
-        ]
-        cells.append(state)
-    if row.tiers:
+    if data.tiered:
         cells.append(_num(row.dropped_pct, 1))
     for column in data.table.columns:
         if data.has_lr_grid:
@@ -472,11 +470,11 @@ def _cells(data: TableData, row: TableRow, pm: str) -> list[str]:
             cells.append(shown(choice) or DASH)
         for metric in data.shown[column.data]:
             cell = _cell_of(row, column.data, metric)
-            cells.append(_score(cell, pm))
-            if metric == "heldout_mlm_loss":
-                cells.append(_num(_cell_of(row, column.data, "heldout_mlm_perplexity").mean, 1))
+            ppl = _cell_of(row, column.data, "heldout_mlm_perplexity").mean if metric == "heldout_mlm_loss" else None
+            cells.append(_score(cell, pm) + (f" ({_num(ppl, 1)})" if ppl is not None else ""))
             cells.append(_p(cell))
-        cells.append(_num(row.paper_scores[column.data], 4))
+        if data.table.paper:
+            cells.append(_num(row.paper_scores[column.data], 4))
     return cells
 
 
@@ -553,7 +551,8 @@ def notes(data: TableData) -> str:
     }.get(data.device, "process CPU seconds on CPU, device seconds (between CUDA synchronisations) on CUDA")
     losses = (
         " held-out MLM loss: masked-LM cross-entropy of the final global model on held-out sentences of the "
-        "data set's domain corpus (lower is better; ppl = exp(loss)); the `none` row is the starting model."
+        "data set's domain corpus (lower is better), with the mean perplexity (ppl = exp(loss)) in brackets; the "
+        "`none` row is the starting model."
         if any("heldout_mlm_loss" in shown for shown in data.shown.values())
         else ""
     )
@@ -572,29 +571,20 @@ def notes(data: TableData) -> str:
         f"FLOPs; {_flop_text(rows)}); analytic FLOP %: the same ratio from the analytic model (fedbt/costs.py). "
         f"s: {seconds}. upload MB: 10^6 bytes uploaded. {base} upload %: exact upload of the method on "
         f"{table.base_arch} over the paper's {paper.ROUNDS[table.scenario]} rounds relative to full-model FedAvg "
-        f"(`fedbt costs`). paper compute %: wall-clock seconds on the authors' GPUs; compare it with s % of a GPU "
-        f"run, and with FLOP % as the hardware-independent share of the work (on CPU at this scale seconds also "
-        f"carry fixed per-step overheads).{losses} {'Test scores: ' + scored + '; m' if scored else 'M'}ean ± "
-        f"half-width of the 95 % Student t interval (JSON: ci95, beside std) over {_samples_text(data)}."
+        f"(`fedbt costs`).{_paper_costs_text(data)}{losses} {'Test scores: ' + scored + '; m' if scored else 'M'}"
+        f"ean ± half-width of the 95 % Student t interval (JSON: ci95, beside std) over {_samples_text(data)}."
         f"{_majority_text(data)}{grid}{_stats_text(data)} paper: {paper.SOURCE}"
         + (f", {table.paper.replace('table', 'Table ')}." if table.paper else "; no paper table.")
     )
     if table.base_tiers:
         mix = ", ".join(f"{t.get('share')} at L_k {t.get('local_layers', 'all')}" for t in table.base_tiers)
         text += f" Here {base} upload % is the clients' mean with resource tiers on {table.base_arch} ({mix})."
-    if rows and rows[0].tiers:
-        budgets = ", ".join(
-            f"{name} {tier.memory_budget_mb:g} MB" for name, tier in rows[0].tiers.items() if tier.memory_budget_mb
-        )
+    if data.tiered:
         text += (
-            f" Per tier (clients dealt to resource tiers by seed): FLOPs and upload MB per client-round of the tier "
-            f"(a round a client sat out costs 0), FLOP % of `{ref}`'s same tier; state MB: the largest training "
-            f"state of a client of the tier (its local model's parameters, the trained ones' gradients and the "
-            f"optimizer's state, counted from the tensors; activations excluded)"
-            + (f", marked ! where it exceeds the tier's memory budget ({budgets})." if budgets else ".")
-            + " dropped %: the share of client-rounds in which a client sat out because its plan did not fit its "
-            "tier's memory budget (federation.budget_policy: drop), mean over the row's runs; – where the runs do "
-            "not record it."
+            f" dropped %: the share of client-rounds in which a client sat out because its plan did not fit its "
+            f"tier's memory budget (federation.budget_policy: drop), mean over the row's runs; – where the runs do "
+            f"not record it. Per-tier FLOPs, upload, memory and budgets: the table {table.name}{TIER_SUFFIX} beside "
+            f"this one (JSON: each row's tiers)."
         )
     for group in identical_plans(rows):
         text += (
@@ -604,13 +594,122 @@ def notes(data: TableData) -> str:
     return text
 
 
+def _paper_costs_text(data: TableData) -> str:
+    """The paper's compute and communication percent of the rows that have them (a caption sentence)."""
+    figures = [
+        f"{row.variant} {_num(row.paper_compute_pct, 2)} / {_num(row.paper_comm_pct, 2)}"
+        for row in data.rows
+        if row.paper_compute_pct is not None or row.paper_comm_pct is not None
+    ]
+    if not figures:
+        return ""
+    return (
+        f" Paper compute % / comm % (wall-clock seconds on the authors' GPUs / upload, of their FedAvg; JSON: "
+        f"paper): {'; '.join(figures)}; compare compute % with s % of a GPU run, and with FLOP % as the "
+        f"hardware-independent share of the work (on CPU at this scale seconds also carry fixed per-step "
+        f"overheads)."
+    )
+
+
+TIER_HEADER = [
+    "method",
+    "tier",
+    "FLOPs",
+    "FLOP %",
+    "upload MB",
+    "upload %",
+    "state MB",
+    "memory estimate MB",
+    "peak MB",
+    "budget MB",
+    "over budget",
+]
+
+
+def _over_budget(tier: TierCosts) -> str:
+    """Which measures exceed the tier's budget (``state``, ``peak``), ``no``, or – without a budget."""
+    if tier.memory_budget_mb is None:
+        return DASH
+    flags = (("state", tier.state_exceeds_budget), ("peak", tier.peak_memory_exceeds_budget))
+    over = [name for name, flag in flags if flag]
+    return ", ".join(over) or "no"
+
+
+def _tier_cells(row: TableRow, name: str, tier: TierCosts) -> list[str]:
+    return [
+        row.variant,
+        name,
+        _flops(tier.flops_per_client_round),
+        _num(tier.flops_pct, 1),
+        _num(tier.upload_mb_per_client_round, 2),
+        _num(tier.upload_pct, 1),
+        _num(tier.state_mb, 1),
+        _num(tier.memory_estimate_mb, 1),
+        _num(tier.peak_memory_mb, 1),
+        _num(tier.memory_budget_mb, 0),
+        _over_budget(tier),
+    ]
+
+
+def tier_notes(data: TableData) -> str:
+    """The caption text under the per-tier table."""
+    ref = data.table.reference
+    return (
+        f"Per resource tier (clients dealt to tiers by seed), one row per method and tier, mean over the row's "
+        f"runs of the table {data.table.name}: FLOPs and upload MB per client-round of the tier (a round a client "
+        f"sat out costs 0), FLOP % and upload % of `{ref}`'s same tier; state MB: the largest training state of a "
+        f"client of the tier (its local model's parameters, the trained ones' gradients and the optimizer's state, "
+        f"counted from the tensors; activations excluded); memory estimate MB: the largest estimate of a client "
+        f"plan of the tier (fedbt.memory: training state, saved activations, the method's extra tensors), what the "
+        f"budget binds, recorded for dropped clients too; peak MB: the largest peak memory of the training process; "
+        f"budget MB: the tier's memory budget (federation.tiers memory_mb, 10^6 bytes); over budget: the measures "
+        f"(state, peak) that exceeded it, – without a budget. The scores and the share of dropped client-rounds are "
+        f"in {data.table.name}."
+    )
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A table ready to render: its file name, title, header, body rows and caption."""
+
+    name: str
+    title: str
+    head: list[str]
+    body: list[list[str]]
+    notes: str
+
+
+def main_grid(data: TableData, pm: str = "±") -> Grid:
+    """The study's table: method, cost and score columns."""
+    body = [_cells(data, row, pm) for row in data.rows]
+    return Grid(data.table.name, data.table.title, _header(data), body, notes(data))
+
+
+def tier_grid(data: TableData) -> Grid | None:
+    """The study's per-tier table, one row per method and tier (None: the study has no tiers)."""
+    if not data.tiered:
+        return None
+    body = [_tier_cells(row, name, tier) for row in data.rows for name, tier in (row.tiers or {}).items()]
+    title = f"{data.table.title}: per resource tier"
+    return Grid(f"{data.table.name}{TIER_SUFFIX}", title, TIER_HEADER, body, tier_notes(data))
+
+
+def grids(data: TableData) -> list[Grid]:
+    """The tables a study writes: its own, then its per-tier table when it has tiers."""
+    return [grid for grid in (main_grid(data), tier_grid(data)) if grid is not None]
+
+
+def markdown(grid: Grid) -> str:
+    """A table as GitHub Markdown with a title and its notes."""
+    rule = "|" + "|".join(["---"] + ["---:"] * (len(grid.head) - 1)) + "|"
+    lines = [f"### {grid.title}", "", "| " + " | ".join(grid.head) + " |", rule]
+    lines += ["| " + " | ".join(cells) + " |" for cells in grid.body]
+    return "\n".join([*lines, "", grid.notes, ""])
+
+
 def to_markdown(data: TableData) -> str:
-    """The table as GitHub Markdown with a title and the column notes."""
-    head = _header(data)
-    rule = "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"
-    lines = [f"### {data.table.title}", "", "| " + " | ".join(head) + " |", rule]
-    lines += ["| " + " | ".join(_cells(data, row, "±")) + " |" for row in data.rows]
-    return "\n".join([*lines, "", notes(data), ""])
+    """The study's table as GitHub Markdown with a title and the column notes."""
+    return markdown(main_grid(data))
 
 
 def _latex_escape(text: str) -> str:
@@ -619,16 +718,16 @@ def _latex_escape(text: str) -> str:
     return text.replace("–", "--").replace("±", r"$\pm$").replace("<", r"$<$")
 
 
-def to_latex(data: TableData) -> str:
-    """The table as a LaTeX ``table`` with booktabs rules and the notes as caption."""
-    table, head = data.table, _header(data)
-    body = [" & ".join(_latex_escape(c) for c in _cells(data, row, "±")) + r" \\" for row in data.rows]
+def latex(grid: Grid) -> str:
+    """A table as a LaTeX ``table`` with booktabs rules and its notes as caption."""
+    head = grid.head
+    body = [" & ".join(_latex_escape(c) for c in cells) + r" \\" for cells in grid.body]
     return "\n".join(
         [
             r"\begin{table}[t]",
             r"\centering\small",
-            r"\caption{" + _latex_escape(table.title) + ". " + _latex_escape(notes(data)) + "}",
-            r"\label{tab:" + table.name + "}",
+            r"\caption{" + _latex_escape(grid.title) + ". " + _latex_escape(grid.notes) + "}",
+            r"\label{tab:" + grid.name + "}",
             r"\begin{tabular}{l" + "r" * (len(head) - 1) + "}",
             r"\toprule",
             " & ".join(_latex_escape(h) for h in head) + r" \\",
@@ -642,12 +741,19 @@ def to_latex(data: TableData) -> str:
     )
 
 
+def to_latex(data: TableData) -> str:
+    """The study's table as a LaTeX ``table`` with booktabs rules and the notes as caption."""
+    return latex(main_grid(data))
+
+
 def to_json(data: TableData) -> dict[str, Any]:
     """The table for scripts: ``{"study", "reference", "rows": [{"variant", "method", "flops_per_client_round",
     "flops_pct", "analytic_flops_pct", "seconds_pct", "upload_pct", "steps", "measured_steps",
     "bert_base_upload_pct", "dropped_pct", "scores": {data: {metric: {"mean", "std", "n", "ci95",
     "p_vs_reference", "p_adjusted", "test", "higher_is_better", "diverged", "no_test"}}}, "lr": {data: {"chosen",
-    "dev", "reason"}}, ...}], "majority": {data: {metric: value}}, ...}``; ``n`` counts federation seeds."""
+    "dev", "reason"}}, "tiers": {tier: {"flops_pct", "state_mb", "memory_estimate_mb", ...}}, ...}], "majority":
+    {data: {metric: value}}, "tier_notes", ...}``; ``n`` counts federation seeds. The per-tier table's numbers are
+    the rows' ``tiers`` (and its caption ``tier_notes``), present when the study has tiers."""
     table, rows, metrics = data.table, data.rows, data.metrics
     return {
         "study": table.name,
@@ -678,22 +784,26 @@ def to_json(data: TableData) -> dict[str, Any]:
         ],
         "identical_plans": identical_plans(rows),
         "notes": notes(data),
+        **({"tier_notes": tier_notes(data)} if data.tiered else {}),
     }
 
 
-def to_html(data: TableData) -> str:
-    """The table as a small standalone HTML page (what ``snakemake --report`` shows inline)."""
-    head = "".join(f"<th>{escape(h)}</th>" for h in _header(data))
-    body = "".join(
-        "<tr>" + "".join(f"<td>{escape(c)}</td>" for c in _cells(data, row, "±")) + "</tr>" for row in data.rows
-    )
+def html(grid: Grid) -> str:
+    """A table as a small standalone HTML page (what ``snakemake --report`` shows inline)."""
+    head = "".join(f"<th>{escape(h)}</th>" for h in grid.head)
+    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>" for cells in grid.body)
     style = (
         "body{font-family:sans-serif;font-size:13px} table{border-collapse:collapse} "
         "th,td{border:1px solid #ccc;padding:3px 6px;text-align:right} td:first-child,th:first-child{text-align:left}"
     )
-    title = escape(data.table.title)
+    title = escape(grid.title)
     return (
         f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{title}</title><style>{style}</style></head>'
         f"<body><h3>{title}</h3><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-        f"<p>{escape(notes(data))}</p></body></html>\n"
+        f"<p>{escape(grid.notes)}</p></body></html>\n"
     )
+
+
+def to_html(data: TableData) -> str:
+    """The study's table as a small standalone HTML page."""
+    return html(main_grid(data))

@@ -115,13 +115,23 @@ def configure_device(device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
+NO_DECAY_TOKENS = frozenset({"cls_token", "position_embeddings", "mask_token"})
+"""ViT's learnt tokens and position embeddings (``nn.Parameter``s named so, 3-D): undecayed, as in timm's ViT
+(``no_weight_decay``) and SimMIM. BERT's ``position_embeddings.weight`` is an embedding table and is decayed."""
+
+
+def decays(name: str, param: torch.Tensor) -> bool:
+    """Whether AdamW decays the parameter ``name``: not 1-D tensors (biases and LayerNorm/norm weights, whatever
+    the model calls them: BERT's rule, decided by shape) nor :data:`NO_DECAY_TOKENS` (timm's rule for ViT)."""
+    return param.ndim >= 2 and name.rsplit(".", 1)[-1] not in NO_DECAY_TOKENS
+
+
 def adamw(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters, no weight decay on 1-D tensors (biases and LayerNorm/norm weights,
-    whatever the model calls them: BERT's rule, decided by shape); fused on CUDA."""
+    """AdamW over the trainable parameters, weight decay on those :func:`decays` picks; fused on CUDA."""
     decay, no_decay = [], []
-    for param in model.parameters():
+    for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim < 2 else decay).append(param)
+            (decay if decays(name, param) else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     fused = all(p.is_cuda for p in decay + no_decay) and bool(decay + no_decay)
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, fused=fused or None)
