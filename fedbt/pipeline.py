@@ -10,7 +10,9 @@ runs every point, and the report chooses one per row and data set on the mean de
 (:mod:`fedbt.report.selection`). A job runs once, in the directory of the first study that lists it
 (:meth:`Layout.run_dir`), and every study whose table needs it reads that run. Every job's run
 config is loaded by fedbt's own config loader while planning, so a bad key fails before any job starts,
-named (``job results/runs/...: config key 'federation.rouns': unknown key; ...``).
+named (``job results/runs/...: config key 'federation.rouns': unknown key; ...``), and its method is built with
+its options on a weight-free model (:func:`check_method`), so a bad option fails too, named where the study
+config sets it (``config key 'variants.fedbt.options.bogus': method fedbt: unknown key; allowed keys here: ...``).
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ from typing import Any
 
 import yaml
 
-from fedbt.config import load_config
+from fedbt.config import ModelConfig, RunConfig, load_config
 from fedbt.errors import ConfigError, FedBTError
-from fedbt.report.spec import output_files
+from fedbt.report.spec import TIER_SUFFIX, output_files
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,7 @@ def study_lr_grid(config: dict[str, Any], study: str) -> list[float]:
 def variant_grid(config: dict[str, Any], variant: str) -> dict[str, list[Any]]:
     """A variant's ``grid`` (override key -> candidate values), checked: every list non-empty, its values distinct
     as labels spell them; no key the pipeline sets per job. (Whether a key is a run-config key, or an option of
-    the variant's method, is checked with each job's config: :meth:`Plan._validate_run_configs`.)"""
+    the variant's method, is checked with each job's config and method: :meth:`Plan._validate_run_configs`.)"""
     grid = (config["variants"][variant] or {}).get("grid") or {}
     for key, values in grid.items():
         where = f"variants.{variant}.grid.{key}"
@@ -225,6 +227,51 @@ def set_flags(items: list[str]) -> str:
     return " ".join(f"--set {shlex.quote(item)}" for item in items)
 
 
+def tier_sets(sets: list[str]) -> bool:
+    """Whether the last ``federation.tiers`` of a job's ``--set`` s names some tier."""
+    tiers = [s.split("=", 1)[1] for s in sets if s.startswith("federation.tiers=")]
+    return bool(tiers) and tiers[-1].strip() not in ("[]", "null", "None", "")
+
+
+def planning_model_config(model: ModelConfig):
+    """The transformers config of a model source where planning knows it without weights, the hub or an earlier
+    job (None elsewhere): ``tiny`` and ``scratch:`` sources, inline and shipped shapes, a checkpoint directory."""
+    from fedbt.models import ARCH_ALIASES, ARCH_CONFIG_DIR, SCRATCH, arch_config, model_config_for
+
+    source = model.source
+    if source == "tiny" or source.startswith(SCRATCH):
+        return model_config_for(model)
+    shipped = ARCH_CONFIG_DIR / f"{ARCH_ALIASES.get(source, source).replace('/', '__')}.json"
+    if "=" in source or shipped.is_file() or (Path(source) / "config.json").is_file():
+        return arch_config(source, "model.source")
+    return None
+
+
+def check_method(config: RunConfig, model: ModelConfig | None) -> None:
+    """Build a run's method as ``fedbt run`` does before it loads weights (options parsed strictly, then the
+    method's ``validate`` on the run's tiers), on a meta-device model of ``model`` (the run's architecture, as
+    far as planning knows it). Where the architecture is unknown at plan time (``model`` None, a hub id that is
+    not shipped, a student still to distil), only the options are parsed. Raises :class:`ConfigError`."""
+    from fedbt.config import from_dict
+    from fedbt.federated.method import create_method, get_method, load_plugins
+    from fedbt.federated.tiers import tiers_from_config
+    from fedbt.models import is_vision, meta_model
+    from fedbt.training.objectives import get_objective
+
+    load_plugins(config.plugins)
+    cls, options = get_method(config.method.name), config.method.options
+    if model is not None:
+        model = dataclasses.replace(model, source=cls.starting_model(options, model.source))
+    hf_config = None if model is None else planning_model_config(model)
+    objective = get_objective(config.local.objective)
+    if hf_config is None or (objective.modality == "image") != is_vision(hf_config):
+        from_dict(cls.Options, dict(options), "method.options")  # the run itself reports a modality mismatch
+        return
+    meta = meta_model(hf_config, objective.name)
+    tiers = tiers_from_config(config.federation.tiers)
+    create_method(config.method.name, meta, config.federation.rounds, config.seed, options, config.scenario, tiers)
+
+
 def job_environment(bin_dir: str | Path, gpus: int, path: str) -> dict[str, str]:
     """What the pipeline exports to its jobs: this environment's ``bin`` first on ``PATH`` (so ``fedbt`` is the
     one Snakemake runs with) and, with ``--resources gpu=N``, ``FEDBT_GPUS=N`` (each job claims a free GPU slot,
@@ -253,6 +300,7 @@ class Plan:
         }
         self.jobs = self._plan_jobs()
         self._by_identity = {job.identity: job for job in self.jobs.values()}
+        self._checked_methods: set[str] = set()
         self._validate_run_configs()
 
     # ------------------------------------------------------------------------------ checks
@@ -319,7 +367,7 @@ class Plan:
                 config = load_config(None, self.job_sets(job))
             except ConfigError as error:
                 raise self._grid_error(job, error) or FedBTError(f"job {run_dir}: {error}") from None
-            self._check_option_keys(job, config)
+            self._check_method(run_dir, job, config)
         for name in self.config.get("starting_models") or {}:
             try:
                 load_config(None, self.start_sets(name))
@@ -334,22 +382,36 @@ class Plan:
             return None
         return ConfigError(f"variants.{job.variant}.grid.{key}", f"not a run-config override key here: {error}")
 
-    @staticmethod
-    def _check_option_keys(job: Job, config) -> None:
-        """A ``method.options.<option>`` grid key must name an option of the job's method."""
-        options = [k.removeprefix("method.options.") for k, _ in job.point if k.startswith("method.options.")]
-        if not options:
+    def _check_method(self, run_dir: str, job: Job, config: RunConfig) -> None:
+        """Build the job's method with its options, weight-free (:func:`check_method`; once per distinct
+        setting), so that a bad option fails here, named where the study config sets it (:meth:`_option_error`)."""
+        model, start = config.model, self.start_of(job.data)
+        if start is not None:  # a starting model has the architecture of its base source
+            base = self.config["starting_models"][start]["overrides"]["model.source"]
+            model = dataclasses.replace(model, source=base)
+        if self.variant(job.variant, f"variants.{job.variant}").get("student"):
+            model = None  # a student the pipeline distils: its architecture is known once it is built
+        setting = repr((config.plugins, config.method, model, config.local.objective, config.scenario))
+        setting += repr((config.federation.rounds, config.federation.tiers))
+        if setting in self._checked_methods:
             return
-        from fedbt.federated.method import get_method, load_plugins
+        try:
+            check_method(config, model)
+        except ConfigError as error:
+            raise self._option_error(job, config, error) or FedBTError(f"job {run_dir}: {error}") from None
+        self._checked_methods.add(setting)
 
-        load_plugins(config.plugins)
-        known = {f.name for f in dataclasses.fields(get_method(config.method.name).Options)}
-        for option in options:
-            if option.split(".")[0] not in known:
-                raise ConfigError(
-                    f"variants.{job.variant}.grid.method.options.{option}",
-                    f"not an option of method {config.method.name}; its options: {', '.join(sorted(known)) or 'none'}",
-                )
+    @staticmethod
+    def _option_error(job: Job, config: RunConfig, error: ConfigError) -> ConfigError | None:
+        """A method's error on ``method.options.<option>`` as an error of the variant's ``grid`` key that sets the
+        option, else of the variant's ``options``."""
+        if not error.key.startswith("method.options."):
+            return None
+        key = error.key
+        grid = [k for k, _ in job.point if k == key or k.startswith(f"{key}.") or key.startswith(f"{k}.")]
+        where = f"grid.{grid[0]}" if grid else f"options.{key.removeprefix('method.options.')}"
+        message = str(error).removeprefix(f"config key '{key}': ")
+        return ConfigError(f"variants.{job.variant}.{where}", f"method {config.method.name}: {message}")
 
     # ------------------------------------------------------------------------------ jobs
 
@@ -572,15 +634,28 @@ class Plan:
                     "reference": spec.get("reference", "fedavg"),
                     "base_arch": spec.get("base_arch", "bert-base-uncased"),
                     "base_tiers": spec.get("base_tiers"),
+                    "tiered": self.tiered(study),
                     "columns": [{"data": d, "label": self.config["data"][d].get("task") or d} for d in spec["data"]],
                     "rows": rows,
                 }
             )
         return {"tables": tables}
 
+    def tiered(self, study: str) -> bool:
+        """Whether some run of the study has resource tiers (``federation.tiers``): its report then writes a
+        per-tier table too."""
+        spec = self.config["studies"][study]
+        jobs = [
+            job
+            for job in self.jobs.values()
+            if job.scenario == spec["scenario"] and job.data in spec["data"] and job.variant in spec["variants"]
+        ]
+        return any(tier_sets(self.job_sets(job)) for job in jobs)
+
     def report_outputs(self) -> dict[str, list[str]]:
         """The tables and figures ``fedbt report`` writes, by kind."""
-        return output_files(list(self.config["studies"]), self.layout.results)
+        studies = list(self.config["studies"])
+        return output_files(studies, self.layout.results, [s for s in studies if self.tiered(s)])
 
     def report_captions(self, paths: list[str]) -> list[tuple[str, str, str]]:
         """Per report output: (path, caption file under ``workflow/report/``, subcategory = its study's title)."""
@@ -588,8 +663,9 @@ class Plan:
         captioned = []
         for path in paths:
             stem = Path(path).stem
-            study = next((s for s in studies if stem == s or stem.startswith(f"{s}_")), None)
+            study = next((s for s in studies if stem in (s, f"{s}{TIER_SUFFIX}") or stem.startswith(f"{s}_")), None)
             kind = stem.removeprefix(f"{study}_") if study and stem != study else ("table" if study else stem)
+            kind = "tiers" if study and stem == f"{study}{TIER_SUFFIX}" else kind
             captioned.append((path, f"{kind}.rst", studies[study]["title"] if study else "Method"))
         return captioned
 

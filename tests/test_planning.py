@@ -284,7 +284,7 @@ def test_short_names_of_a_point_stay_apart_where_keys_end_alike():
     ("grid", "key", "message"),
     [
         ({"federation.rouns": [1, 2]}, "variants.fedbt.grid.federation.rouns", "unknown key"),
-        ({"method.options.muu": [0.1]}, "variants.fedbt.grid.method.options.muu", "not an option of method fedbt"),
+        ({"method.options.muu": [0.1]}, "variants.fedbt.grid.method.options.muu", "method fedbt: unknown key"),
         ({"method.options.local_layers": []}, "variants.fedbt.grid.method.options.local_layers", "non-empty"),
         ({"local.weight_decay": [0.1, 0.1]}, "variants.fedbt.grid.local.weight_decay", "distinct"),
         ({"local.lr": [0.1, 0.2]}, "variants.fedbt.grid.local.lr", "lr_grid sets the learning rate"),
