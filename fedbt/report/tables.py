@@ -81,7 +81,8 @@ class TierCosts:
     upload_mb_per_client_round: float | None
     upload_pct: float | None
     state_mb: float | None
-    """The largest training state (parameters, gradients, optimizer state) of a client of the tier that trained."""
+    """The largest training state (parameters, gradients, optimizer state) of a client of the tier that trained
+    (None: none did)."""
     memory_estimate_mb: float | None
     """The largest memory estimate of a client plan of the tier (:mod:`fedbt.memory`: training state, saved
     activations, the method's extra tensors), what the budget binds; recorded for dropped clients too."""
@@ -89,6 +90,8 @@ class TierCosts:
     memory_budget_mb: float | None
     state_exceeds_budget: bool | None
     peak_memory_exceeds_budget: bool | None
+    estimate_exceeds_budget: bool | None = None
+    """The plan's memory estimate exceeds the budget: under ``budget_policy: drop`` its clients sat out."""
 
 
 @dataclass(frozen=True)
@@ -175,18 +178,23 @@ def tier_names(table: Table, results: Mapping[str, RunResult]) -> list[str]:
 
 
 def _tier_means(runs: list[RunResult], name: str) -> dict[str, Any]:
+    """A tier's figures over the runs; the measured memory (state, peak) only of runs in which a client of the tier
+    trained (None where every client-round sat out: nothing was held, nothing measured)."""
     tiers = [run.tiers[name] for run in runs if run.tiers and name in run.tiers]
-    flags = [t["state_exceeds_budget"] for t in tiers if t["state_exceeds_budget"] is not None]
-    peaks = [t["peak_memory_exceeds_budget"] for t in tiers if t["peak_memory_exceeds_budget"] is not None]
+    trained = [t for t in tiers if t.get("trained_client_rounds", 1)]
+    flags = [t["state_exceeds_budget"] for t in trained if t["state_exceeds_budget"] is not None]
+    peaks = [t["peak_memory_exceeds_budget"] for t in trained if t["peak_memory_exceeds_budget"] is not None]
+    estimates = [t["estimate_exceeds_budget"] for t in tiers if t.get("estimate_exceeds_budget") is not None]
     return {
         "flops": _mean([t["measured_flops_per_client_round"] for t in tiers]),
         "upload": _mean([t["upload_mb_per_client_round"] for t in tiers]),
-        "state": max((t["max_state_mb"] for t in tiers), default=None),
+        "state": max((t["max_state_mb"] for t in trained), default=None),
         "estimate": max((t["max_memory_estimate_mb"] for t in tiers if "max_memory_estimate_mb" in t), default=None),
-        "peak": max((t["max_peak_memory_mb"] for t in tiers), default=None),
+        "peak": max((t["max_peak_memory_mb"] for t in trained), default=None),
         "budget": next((t["memory_budget_mb"] for t in tiers), None),
         "state_exceeds": any(flags) if flags else None,
         "peak_exceeds": any(peaks) if peaks else None,
+        "estimate_exceeds": any(estimates) if estimates else None,
     }
 
 
@@ -210,6 +218,7 @@ def _tier_costs(
             memory_budget_mb=ours["budget"],
             state_exceeds_budget=ours["state_exceeds"],
             peak_memory_exceeds_budget=ours["peak_exceeds"],
+            estimate_exceeds_budget=ours["estimate_exceeds"],
         )
     return costs
 
@@ -627,10 +636,14 @@ TIER_HEADER = [
 
 
 def _over_budget(tier: TierCosts) -> str:
-    """Which measures exceed the tier's budget (``state``, ``peak``), ``no``, or – without a budget."""
+    """Which measures exceed the tier's budget (``estimate``, ``state``, ``peak``), ``no``, or – without a budget."""
     if tier.memory_budget_mb is None:
         return DASH
-    flags = (("state", tier.state_exceeds_budget), ("peak", tier.peak_memory_exceeds_budget))
+    flags = (
+        ("estimate", tier.estimate_exceeds_budget),
+        ("state", tier.state_exceeds_budget),
+        ("peak", tier.peak_memory_exceeds_budget),
+    )
     over = [name for name, flag in flags if flag]
     return ", ".join(over) or "no"
 
@@ -661,9 +674,11 @@ def tier_notes(data: TableData) -> str:
         f"client of the tier (its local model's parameters, the trained ones' gradients and the optimizer's state, "
         f"counted from the tensors; activations excluded); memory estimate MB: the largest estimate of a client "
         f"plan of the tier (fedbt.memory: training state, saved activations, the method's extra tensors), what the "
-        f"budget binds, recorded for dropped clients too; peak MB: the largest peak memory of the training process; "
+        f"budget binds, recorded for dropped clients too; peak MB: the largest peak memory of the training process "
+        f"(in process: the whole simulator's, the server's global model included, so an upper bound); "
         f"budget MB: the tier's memory budget (federation.tiers memory_mb, 10^6 bytes); over budget: the measures "
-        f"(state, peak) that exceeded it, – without a budget. The scores and the share of dropped client-rounds are "
+        f"(estimate, state, peak) that exceeded it, – without a budget; state and peak are – for a tier whose "
+        f"clients never trained (all dropped). The scores and the share of dropped client-rounds are "
         f"in {data.table.name}."
     )
 
