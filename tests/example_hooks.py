@@ -3,8 +3,8 @@
 Client k keeps a correction g_k of its own (zero at first) and, in round t, minimises with plain SGD
     L_k(w) - <g_k, w> + alpha/2 ||w - w_t||^2
 over the tensors it trains; afterwards g_k <- g_k - alpha (w_k - w_t). The server keeps h (zero at first):
-h <- h - alpha (mean_k w_k - w_t) and w_{t+1} = mean_k w_k - h / alpha. (The paper weighs the sum over the
-round's clients by 1 / (all clients); with every client in every round, as here, that is the mean.)
+h <- h - alpha / m sum_{k in P_t} (w_k - w_t), m the number of clients and P_t the round's participants, and
+w_{t+1} = mean_k w_k - h / alpha. ``aggregate`` takes the round (its third argument) to learn m and P_t.
 """
 
 from collections.abc import Mapping
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from baselines.fedavg import FedAvg
-from fedbt.federated.method import LocalContext, register
+from fedbt.federated.method import LocalContext, RoundInfo, register
 
 
 @register
@@ -49,11 +49,11 @@ class FedDyn(FedAvg):
             for name, param in client.trained
         }
 
-    def aggregate(self, global_params, averaged):  # server side: h, then the corrected mean
-        alpha, new = self.options.alpha, {}
+    def aggregate(self, global_params, averaged, round: RoundInfo):  # server side: h, then the corrected mean
+        alpha, share, new = self.options.alpha, len(round.participants) / round.num_clients, {}
         for name, mean in averaged.items():
             current = global_params[name].detach().to(mean.device, mean.dtype)
-            self.h[name] = self.h.get(name, torch.zeros_like(mean)) - alpha * (mean - current)
+            self.h[name] = self.h.get(name, torch.zeros_like(mean)) - alpha * share * (mean - current)
             new[name] = mean - self.h[name] / alpha
         return new
 

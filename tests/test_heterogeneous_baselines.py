@@ -18,7 +18,7 @@ from baselines.fedprox import proximal_term
 from fedbt.config import ModelConfig, load_config
 from fedbt.errors import ConfigError
 from fedbt.federated import method as method_module
-from fedbt.federated.method import ClientPlan, LocalContext, available_methods, create_method
+from fedbt.federated.method import ClientPlan, LocalContext, RoundInfo, available_methods, create_method
 from fedbt.federated.server_optimizer import OPTIMIZERS
 from fedbt.federated.simulator import Simulator
 from fedbt.federated.tiers import FULL, Tier, deal
@@ -254,10 +254,11 @@ def test_fedavg_drop_weak_averages_only_the_clients_that_hold_the_full_model(tin
 # ---------------------------------------------------------------------------- the hooks' worked example
 
 
-def test_docs_hooks_example_is_the_tested_module():
+@pytest.mark.parametrize("module", ["tests/example_hooks.py", "baselines/scaffold.py"])
+def test_docs_hooks_examples_are_the_tested_modules(module):
     doc = (REPO / "docs/adding-a-baseline.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", doc, flags=re.DOTALL)
-    assert (REPO / "tests/example_hooks.py").read_text() in blocks
+    assert (REPO / module).read_text() in blocks
 
 
 def _feddyn(tmp_path, monkeypatch):
@@ -277,9 +278,13 @@ def test_feddyn_example_rules_on_a_hand_computed_case(tmp_path, monkeypatch):
     client = context([("w", w)], {"w": torch.tensor([1.0])}, {"w": torch.tensor([0.4])})
     assert feddyn.local_loss(client).item() == pytest.approx(0.25 * 1 - 0.4 * 2)  # alpha/2 (w-w_t)^2 - <g, w>
     assert feddyn.client_state(client)["w"].item() == pytest.approx(0.4 - 0.5 * 1)  # g - alpha (w - w_t)
-    out = feddyn.aggregate({"w": torch.tensor([1.0])}, {"w": torch.tensor([1.2])})
+    everyone = RoundInfo(0, 2, (0, 1))
+    out = feddyn.aggregate({"w": torch.tensor([1.0])}, {"w": torch.tensor([1.2])}, everyone)
     assert feddyn.h["w"].item() == pytest.approx(-0.5 * 0.2)  # h = 0 - alpha (mean - w_t)
     assert out["w"].item() == pytest.approx(1.2 + 0.1 / 0.5)  # mean - h / alpha
+    feddyn.h = {}
+    feddyn.aggregate({"w": torch.tensor([1.0])}, {"w": torch.tensor([1.2])}, RoundInfo(0, 4, (2,)))
+    assert feddyn.h["w"].item() == pytest.approx(-0.5 * 0.2 / 4)  # one of m = 4 clients took part
     optimizer = feddyn.local_optimizer(nn.Linear(2, 1), load_config(None).local)
     assert isinstance(optimizer, torch.optim.SGD)
 
@@ -347,10 +352,10 @@ def test_every_new_method_runs_with_three_tiers_on_a_tiny_vit(tmp_path, name):
 
 @pytest.mark.flower
 @pytest.mark.xdist_group("flower")
-@pytest.mark.parametrize("name", ["example-feddyn", "heterofl"])
+@pytest.mark.parametrize("name", ["example-feddyn", "heterofl", "scaffold"])
 def test_hooks_state_and_slices_run_the_same_over_flower(tmp_path, monkeypatch, name):
-    """Client state, the extra loss, the local optimizer, the server step (FedDyn) and width slices (HeteroFL) go
-    through Flower's ClientApps exactly as in process, with three tiers."""
+    """Client state, the extra loss, the local optimizer, the server step (FedDyn), width slices (HeteroFL) and the
+    message channel's extras (SCAFFOLD) go through Flower's ClientApps exactly as in process, with three tiers."""
     pytest.importorskip("flwr", reason="needs the Flower extra: pip install -e '.[flower]'")
     from fedbt.flower.local import LocalFederation
     from tests.test_flower import THREADS, assert_same_run, assert_wire_matches_ledger, in_process, run_settings
@@ -363,5 +368,12 @@ def test_hooks_state_and_slices_run_the_same_over_flower(tmp_path, monkeypatch, 
         assert run.succeeded, f"{run.status}\n{run.output[-4000:]}\n{federation.logs()}"
     in_process(settings, tmp_path / "reference")
     assert_same_run(tmp_path / "run", tmp_path / "reference")
-    if name == "heterofl":  # FedDyn's client state also rides in the messages (outside the ledger's payload)
+    if name == "heterofl":  # FedDyn's and SCAFFOLD's client state also ride in the messages (outside the payload)
         assert_wire_matches_ledger(tmp_path / "run")
+    if name == "scaffold":  # the model tensors and the extras on the wire are the ledger's bytes
+        wire = json.loads((tmp_path / "run/metrics.json").read_text())["runtime"]["wire"]["rows"]
+        rows = {(r.round, r.client): r for r in Ledger(tmp_path / "run/ledger.csv").rows()}
+        for measured in wire:
+            row = rows[measured["round"], measured["client"]]
+            assert measured["download_payload_bytes"] == row.download_bytes
+            assert measured["upload_payload_bytes"] == row.upload_bytes

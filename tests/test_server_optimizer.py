@@ -112,9 +112,9 @@ def test_fedbt_with_a_server_optimizer_steps_on_what_fedbt_aggregates(tiny_confi
     returned = {}
     original = Simulator._server_step
 
-    def spy(self, average):
+    def spy(self, average, round_info):
         returned.update(self.method.aggregate(self.global_params, average.result(self.global_params)))
-        return original(self, average)
+        return original(self, average, round_info)
 
     monkeypatch.setattr(Simulator, "_server_step", spy)
     extra = ["method.name=fedbt", "federation.rounds=1", "server.optimizer={name: fedavgm, lr: 2, momentum: 0}"]

@@ -11,8 +11,9 @@ Beyond the plan, a method may change local training and the server step through 
 * client side (run where the client trains: in this process, or in a Flower ClientApp, so they depend only on
   their arguments): :meth:`Method.local_optimizer` (the optimizer), :meth:`Method.local_loss` (an extra loss
   term, e.g. FedProx's proximal term), :meth:`Method.client_state` (state a client keeps across its rounds,
-  e.g. FedDyn's or SCAFFOLD's correction terms; the server keeps it for the client and saves it in every
-  checkpoint, so a resumed run continues exactly), :meth:`Method.local_steps` (how many of the local steps a
+  e.g. FedDyn's correction or SCAFFOLD's own control variate; the server keeps it for the client and saves it in
+  every checkpoint, so a resumed run continues exactly; it is not communication: what must travel goes through the
+  message channel below), :meth:`Method.local_steps` (how many of the local steps a
   client of a tier runs: FedProx's variable local work);
 * server side: :meth:`Method.aggregate` (the weighted average of the uploads to new global tensors, e.g. a
   server optimizer on the pseudo-gradient) with tensor state in :meth:`Method.state_tensors` (saved with every
@@ -22,6 +23,17 @@ Beyond the plan, a method may change local training and the server step through 
   :meth:`Method.download_tensors` (what a client of a plan and tier receives in place of the global tensors) and
   :meth:`Method.receive_upload` (each upload with its client's plan, tier and weight; returns the part that
   enters the plain average).
+* the message channel: tensors beyond the model that travel, counted in the ledger like the model's:
+  :meth:`Method.download_extra` (server side: what a client receives besides its model tensors, e.g. SCAFFOLD's
+  server control variate) arrives as ``LocalContext.received_extra``; :meth:`Method.upload_extra` (client side,
+  after training: e.g. SCAFFOLD's control-variate change) reaches :meth:`Method.aggregate` as
+  ``RoundInfo.extras``. Server-side hooks get the round's facts (:class:`RoundInfo`: the round, the number of
+  clients, the round's participants), client-side ones the same in their :class:`LocalContext`.
+
+The order, per round: server ``download_tensors`` + ``encode`` and ``download_extra`` per participant; client
+``decode``, ``local_steps``, ``local_optimizer``, ``local_loss`` at every step, then ``upload_extra``,
+``client_state`` and ``encode``; server ``decode``, ``receive_upload`` per client, then ``aggregate`` and the
+server optimizer (docs/adding-a-baseline.md draws it).
 
 Registering::
 
@@ -118,6 +130,22 @@ class ClientPlan:
         return any(n in self.trainable for n in arch.layer_params(self.layer_map[position]))
 
 
+@dataclass(frozen=True)
+class RoundInfo:
+    """The facts of one round that the server-side hooks see (:meth:`Method.download_extra`,
+    :meth:`Method.aggregate`)."""
+
+    round_idx: int
+    num_clients: int
+    """Clients in the federation (all of them, not only the round's)."""
+    participants: tuple[int, ...]
+    """The round's selected clients that train (id order): a client with no data or an empty plan sits out."""
+    extras: Mapping[int, Mapping[str, torch.Tensor]] = field(default_factory=dict)
+    """For :meth:`Method.aggregate`: each client's :meth:`Method.upload_extra` as received (empty before)."""
+    weights: Mapping[int, float] = field(default_factory=dict)
+    """For :meth:`Method.aggregate`: each uploading client's aggregation weight (``federation.aggregation``)."""
+
+
 @dataclass
 class LocalContext:
     """What the client-side hooks see of one client's local training."""
@@ -136,6 +164,12 @@ class LocalContext:
     """The client's state from its last round (:meth:`Method.client_state`; empty in its first)."""
     steps: int
     lr: float
+    received_extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    """What :meth:`Method.download_extra` sent this client for the round (counted as download)."""
+    num_clients: int = 1
+    """Clients in the federation."""
+    participants: tuple[int, ...] = ()
+    """The round's participants (:attr:`RoundInfo.participants`)."""
 
 
 class Method:
@@ -153,6 +187,10 @@ class Method:
     (``"local_layers"`` or ``"width"``; None: it cannot). Under ``federation.budget_policy`` drop or refuse,
     :func:`fedbt.memory.fit_plan` then plans the client at the largest value whose plan fits (depths down to 1,
     widths in steps of 1/8)."""
+    clip_local_loss: ClassVar[bool] = True
+    """Whether ``local.max_grad_norm`` clips the gradient of :meth:`local_loss` together with the objective's
+    (True: the sum's gradient is clipped, FedProx's choice) or only the objective's, the term's gradient added after
+    clipping (False: a correction kept whole, SCAFFOLD's). The run's ``local.clip_local_loss`` overrides it."""
 
     @dataclass
     class Options:
@@ -190,6 +228,7 @@ class Method:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._plan_takes_tier = len(inspect.signature(cls.plan).parameters) >= 4
+        cls._aggregate_takes_round = len(inspect.signature(cls.aggregate).parameters) >= 4
 
     def plan(self, round_idx: int, client_id: int, tier: Tier = FULL) -> ClientPlan:
         """The plan of ``client_id`` (of resource tier ``tier``) in round ``round_idx`` (0-based). Must be
@@ -246,6 +285,12 @@ class Method:
         back as ``client.state`` in the client's next round; it never counts as communication."""
         return {}
 
+    def upload_extra(self, client: LocalContext) -> dict[str, torch.Tensor]:
+        """Tensors the client sends besides its trained tensors, computed after local training (default: none).
+        They travel as they are (no :meth:`encode`), count as upload in the ledger and reach :meth:`aggregate` in
+        ``round.extras``."""
+        return {}
+
     def extra_client_numel(self, plan: ClientPlan) -> int:
         """Elements of the tensors a client holds beyond its local model, gradients, optimizer moments and
         activations, at the parameters' dtype, for the memory estimate (:mod:`fedbt.memory`; e.g. FedProx's copy
@@ -269,6 +314,12 @@ class Method:
         state sends its own copies under the global names."""
         return {n: plan.block(n, global_params[n]) for n in plan.download_names(self.arch)}
 
+    def download_extra(self, round: RoundInfo, client_id: int, plan: ClientPlan) -> dict[str, torch.Tensor]:
+        """Tensors a participant receives besides its model tensors (default: none; SCAFFOLD: the server control
+        variate). They travel as they are (no :meth:`encode`), count as download in the ledger and reach the client
+        as ``LocalContext.received_extra``."""
+        return {}
+
     def receive_upload(
         self, plan: ClientPlan, tier: Tier, upload: Mapping[str, torch.Tensor], weight: float
     ) -> dict[str, torch.Tensor]:
@@ -281,8 +332,18 @@ class Method:
         self, global_params: Mapping[str, torch.Tensor], averaged: Mapping[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         """Turn the weighted average of the uploads into the new global tensors (default: take it). A server
-        optimizer keeps its state in attributes and returns them from :meth:`state_tensors`."""
+        optimizer keeps its state in attributes and returns them from :meth:`state_tensors`. Declared with a third
+        argument, ``aggregate(global_params, averaged, round)``, it also gets the round's :class:`RoundInfo` with
+        the clients' upload extras and weights."""
         return dict(averaged)
+
+    def server_aggregate(
+        self, global_params: Mapping[str, torch.Tensor], averaged: Mapping[str, torch.Tensor], round: RoundInfo
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`aggregate`, given the round if it takes it (what the simulator calls)."""
+        if self._aggregate_takes_round:
+            return self.aggregate(global_params, averaged, round)
+        return self.aggregate(global_params, averaged)
 
     def server_optimizer(self) -> ServerOptimizer | None:
         """The server optimizer the method runs on what :meth:`aggregate` returns (default: none; ``fedadam`` and

@@ -35,6 +35,7 @@ What a client downloads comes from ``method.download_tensors`` and each upload p
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -52,7 +53,7 @@ from fedbt.config import LocalConfig, ServerOptimizerConfig
 from fedbt.costs import analytic_train_flops
 from fedbt.errors import FedBTError
 from fedbt.federated.aggregate import WeightedAverage, client_weight
-from fedbt.federated.method import ClientPlan, LocalContext, Method
+from fedbt.federated.method import ClientPlan, LocalContext, Method, RoundInfo
 from fedbt.federated.server_optimizer import server_optimizer_for
 from fedbt.federated.tiers import FULL, Tier
 from fedbt.ledger import IDLE, NO_DATA, OVER_BUDGET, Ledger, LedgerRow, format_layers, payload_nbytes
@@ -115,6 +116,11 @@ class ClientTask:
     """The downloaded global tensors as the method encodes them (what travels)."""
     state: dict[str, torch.Tensor] = field(default_factory=dict)
     """The client's own state from its last round (:meth:`Method.client_state`; not communication)."""
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    """The method's extra download (:meth:`Method.download_extra`; counted as download)."""
+    num_clients: int = 1
+    participants: tuple[int, ...] = ()
+    """The round's participants (:attr:`~fedbt.federated.method.RoundInfo.participants`)."""
 
 
 @dataclass
@@ -126,6 +132,8 @@ class ClientUpdate:
     row: LedgerRow
     state: dict[str, torch.Tensor] = field(default_factory=dict)
     """The client's state for its next round (not communication)."""
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    """The method's extra upload (:meth:`Method.upload_extra`; counted as upload)."""
 
 
 class LocalTrainer:
@@ -153,7 +161,11 @@ class LocalTrainer:
         self._local_models: dict[tuple, nn.Module] = {}
         self._loss_hook = type(method).local_loss is not Method.local_loss
         # the hooks that read the start values and the client's state (others need no copies of them)
-        self._client_hooks = self._loss_hook or type(method).client_state is not Method.client_state
+        self._client_hooks = self._loss_hook or any(
+            getattr(type(method), hook) is not getattr(Method, hook) for hook in ("client_state", "upload_extra")
+        )
+        clip = setup.local.clip_local_loss
+        self.clip_local_loss = method.clip_local_loss if clip is None else clip
 
     def train(self, task: ClientTask) -> ClientUpdate:
         """Train client ``task.client_id`` on its data from the tensors of ``task``: its encoded upload, ledger row
@@ -181,14 +193,16 @@ class LocalTrainer:
             flop_count_steps=local.flop_count_steps,
             optimizer=optimizer,
             extra_loss=(lambda: method.local_loss(context)) if self._loss_hook else None,
+            clip_extra_loss=self.clip_local_loss,
             group_by_length=local.group_by_length,
             flops_model=lambda shapes: self._analytic_flops(plan, shapes),
         )
         upload = method.encode(extract_to_global(model, fresh, plan.trainable))
-        row = self._row(task, len(examples), result, upload)
+        extra = {n: t.detach().cpu() for n, t in method.upload_extra(context).items()}
+        row = self._row(task, len(examples), result, upload, extra)
         row.state_bytes = loop.training_state_bytes(model, optimizer)
         new_state = {n: t.detach().cpu() for n, t in method.client_state(context).items()}
-        return ClientUpdate(upload, row, new_state)
+        return ClientUpdate(upload, row, new_state, extra)
 
     def _steps(self, client_id: int, examples: int) -> int:
         """Local steps of a client with ``examples`` examples (a fixed budget scales with the clients pooled), as
@@ -220,15 +234,28 @@ class LocalTrainer:
         start = {g: received[g].detach().to(device) for g, _ in trained} if hooks else {}
         state = {n: t.to(device) for n, t in task.state.items()} if hooks else {}
         return LocalContext(
-            task.round_idx, task.client_id, task.plan, model, trained, start, state, steps, self.setup.local.lr
+            task.round_idx,
+            task.client_id,
+            task.plan,
+            model,
+            trained,
+            start,
+            state,
+            steps,
+            self.setup.local.lr,
+            received_extra={n: t.to(device) for n, t in task.extra.items()},
+            num_clients=task.num_clients,
+            participants=task.participants,
         )
 
-    def _row(self, task: ClientTask, examples: int, result: loop.TrainResult, upload: Mapping) -> LedgerRow:
-        """The client's ledger row (the server adds the download and the tier)."""
+    def _row(
+        self, task: ClientTask, examples: int, result: loop.TrainResult, upload: Mapping, extra: Mapping
+    ) -> LedgerRow:
+        """The client's ledger row (the server adds the download and the tier); the upload counts the extras."""
         plan = task.plan
         row = LedgerRow(round=task.round_idx, client=task.client_id, examples=examples)
         if self.method.transmits:
-            row.upload_params, row.upload_bytes = payload_nbytes(upload)
+            row.upload_params, row.upload_bytes = message_nbytes(upload, extra)
         row.steps, row.tokens = result.steps, result.tokens
         row.trained_layers = format_layers(plan.trained_layers(self.arch))
         row.measured_flops, row.measured_steps = result.measured_flops, result.measured_steps
@@ -308,13 +335,22 @@ HOOKS = (
     "local_loss",
     "client_state",
     "local_steps",
+    "upload_extra",
     "download_tensors",
+    "download_extra",
     "receive_upload",
     "aggregate",
     "server_optimizer",
 )
 SERVER_OPTIMIZER = "server_optimizer/"
 """Key prefix of the server optimizer's state among the checkpoint's method tensors."""
+
+
+def message_nbytes(tensors: Mapping[str, torch.Tensor], extra: Mapping[str, torch.Tensor]) -> tuple[int, int]:
+    """Elements and bytes of a message: the (encoded) model tensors and the method's extras."""
+    params, nbytes = payload_nbytes(tensors)
+    extra_params, extra_bytes = payload_nbytes(extra)
+    return params + extra_params, nbytes + extra_bytes
 
 
 def training_rule(method: Method) -> list:
@@ -359,6 +395,9 @@ class Simulator:
         self.tiers = self.trainer.tiers
         self.client_states: dict[int, dict[str, torch.Tensor]] = {}
         self._fitted: dict[tuple[int, int], Fitted] = {}
+        self._rounds: dict[int, RoundInfo] = {}
+        self._extras: dict[int, dict[str, torch.Tensor]] = {}
+        """This round's upload extras by client (:meth:`receive`), for the server step."""
         self.server_optimizer = server_optimizer_for(method, setup.server_optimizer)
         self._rule = training_rule(method)
         if self.server_optimizer is not None:
@@ -408,24 +447,34 @@ class Simulator:
         generator = torch.Generator().manual_seed(derive_seed(self.setup.seed, SELECT, round_idx))
         return sorted(torch.randperm(n, generator=generator)[:k].tolist())
 
+    def round_info(self, round_idx: int) -> RoundInfo:
+        """The round's facts for the method's hooks: the number of clients and the round's participants."""
+        if round_idx not in self._rounds:
+            selected = self.selected_clients(round_idx)
+            participants = tuple(c for c in selected if self.clients[c] and self.plan(round_idx, c).trainable)
+            self._rounds[round_idx] = RoundInfo(round_idx, len(self.clients), participants)
+        return self._rounds[round_idx]
+
     def _run_round(self, round_idx: int) -> dict:
         started = time.perf_counter()
         average = WeightedAverage(self.shapes)
         rows: list[LedgerRow] = []
         plans = []
         clients = self.selected_clients(round_idx)
-        uploaded = False
+        weights: dict[int, float] = {}
+        self._extras = {}
         for payload, row in self.runtime.train_clients(self, round_idx, clients):
             if payload:
-                weight = client_weight(row.examples, self.setup.aggregation)
+                weight = weights[row.client] = client_weight(row.examples, self.setup.aggregation)
                 plan, tier = self.plan(round_idx, row.client), self.tier_of(row.client)
                 average.add(self.method.receive_upload(plan, tier, payload, weight), weight, plan.slices)
-                uploaded = True
             rows.append(row)
             plans.append(self._plan_summary(round_idx, row.client, row))
             del payload
-        if uploaded:
-            self._write_global(self._server_step(average))
+        if weights:
+            round_info = dataclasses.replace(self.round_info(round_idx), extras=self._extras, weights=weights)
+            self._write_global(self._server_step(average, round_info))
+        self._extras = {}
         self.ledger.append(rows)
         trained = [r for r in rows if r.steps]
         total_examples = sum(r.examples for r in trained)
@@ -503,10 +552,20 @@ class Simulator:
         """The client's plan for the round, the global tensors (or blocks) it downloads, encoded by the method, and
         the state it kept from its last round."""
         plan = self.plan(round_idx, client_id)
-        task = ClientTask(round_idx, client_id, plan, {}, self.client_states.get(client_id, {}))
+        round_info = self.round_info(round_idx)
+        task = ClientTask(
+            round_idx,
+            client_id,
+            plan,
+            {},
+            self.client_states.get(client_id, {}),
+            num_clients=round_info.num_clients,
+            participants=round_info.participants,
+        )
         if not self.sits_out(task):
             tensors = self.method.download_tensors(plan, self.tier_of(client_id), self.global_params)
             task.download = self.method.encode(tensors)
+            task.extra = self.method.download_extra(round_info, client_id, plan)
         return task
 
     def sits_out(self, task: ClientTask) -> bool:
@@ -534,15 +593,17 @@ class Simulator:
         row = update.row
         self._name_tier(row, self.fitted(task.round_idx, task.client_id))
         if self.method.transmits:
-            row.download_params, row.download_bytes = payload_nbytes(task.download)
+            row.download_params, row.download_bytes = message_nbytes(task.download, task.extra)
         if update.state:
             self.client_states[task.client_id] = update.state
+        if update.extra:
+            self._extras[task.client_id] = update.extra
         return self.method.decode(update.upload), row
 
-    def _server_step(self, average: WeightedAverage) -> dict[str, torch.Tensor]:
-        """The round's new global tensors: ``method.aggregate`` of the average, then the server optimizer (if any)
-        on the pseudo-gradient of what it returned."""
-        new = self.method.aggregate(self.global_params, average.result(self.global_params))
+    def _server_step(self, average: WeightedAverage, round_info: RoundInfo) -> dict[str, torch.Tensor]:
+        """The round's new global tensors: ``method.aggregate`` of the average (with the round's facts and upload
+        extras), then the server optimizer (if any) on the pseudo-gradient of what it returned."""
+        new = self.method.server_aggregate(self.global_params, average.result(self.global_params), round_info)
         return self.server_optimizer.step(self.global_params, new) if self.server_optimizer else new
 
     def _server_state(self) -> dict[str, torch.Tensor]:

@@ -164,9 +164,11 @@ class WireCount:
         return self.message_bytes - (self.payload_bytes - self.duplicate_bytes)
 
 
-def count_wire(message: Message, record: str) -> WireCount:
-    """Measure ``message``; its tensors are those of the ``ArrayRecord`` named ``record``."""
-    arrays = list(message.content.array_records[record].values())
+def count_wire(message: Message, *records: str) -> WireCount:
+    """Measure ``message``; its tensors are those of the ``ArrayRecord``-s named ``records`` (absent ones count
+    none)."""
+    content = message.content.array_records
+    arrays = [array for record in records if record in content for array in content[record].values()]
     payload = sum(len(array.data) for array in arrays)
     chunks = {chunk_id: len(chunk.data) for array in arrays for chunk_id, chunk in array.slice_array()}
     objects = get_all_nested_objects(message).values()

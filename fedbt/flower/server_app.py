@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 TRAIN = "train"
 PARTITION_QUERY = "query.partition"
-TASK_RECORD, UPLOAD_RECORD = "download", "upload"  # the tensor fields of ClientTask and ClientUpdate
+# the counted tensor fields of ClientTask and ClientUpdate: the model tensors and the method's extras
+TASK_RECORDS, UPLOAD_RECORDS = ("download", "extra"), ("upload", "extra")
 POLL_SECONDS = 0.2
 
 app = ServerApp()
@@ -162,7 +163,7 @@ class FlowerClients:
         return replies
 
     def _count(self, task: ClientTask, sent: Message, reply: Message) -> None:
-        down, up = codec.count_wire(sent, TASK_RECORD), codec.count_wire(reply, UPLOAD_RECORD)
+        down, up = codec.count_wire(sent, *TASK_RECORDS), codec.count_wire(reply, *UPLOAD_RECORDS)
         row = {"round": task.round_idx, "client": task.client_id}
         for direction, count in (("download", down), ("upload", up)):
             row.update(

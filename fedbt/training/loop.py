@@ -206,20 +206,22 @@ def train(
     flop_count_steps: int = 0,
     optimizer: torch.optim.Optimizer | None = None,
     extra_loss: Callable[[], torch.Tensor | None] | None = None,
+    clip_extra_loss: bool = True,
     group_by_length: bool = False,
     flops_model: Callable[[dict[int, list[int]]], int] | None = None,
 ) -> TrainResult:
     """Train ``model``'s trainable parameters for ``steps`` steps and measure the pass.
 
-    A fresh AdamW (``lr``, ``weight_decay``) is made unless ``optimizer`` is given (to continue one across
-    several calls, e.g. epochs of centralised fine-tuning, or a method's own local optimizer). ``extra_loss``
-    (e.g. a proximal term) is added to the objective's loss at every step; the mean loss reported is the
-    objective's alone. ``group_by_length`` batches examples of similar length. Measured FLOPs are counted on
-    every step (``flop_count_steps=-1``) or on the first ``flop_count_steps`` (0: none) and then scaled to all
-    steps by ``flops_model`` (the analytic FLOPs of given shapes: each step weighs by its own length, sequences
-    and predicted tokens) or, without one, by the positions (sequences x padded length) the steps compute.
-    Counting costs CPU time, which the compute seconds include: about 8 % of a MiniLM step at 32 tokens, 20-30 %
-    of a tiny test model's (one CPU thread).
+    A fresh AdamW (``lr``, ``weight_decay``) is made unless ``optimizer`` is given (to continue one across several
+    calls, e.g. epochs of centralised fine-tuning, or a method's own local optimizer). ``extra_loss`` (e.g. a
+    proximal term) is added to the objective's loss at every step; the mean loss reported is the objective's alone.
+    ``max_grad_norm`` clips the sum's gradient, or with ``clip_extra_loss=False`` only the objective's (the extra
+    term's gradient is added after clipping). ``group_by_length`` batches examples of similar length. Measured FLOPs
+    are counted on every step (``flop_count_steps=-1``) or on the first ``flop_count_steps`` (0: none) and then
+    scaled to all steps by ``flops_model`` (the analytic FLOPs of given shapes: each step weighs by its own length,
+    sequences and predicted tokens) or, without one, by the positions (sequences x padded length) the steps compute.
+    Counting costs CPU time, which the compute seconds include: about 8 % of a MiniLM step at 32 tokens, 20-30 % of
+    a tiny test model's (one CPU thread).
     """
     model.train()
     optimizer = optimizer if optimizer is not None else adamw(model, lr, weight_decay)
@@ -245,7 +247,8 @@ def train(
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss = objective.loss(model, batch)
             extra = extra_loss() if extra_loss is not None else None
-            (loss if extra is None else loss + extra).backward()
+            clip_with_loss = extra is not None and (clip_extra_loss or max_grad_norm is None)
+            (loss + extra if clip_with_loss else loss).backward()
         if counter is not None:
             counted_flops += counter.get_total_flops()
             counted_steps += 1
@@ -255,6 +258,8 @@ def train(
             counted[1] += batch_predicted
         if max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+        if extra is not None and not clip_with_loss:
+            extra.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         total_loss += loss.detach().double()
