@@ -112,6 +112,12 @@ def _estimate(args: argparse.Namespace) -> int:
             f"{name:<18} {row['jobs']:>5} {row['client_flops'] / 1e12:>16,.1f} {row['evaluation_flops'] / 1e12:>14,.1f}"
             f" {row['client_device_hours']:>10,.2f} {row['device_hours']:>10,.2f}"
         )
+    total = result["total"]
+    print(
+        f"disk: {total['disk_bytes'] / 1e9:,.2f} GB of models ({total['kept_inputs_bytes'] / 1e9:,.2f} GB starting "
+        f"models and students, {(total['disk_bytes'] - total['kept_inputs_bytes']) / 1e9:,.2f} GB kept by jobs: "
+        "keep_models / keep_model, tracking.log_model); ledgers, metrics and logs add KB per job"
+    )
     bases = sorted({job["lengths"] for job in result["jobs"]})
     print(f"sequence lengths: {', '.join(bases)} (max_length = upper bound: no token cache built here yet)")
     if args.jobs:

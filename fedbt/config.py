@@ -172,6 +172,10 @@ class LocalConfig:
     mim_mask_ratio: float = 0.6
     """Share of patches masked per image in masked image modelling (SimMIM's default 0.6)."""
     max_grad_norm: float | None = 1.0
+    clip_local_loss: bool | None = None
+    """Whether ``max_grad_norm`` also clips the gradient of a method's extra loss term (``local_loss``: FedProx's
+    proximal term, SCAFFOLD's correction) or only the objective's (None: the method's own choice,
+    ``Method.clip_local_loss``: true for FedProx and FedDyn, false for SCAFFOLD)."""
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     flop_count_steps: int = -1
@@ -210,7 +214,8 @@ class TrackingConfig:
     tags: dict[str, str] = field(default_factory=dict)
     """Extra run tags; the pipeline sets ``variant`` and ``data`` (the study config's labels)."""
     log_model: bool = True
-    """Log the run directory's ``model/`` as the run's MLflow model (off for paper-scale studies: disk)."""
+    """Log the final model as the run's MLflow model: by reference (a tag with its path, no artifacts) while the run
+    directory keeps it (``keep_model``), else as a copy of ``model/``, which is then the only one."""
     system_metrics: bool = False
     """Sample CPU, memory and GPU use into ``system/*`` metrics while the run trains."""
 
@@ -257,6 +262,10 @@ class RunConfig:
     scenario: Scenario = "pretrain"
     seed: int = 0
     out_dir: str | None = None
+    keep_model: bool = True
+    """Keep the final model in the run directory's ``model/`` after the run (false: removed once evaluated and
+    recorded; ``tracking.log_model`` then stores the one copy in MLflow, else none is kept). A kept model is logged
+    to MLflow by reference (its path), never copied."""
     plugins: list[str] = field(default_factory=list)
     method: MethodConfig = field(default_factory=MethodConfig)
     server: ServerConfig = field(default_factory=ServerConfig)

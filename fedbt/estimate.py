@@ -51,6 +51,11 @@ class JobCost:
     (:mod:`fedbt.memory`, as the simulator fits them under ``federation.budget_policy``)."""
     dropped_client_rounds: int = 0
     """Client-rounds whose plan does not fit the tier's budget under ``budget_policy: drop``."""
+    model_bytes: int = 0
+    """Bytes of the job's final model (fp32 safetensors), counted in :attr:`disk_bytes` when the job keeps it."""
+    disk_bytes: int = 0
+    """What the job leaves on disk of its model: in its run directory (``keep_model``) or as the one MLflow copy
+    (``tracking.log_model`` without ``keep_model``); 0 when it keeps none."""
 
 
 # ------------------------------------------------------------------------------------ the jobs
@@ -99,7 +104,12 @@ def _job_config(
         starting = {"model.source": study["starting_models"][data_spec["start"]]["overrides"]["model.source"]}
     if vspec.get("student"):
         options["student"] = _student_arch(study, vspec["student"])
+    kept = {
+        "keep_model": study.get("keep_models", False),
+        "tracking.log_model": (study.get("tracking") or {}).get("log_model", False),
+    }
     layers = [
+        kept,
         study.get("defaults") or {},
         (study.get("scenarios") or {}).get(scenario) or {},
         data_spec.get("overrides") or {},
@@ -386,7 +396,10 @@ def job_cost(study: str, data: str, variant: str, seed: int, config: RunConfig) 
     if config.scenario == "pretrain" and task_name:
         evaluation_flops += _downstream(config, task_name, tasks, source, settings, max_length)
     lengths = "cache" if pool.lengths is not None else "max_length"
-    return JobCost(study, data, variant, seed, client_flops, evaluation_flops, lengths, notes, memory_mb, dropped)
+    cost = JobCost(study, data, variant, seed, client_flops, evaluation_flops, lengths, notes, memory_mb, dropped)
+    cost.model_bytes = 4 * arch.numel(arch.names)
+    cost.disk_bytes = cost.model_bytes if config.keep_model or config.tracking.log_model else 0
+    return cost
 
 
 def _num_labels(config: RunConfig, task_name: str, notes: list[str]) -> int:
@@ -454,21 +467,45 @@ def measured_tflops(path: Path = THROUGHPUT_FILE) -> tuple[float, str] | None:
     return float(measured["sustained_tflops"]), measured["device"]
 
 
+def kept_inputs_bytes(study: Mapping[str, Any]) -> int:
+    """Bytes of the starting models and distilled students the pipeline builds and keeps (later jobs read them):
+    fp32 weights of their architectures."""
+    from fedbt.costs import head_for, meta_arch
+    from fedbt.models import ModelArch
+
+    sources = [
+        (spec["overrides"]["model.source"], spec["overrides"].get("local.objective", "mlm"))
+        for spec in (study.get("starting_models") or {}).values()
+    ]
+    sources += [(_student_arch(study, name), "mlm") for name in study.get("students") or {}]
+    total = 0
+    for source, head in sources:
+        model, _ = meta_arch(source, head_for(source, head))
+        arch = ModelArch.from_model(model)
+        total += 4 * arch.numel(arch.names)
+    return total
+
+
 def estimate(study: Mapping[str, Any], tflops: float) -> dict[str, Any]:
-    """Every job's FLOPs, per study and in total, with device-hours at ``tflops`` sustained TFLOP/s, and
+    """Every job's FLOPs, per study and in total, with device-hours at ``tflops`` sustained TFLOP/s, the disk its
+    kept models take (``disk_bytes``; ``total.disk_bytes`` adds the starting models and students), and
     ``memory_mb``: per study, variant and tier, the largest memory estimate of a client plan (MB)."""
     jobs = [job_cost(*job) for job in study_jobs(study)]
     hours = 1.0 / (tflops * 1e12 * 3600)
     studies: dict[str, dict[str, Any]] = {}
     for job in jobs:
-        row = studies.setdefault(job.study, {"jobs": 0, "client_flops": 0, "evaluation_flops": 0})
+        row = studies.setdefault(job.study, {"jobs": 0, "client_flops": 0, "evaluation_flops": 0, "disk_bytes": 0})
         row["jobs"] += 1
         row["client_flops"] += job.client_flops
         row["evaluation_flops"] += job.evaluation_flops
+        row["disk_bytes"] += job.disk_bytes
     for row in studies.values():
         row["device_hours"] = (row["client_flops"] + row["evaluation_flops"]) * hours
         row["client_device_hours"] = row["client_flops"] * hours
-    total = {key: sum(row[key] for row in studies.values()) for key in ("jobs", "client_flops", "evaluation_flops")}
+    keys = ("jobs", "client_flops", "evaluation_flops", "disk_bytes")
+    total = {key: sum(row[key] for row in studies.values()) for key in keys}
+    total["kept_inputs_bytes"] = kept_inputs_bytes(study)
+    total["disk_bytes"] += total["kept_inputs_bytes"]
     total["device_hours"] = (total["client_flops"] + total["evaluation_flops"]) * hours
     total["client_device_hours"] = total["client_flops"] * hours
     memory: dict[str, dict[str, dict[str, float]]] = {}

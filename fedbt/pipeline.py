@@ -295,7 +295,7 @@ class Plan:
         self.tracking_layer = {
             "tracking.enabled": self.tracking_on,
             "tracking.uri": self.tracking_uri,
-            "tracking.log_model": tracking.get("log_model", True),
+            "tracking.log_model": tracking.get("log_model", False),
             "tracking.system_metrics": tracking.get("system_metrics", False),
         }
         self.jobs = self._plan_jobs()
@@ -457,6 +457,7 @@ class Plan:
         }
         layers = [
             self._data_layer(),
+            {"keep_model": self.config.get("keep_models", False)},
             self.config.get("defaults") or {},
             (self.config.get("scenarios") or {}).get(job.scenario) or {},
             self.config["data"][job.data].get("overrides") or {},

@@ -309,7 +309,7 @@ def record(
     tracker: RunTracker | NoTracking,
 ) -> dict[str, Any]:
     """Step 4: the run's metrics (``metrics.json``); the live MLflow run ends FINISHED; the checkpoint is
-    removed."""
+    removed, and so is the model unless ``keep_model``."""
     config, out_dir, method = prepared.config, prepared.out_dir, prepared.method
     records, partition = simulated.records, federation.data.partition
     device = federation.setup.device
@@ -330,6 +330,7 @@ def record(
         "plan_sha256": hashlib.sha256("".join(r["plan_sha256"] for r in records).encode()).hexdigest(),
         "costs": simulated.ledger.summary(),
         "evaluation": evaluation,
+        "model_kept": config.keep_model,
         "federated_seconds": simulated.seconds,
         "total_seconds": time.perf_counter() - started,
     }
@@ -347,6 +348,8 @@ def record(
     if run_id is not None:
         metrics["mlflow_run_id"] = run_id
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    if not config.keep_model:  # evaluated and recorded (copied into MLflow if tracking.log_model): not kept here
+        shutil.rmtree(simulated.model_dir, ignore_errors=True)
     return metrics
 
 

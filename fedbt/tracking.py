@@ -45,6 +45,7 @@ T = TypeVar("T")
 RUN_KEY_TAG = "fedbt.run_key"
 CONFIG_TAG = "fedbt.config_sha256"
 ROUNDS_TAG = "fedbt.rounds_logged"
+MODEL_DIR_TAG = "fedbt.model_dir"  # logged-model tag: the run directory's model/ it stands for (not copied)
 STUDY_SCOPE_TAG = "fedbt.study."  # experiment tag prefix: one JSON scope per study
 STUDIES_TAG = "studies"  # run tag: the studies that read the run, comma-separated
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3's UI opens on the runs list
@@ -305,6 +306,7 @@ class RunTracker:
         self.tags = identity_tags(config)
         self.run_dir = Path(run_dir)
         self.log_model = config.tracking.log_model
+        self.keep_model = config.keep_model
         self.system_metrics = config.tracking.system_metrics
         self.run_id: str | None = None
         self.experiment_id: str | None = None
@@ -481,7 +483,8 @@ class RunTracker:
 
     def finish(self, final_metrics: Mapping[str, float], tags: Mapping[str, str], model_dir: Path | None) -> str:
         """Log the final metrics, tags, the run directory's files and the model (unless ``tracking.log_model``
-        is off); end the run FINISHED. Returns the run id."""
+        is off: by reference while the run directory keeps it, else a copy); end the run FINISHED. Returns the run
+        id."""
         from mlflow.entities import Metric
 
         client = _client(self.uri)
@@ -491,26 +494,32 @@ class RunTracker:
             if (self.run_dir / name).is_file():
                 _retry(lambda name=name: client.log_artifact(self.run_id, str(self.run_dir / name)))
         if self.log_model and model_dir is not None and model_dir.is_dir():
-            self._log_model(client, model_dir, step=max(self.rounds_logged - 1, 0))
+            self._log_model(client, model_dir, step=max(self.rounds_logged - 1, 0), copy=not self.keep_model)
         self._stop_monitor()
         self._end("FINISHED")
         self._finished = True
         return self.run_id
 
-    def _log_model(self, client, model_dir: Path, step: int) -> None:
-        """The run directory's ``model/`` (a transformers checkpoint) as an MLflow logged model of the run."""
+    def _log_model(self, client, model_dir: Path, step: int, copy: bool) -> None:
+        """The run directory's ``model/`` (a transformers checkpoint) as an MLflow logged model of the run: its files
+        copied into the artifact store (``copy``), or by reference, the tag ``fedbt.model_dir`` naming the kept
+        directory (no second copy on disk)."""
         from mlflow.entities import LoggedModelOutput
 
+        tags = {"fedbt.format": "transformers save_pretrained", "method": self.tags["method"]}
+        if not copy:
+            tags[MODEL_DIR_TAG] = str(model_dir.resolve())
         model = _retry(
             lambda: client.create_logged_model(
                 self.experiment_id,
                 name=logged_model_name(self.run_name),
                 source_run_id=self.run_id,
-                tags={"fedbt.format": "transformers save_pretrained", "method": self.tags["method"]},
+                tags=tags,
                 model_type="transformers",
             )
         )
-        client.log_model_artifacts(model.model_id, str(model_dir))
+        if copy:
+            client.log_model_artifacts(model.model_id, str(model_dir))
         _retry(lambda: client.finalize_logged_model(model.model_id, "READY"))
         _retry(lambda: client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, step)]))
 

@@ -216,3 +216,10 @@ def test_estimate_of_the_paper_study_offline():
         jobs[("finetune", "chemprot", "fedbt-ft")]["client_flops"]
         < jobs[("finetune", "chemprot", "fedavg")]["client_flops"]
     )
+    assert total["disk_bytes"] == total["kept_inputs_bytes"] == 0, "no job keeps its model; no starting model"
+
+    study["keep_models"] = True  # every job keeps its bert-base model: 4 bytes per parameter
+    kept = estimate(study, tflops=400.0)
+    bert_base = next(j for j in kept["jobs"] if j["variant"] == "fedavg" and j["study"] == "pretrain")["model_bytes"]
+    assert 4 * 109e6 < bert_base < 4 * 111e6  # bert-base-uncased with its MLM head (tied decoder): ~110 M
+    assert kept["total"]["disk_bytes"] == sum(j["model_bytes"] for j in kept["jobs"])

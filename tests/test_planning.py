@@ -145,6 +145,16 @@ def test_resources_and_tracking_settings_reach_the_jobs():
     assert "tracking.log_model=false" in sets and "tracking.uri=sqlite:///results/mlflow.db" in sets
 
 
+def test_jobs_keep_no_model_unless_asked_and_starting_models_are_kept():
+    config = study_config("config.yaml")
+    plan = Plan(config)
+    job = next(iter(plan.jobs.values()))
+    assert load_config(None, plan.job_sets(job)).keep_model is False
+    assert load_config(None, plan.start_sets("minilm-mlm")).keep_model is True, "later jobs read model/"
+    config["keep_models"] = True
+    assert load_config(None, Plan(config).job_sets(job)).keep_model is True
+
+
 @pytest.mark.parametrize(
     ("change", "key"),
     [

@@ -18,6 +18,7 @@ from fedbt.data.provenance import files_sha256
 from fedbt.federated.simulator import Simulator
 from fedbt.run import execute, prepare
 from fedbt.tracking import (
+    MODEL_DIR_TAG,
     RUN_KEY_TAG,
     STATE_FILE,
     StudyScope,
@@ -66,6 +67,9 @@ def test_run_is_running_while_it_trains_and_ends_finished(tracked, tmp_path, mon
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"metrics.json", "ledger.csv", "config.yaml"}
     [model] = client.search_logged_models([run.info.experiment_id])
     assert model.source_run_id == run.info.run_id and run.outputs.model_outputs[0].model_id == model.model_id
+    kept = config.resolved_out_dir() / "model"
+    assert model.tags[MODEL_DIR_TAG] == str(kept.resolve()) and (kept / "model.safetensors").is_file()
+    assert client.list_logged_model_artifacts(model.model_id) == [], "a kept model is logged by reference, not copied"
     assert (tmp_path / "mlartifacts").is_dir() and artifact_root(config.tracking.uri).endswith("mlartifacts")
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
@@ -91,6 +95,16 @@ def test_tags_and_dataset_inputs(tracked):
     [partition] = [i for name, i in inputs.items() if name.startswith("partition-")]
     assert json.loads(partition.dataset.profile)["sha256"] == metrics["partition"]["sha256"]
     assert json.loads(partition.dataset.profile)["client_sizes"] == metrics["partition"]["sizes"]
+
+
+def test_a_model_not_kept_is_logged_once_as_a_copy(tracked):
+    config = tracked("keep_model=false")
+    metrics = execute(prepare(config))
+    assert metrics["model_kept"] is False and not (config.resolved_out_dir() / "model").exists()
+    client = MlflowClient(tracking_uri=config.tracking.uri)
+    [model] = client.search_logged_models([client.get_run(metrics["mlflow_run_id"]).info.experiment_id])
+    assert MODEL_DIR_TAG not in model.tags
+    assert "model.safetensors" in {a.path for a in client.list_logged_model_artifacts(model.model_id)}
 
 
 def test_model_artifact_can_be_switched_off(tracked):
