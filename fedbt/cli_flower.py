@@ -33,6 +33,13 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--fresh", action="store_true", help="discard an earlier checkpoint in the run directory")
     parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     parser.add_argument("--no-wire", action="store_true", help="do not measure the bytes of every message")
+    parser.add_argument(
+        "--round-deadline",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="drop a client that has not replied within SECONDS of its round's start (default 0: no deadline)",
+    )
     parser.add_argument("--workdir", help="keep the SuperLink/SuperNode homes and logs here (default: a temp dir)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the run (default 3600)")
     parser.set_defaults(handler=main)
@@ -54,7 +61,9 @@ def main(args: argparse.Namespace) -> int:
         fresh=args.fresh,
         wire=not args.no_wire,
         wait_nodes=120.0,
+        round_deadline=args.round_deadline,
     )
+    RunSettings.from_run_config(settings.as_run_config())  # a negative deadline fails here
     prepared = prepare(settings.load())  # a bad config fails here, before any process starts
     clients = prepared.config.federation.clients
     with tempfile.TemporaryDirectory(prefix="fedbt-flower-") as tmp:

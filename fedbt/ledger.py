@@ -25,10 +25,15 @@ MB = 10**6
 
 
 TRAINED, IDLE, NO_DATA, OVER_BUDGET = "trained", "idle", "no_data", "over-budget"
+FAILED, MISSED_DEADLINE = "failed", "missed-deadline"
 """Row statuses: the client trained; its plan trained nothing (it sat the round out); it holds no examples (it
 sat the round out: no bytes, no FLOPs, aggregation weight 0); its plan's memory estimate exceeds its tier's budget
 under ``federation.budget_policy: drop`` (it sat the round out as a device out of memory would; the row keeps the
-estimate and the budget)."""
+estimate and the budget). Over Flower, a node whose ClientApp raised (``failed``) or that did not reply within the
+round's deadline (``missed-deadline``) is dropped for the round: its download was sent and is counted, it uploads
+nothing, weighs 0 in the average and keeps its state; the runtime's report (``metrics.json``) holds the reason."""
+DROPPED = (OVER_BUDGET, FAILED, MISSED_DEADLINE)
+"""Statuses of a client that was meant to train in the round and did not."""
 
 
 @dataclass
@@ -170,12 +175,15 @@ class Ledger:
             )
         }
         over = sum(row.status == OVER_BUDGET for row in rows)
+        dropped = sum(row.status in DROPPED for row in rows)
         summary: dict[str, float] = {
             "rounds": len(rounds),
             "client_rounds": trained,
             "idle_client_rounds": len(rows) - trained,
             "over_budget_client_rounds": over,
-            "dropped_client_rounds_pct": 100.0 * over / max(len(rows), 1),
+            "failed_client_rounds": sum(row.status == FAILED for row in rows),
+            "missed_deadline_client_rounds": sum(row.status == MISSED_DEADLINE for row in rows),
+            "dropped_client_rounds_pct": 100.0 * dropped / max(len(rows), 1),
         }
         summary.update({f"total_{name}": value for name, value in totals.items()})
         summary["total_client_seconds"] = sum(row.seconds for row in rows)
@@ -203,8 +211,8 @@ class Ledger:
         """Per resource tier: its clients and client-rounds, its costs per client-round of the tier (FLOPs, bytes,
         seconds; a round a client sat out costs 0 and counts, so a tier that never trains costs 0), its largest
         peak memory, training state and memory estimate, whether they exceed the tier's memory budget (None: no
-        budget), and the client-rounds it sat out over budget (``dropped_client_rounds_pct``: their share of the
-        tier's client-rounds)."""
+        budget), and the client-rounds it sat out over budget (``dropped_client_rounds_pct``: the share of the
+        tier's client-rounds dropped over budget, failed or past the deadline)."""
         rows = self.rows()
         summary = {}
         for tier in tiers:
@@ -214,6 +222,7 @@ class Ledger:
             state = max((row.state_bytes for row in own), default=0)
             estimated = max((row.memory_estimate_bytes for row in own), default=0)
             over = sum(row.status == OVER_BUDGET for row in own)
+            dropped = sum(row.status in DROPPED for row in own)
             budget = None if tier.memory_mb is None else tier.memory_mb * MB
             summary[tier.name] = {
                 "share": tier.share,
@@ -235,6 +244,6 @@ class Ledger:
                 "state_exceeds_budget": None if budget is None else state > budget,
                 "estimate_exceeds_budget": None if budget is None else estimated > budget,
                 "over_budget_client_rounds": over,
-                "dropped_client_rounds_pct": 100.0 * over / n,
+                "dropped_client_rounds_pct": 100.0 * dropped / n,
             }
         return summary

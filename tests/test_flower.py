@@ -19,6 +19,7 @@ pytest.importorskip("flwr", reason="needs the Flower extra: pip install -e '.[fl
 
 from safetensors.torch import load_file  # noqa: E402
 
+from fedbt.errors import ConfigError, FedBTError  # noqa: E402
 from fedbt.federated.method import ClientPlan  # noqa: E402
 from fedbt.federated.simulator import ClientTask, ClientUpdate  # noqa: E402
 from fedbt.flower import codec  # noqa: E402
@@ -30,6 +31,9 @@ from tests.conftest import REPO, tiny_overrides  # noqa: E402
 
 pytestmark = [pytest.mark.flower, pytest.mark.xdist_group("flower")]
 SMOKE = REPO / "config/runs/smoke.yaml"
+FAULTS = f"plugins=[{REPO / 'tests/flower_faults.py'}]"
+"""The plugin method with injected faults (tests/flower_faults.py)."""
+FINETUNE = ("scenario=finetune", "data.corpus=null", "data.task=rct", "local.objective=classification")
 THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 TIMING = {"seconds", "wall_seconds", "peak_memory_bytes"}
 FRAMING_PER_TENSOR, FRAMING_PER_MESSAGE = 512, 8192
@@ -53,12 +57,17 @@ def ledger(run_dir) -> list[dict]:
         return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(handle)]
 
 
+def untimed(record: dict) -> dict:
+    """A round's record without its timings."""
+    return {k: v for k, v in record.items() if "seconds" not in k}
+
+
 def assert_same_run(flower_dir, reference_dir) -> None:
-    """Per-round train losses and evaluation, every ledger row and every final global tensor are equal."""
+    """Every round's record (train loss, evaluation, bytes, FLOPs, plan digest; timings aside), every ledger row
+    and every final global tensor are equal."""
     flower = json.loads((flower_dir / "metrics.json").read_text())
     reference = json.loads((reference_dir / "metrics.json").read_text())
-    assert [r["train_loss"] for r in flower["rounds"]] == [r["train_loss"] for r in reference["rounds"]]
-    assert [r["heldout_mlm_loss"] for r in flower["rounds"]] == [r["heldout_mlm_loss"] for r in reference["rounds"]]
+    assert [untimed(r) for r in flower["rounds"]] == [untimed(r) for r in reference["rounds"]]
     assert ledger(flower_dir) == ledger(reference_dir)
     final = load_file(str(flower_dir / "model/model.safetensors"))
     expected = load_file(str(reference_dir / "model/model.safetensors"))
@@ -127,6 +136,53 @@ def test_wire_count_of_a_message():
     assert 0 < count.framing_bytes <= FRAMING_PER_TENSOR * 3 + FRAMING_PER_MESSAGE
 
 
+def test_run_config_round_trips_and_bad_keys_fail():
+    settings = RunSettings("c.yaml", ("seed=1", "federation.rounds=3"), "out", True, False, 5.0, round_deadline=30.0)
+    assert RunSettings.from_run_config(settings.as_run_config()) == settings
+    assert RunSettings.from_run_config({}).round_deadline == 0.0  # no deadline unless asked: reproducible runs
+    with pytest.raises(ConfigError, match="run-config.round-deadline.*>= 0.*got -1"):
+        RunSettings.from_run_config({"round-deadline": -1})
+    with pytest.raises(ConfigError, match="run-config.deadline.*allowed keys: .*round-deadline"):
+        RunSettings.from_run_config({"deadline": 30})
+
+
+def _reply(client: int, reason: str | None = None):
+    """A reply from node ``client`` (outside any run): an error with ``reason``, or an empty update."""
+    from flwr.app import Error, Message, Metadata, RecordDict
+
+    metadata = Metadata(1, "", client, 1, str(client), "0", 0.0, 60.0, "train")
+    if reason is None:
+        return Message(RecordDict(), metadata=metadata)
+    return Message(error=Error(code=0, reason=reason), metadata=metadata)
+
+
+def test_setup_errors_stop_the_run_device_errors_drop_the_client():
+    from fedbt.flower.server_app import _stop_on_setup_errors
+
+    _stop_on_setup_errors({0: _reply(0), 1: _reply(1, "<'out of memory'>")}, sent=3)  # one device failed
+    _stop_on_setup_errors({0: _reply(0, "<'killed'>")}, sent=2)  # the other missed the deadline
+    with pytest.raises(FedBTError, match="client 1: .*fedbt node setup failed: no data"):
+        _stop_on_setup_errors({0: _reply(0), 1: _reply(1, codec.SETUP_FAILED + "no data")}, sent=2)
+    with pytest.raises(FedBTError, match=r"client 0: <'a'> \(and 1 more\)"):
+        _stop_on_setup_errors({0: _reply(0, "<'a'>"), 1: _reply(1, "<'b'>")}, sent=2)  # every client raised
+
+
+def test_a_task_for_another_run_is_a_setup_error(tmp_path):
+    """A node asked to train for a run config other than its own fails as a setup error (the server stops)."""
+    from flwr.app import ConfigRecord, Context, RecordDict
+
+    from fedbt.flower.client_app import _checked_task
+
+    settings = run_settings(tmp_path)
+    content = codec.to_content(ClientTask(0, 0, ClientPlan(layer_map=(0,), trainable=frozenset()), {}))
+    content["run"] = ConfigRecord({"fingerprint": "another run"})
+    message = _reply(0)
+    message.content = content
+    context = Context(1, 1, {"partition-id": 0}, RecordDict(), settings.as_run_config())
+    with pytest.raises(FedBTError, match="^fedbt node setup failed: the server's run config differs"):
+        _checked_task(message, context)
+
+
 # ----------------------------------------------------------------------------------- simulation engine
 
 
@@ -136,9 +192,13 @@ def simulation(tmp_path_factory):
         yield fed
 
 
-@pytest.mark.parametrize("method", ["fedavg", "fedbt"])
+@pytest.mark.parametrize(
+    "method",
+    [("fedavg",), ("fedbt",), ("fedadam",), ("fedbt-ft", *FINETUNE)],
+    ids=["fedavg", "fedbt", "fedadam", "fedbt-ft"],
+)
 def test_simulation_equals_in_process(simulation, tmp_path, method):
-    settings = run_settings(tmp_path, f"method.name={method}")
+    settings = run_settings(tmp_path, f"method.name={method[0]}", *method[1:])
     run = simulation.run(settings, timeout=900)
     assert run.succeeded, f"{run.status}\n{run.output[-4000:]}\n{simulation.logs()}"
     in_process(settings, tmp_path / "reference")
@@ -166,6 +226,41 @@ def test_encoded_payloads_travel_encoded(simulation, tmp_path):
     assert costs["total_upload_bytes"] < dense, "pruned tensors travel as kept values and mask bits"
 
 
+def test_a_failing_client_is_dropped_for_its_round(simulation, tmp_path):
+    """A ClientApp that raises loses its round (ledger ``failed``, its download counted, nothing uploaded); the
+    others' average makes the round and the client trains again in the next."""
+    options = "method.options={fail_client: 1}"
+    settings = run_settings(tmp_path, FAULTS, "method.name=test-faulty-fedavg", options)
+    run = simulation.run(settings, timeout=900)
+    assert run.succeeded, f"{run.status}\n{run.output[-4000:]}\n{simulation.logs()}"
+    rows = {(int(r["round"]), int(r["client"])): r for r in ledger(tmp_path / "run")}
+    failed = rows[0, 1]
+    assert failed["status"] == "failed" and failed["upload_bytes"] == "0" and failed["steps"] == "0"
+    assert int(failed["download_bytes"]) == int(rows[0, 0]["download_bytes"]) > 0
+    assert [rows[key]["status"] for key in sorted(rows) if key != (0, 1)] == ["trained"] * 5
+    metrics = json.loads((tmp_path / "run/metrics.json").read_text())
+    [dropped] = metrics["runtime"]["dropped"]
+    assert (dropped["round"], dropped["client"], dropped["status"]) == (0, 1, "failed")
+    assert "injected failure of client 1" in dropped["reason"]
+    assert metrics["costs"]["failed_client_rounds"] == 1
+    assert metrics["dropped_client_rounds_pct"] == pytest.approx(100 / 6)
+
+
+def test_a_crashed_flower_run_resumes(simulation, tmp_path):
+    """The ServerApp dies in round 1's aggregation; ``flwr run`` again (not fresh) resumes from round 0's
+    checkpoint and ends exactly where the uninterrupted run ends."""
+    marker = tmp_path / "crashed"
+    options = f"method.options={{fault_round: 1, crash_marker: {marker}}}"
+    settings = run_settings(tmp_path, FAULTS, "method.name=test-faulty-fedavg", options, "federation.rounds=3")
+    crashed = simulation.run(settings, timeout=900)
+    assert crashed.status == "finished:failed" and marker.exists()
+    assert json.loads((tmp_path / "run/checkpoint/state.json").read_text())["completed_round"] == 0
+    resumed = simulation.run(settings, timeout=900)
+    assert resumed.succeeded, f"{resumed.status}\n{resumed.output[-4000:]}\n{simulation.logs()}"
+    in_process(settings, tmp_path / "reference")  # the marker exists: no crash in process
+    assert_same_run(tmp_path / "run", tmp_path / "reference")
+
+
 # ---------------------------------------------------------------------------------------- deployment
 
 
@@ -178,6 +273,7 @@ def test_deployment_with_two_supernodes(tmp_path):
         assert "needs SuperNodes with partition-id 0..2" in failed.output
         run = federation.run(settings, timeout=900)
         assert run.succeeded, f"{run.status}\n{run.output[-4000:]}\n{federation.logs()}"
+        _a_stalled_node_misses_the_deadline(federation, tmp_path)
         processes = federation.owned()
         names = {Path(p.cmdline()[1]).name for p in processes if len(p.cmdline()) > 1}
         assert {"flower-superlink", "flower-supernode", "flower-superexec"} <= names
@@ -189,3 +285,22 @@ def test_deployment_with_two_supernodes(tmp_path):
     metrics = json.loads((tmp_path / "run/metrics.json").read_text())
     assert metrics["runtime"]["name"] == "flower-deployment"
     assert mlflow_runtime_tag(settings, tmp_path / "run") == "flower-deployment"
+
+
+def _a_stalled_node_misses_the_deadline(federation: LocalFederation, tmp_path: Path) -> None:
+    """Node 1 stalls (sleeps in its ClientApp) past the round's deadline: the round goes on without it, its row says
+    ``missed-deadline``. The deadline is three times the slowest round of the run just made on these nodes."""
+    slowest = max(r["round_seconds"] for r in json.loads((tmp_path / "run/metrics.json").read_text())["rounds"])
+    deadline = max(30.0, 3 * slowest)
+    options = f"method.options={{slow_client: 1, slow_seconds: {10 * deadline:.0f}}}"
+    stalled = run_settings(
+        tmp_path / "stalled", "federation.clients=2", "federation.rounds=1", FAULTS, "method.name=test-faulty-fedavg"
+    )
+    stalled = dataclasses.replace(stalled, overrides=(*stalled.overrides, options), round_deadline=deadline)
+    run = federation.run(stalled, timeout=900)
+    assert run.succeeded, f"{run.status}\n{run.output[-4000:]}\n{federation.logs()}"
+    rows = ledger(tmp_path / "stalled/run")
+    assert [(r["client"], r["status"]) for r in rows] == [("0", "trained"), ("1", "missed-deadline")]
+    metrics = json.loads((tmp_path / "stalled/run/metrics.json").read_text())
+    assert metrics["runtime"]["dropped"][0]["reason"] == f"no reply within the round's deadline of {deadline:g} s"
+    assert metrics["rounds"][0]["round_seconds"] < deadline + slowest + 30

@@ -377,3 +377,4 @@ def test_hooks_state_and_slices_run_the_same_over_flower(tmp_path, monkeypatch, 
             row = rows[measured["round"], measured["client"]]
             assert measured["download_payload_bytes"] == row.download_bytes
             assert measured["upload_payload_bytes"] == row.upload_bytes
+            assert measured["upload_state_bytes"] > 0  # c_i rides back to the server, measured apart

@@ -472,7 +472,9 @@ class Simulator:
             plans.append(self._plan_summary(round_idx, row.client, row))
             del payload
         if weights:
-            round_info = dataclasses.replace(self.round_info(round_idx), extras=self._extras, weights=weights)
+            planned = self.round_info(round_idx)
+            uploaded = tuple(client for client in planned.participants if client in weights)
+            round_info = dataclasses.replace(planned, participants=uploaded, extras=self._extras, weights=weights)
             self._write_global(self._server_step(average, round_info))
         self._extras = {}
         self.ledger.append(rows)
@@ -579,6 +581,16 @@ class Simulator:
         status = NO_DATA if not examples else OVER_BUDGET if fitted.dropped else IDLE
         row = LedgerRow(round=task.round_idx, client=task.client_id, examples=examples, status=status)
         self._name_tier(row, fitted)
+        return row
+
+    def dropped_row(self, task: ClientTask, status: str) -> LedgerRow:
+        """The ledger row of a client the runtime dropped for the round (``status``: ``failed`` or
+        ``missed-deadline``): its download was sent and is counted; no upload, no weight, its state unchanged."""
+        row = LedgerRow(round=task.round_idx, client=task.client_id, examples=len(self.clients[task.client_id]))
+        row.status = status
+        self._name_tier(row, self.fitted(task.round_idx, task.client_id))
+        if self.method.transmits:
+            row.download_params, row.download_bytes = message_nbytes(task.download, task.extra)
         return row
 
     def _name_tier(self, row: LedgerRow, fitted: Fitted) -> None:

@@ -6,7 +6,9 @@ and a :class:`~fedbt.federated.simulator.LocalTrainer` on it; it keeps them for 
 (Flower's simulation engine reuses its worker processes; a deployed SuperNode starts one process per message,
 which then builds them again). A ``train`` message holds a :class:`~fedbt.federated.simulator.ClientTask`; the
 reply holds the :class:`~fedbt.federated.simulator.ClientUpdate`. A node trains only its own partition
-(``partition-id`` of its node config) and only for the run config the server sent the task for.
+(``partition-id`` of its node config) and only for the run config the server sent the task for; failing that, or
+failing to build the run, is a setup error that stops the run, while an error in training drops the node for the
+round.
 """
 
 from __future__ import annotations
@@ -60,13 +62,23 @@ def partition(message: Message, context: Context) -> Message:
 @app.train()
 def train(message: Message, context: Context) -> Message:
     """Train the task of ``message`` on this node's partition; reply with the update."""
-    client = local_client(RunSettings.from_run_config(context.run_config))
-    sent_for = message.content.config_records["run"]["fingerprint"]
-    if sent_for != client.fingerprint:
-        raise FedBTError("the server's run config differs from this node's: both must read the same run config")
-    task = codec.from_content(ClientTask, message.content)
-    own = int(context.node_config["partition-id"])
-    if task.client_id != own:
-        raise FedBTError(f"task for client {task.client_id} sent to the node of partition {own}")
-    update = client.trainer.train(task)
+    task, trainer = _checked_task(message, context)
+    update = trainer.train(task)
     return Message(codec.to_content(update), reply_to=message)
+
+
+def _checked_task(message: Message, context: Context) -> tuple[ClientTask, LocalTrainer]:
+    """The task of ``message`` and this node's trainer, or a setup error (:data:`~fedbt.flower.codec.SETUP_FAILED`:
+    the server stops the run) when the node cannot build the run or the task is not for it."""
+    try:
+        client = local_client(RunSettings.from_run_config(context.run_config))
+        sent_for = message.content.config_records["run"]["fingerprint"]
+        if sent_for != client.fingerprint:
+            raise FedBTError("the server's run config differs from this node's: both must read the same run config")
+        task = codec.from_content(ClientTask, message.content)
+        own = int(context.node_config["partition-id"])
+        if task.client_id != own:
+            raise FedBTError(f"task for client {task.client_id} sent to the node of partition {own}")
+    except FedBTError as error:
+        raise FedBTError(codec.SETUP_FAILED + str(error)) from error
+    return task, client.trainer

@@ -26,12 +26,14 @@ from typing import Any, TypeVar, get_args, get_origin
 
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from fedbt.errors import FedBTError
 
 STYPE = "torch.raw"
 FIELDS = "fields"
+SETUP_FAILED = "fedbt node setup failed: "
+"""Prefix of a ClientApp error that is a mistake in the run's setup (config, data, partition), not a device
+failure: the server stops the run instead of dropping the node for the round."""
 T = TypeVar("T")
 
 
@@ -171,10 +173,21 @@ def count_wire(message: Message, *records: str) -> WireCount:
     arrays = [array for record in records if record in content for array in content[record].values()]
     payload = sum(len(array.data) for array in arrays)
     chunks = {chunk_id: len(chunk.data) for array in arrays for chunk_id, chunk in array.slice_array()}
-    objects = get_all_nested_objects(message).values()
+    objects = distinct_objects(message).values()
     return WireCount(
         tensors=len(arrays),
         payload_bytes=payload,
         duplicate_bytes=payload - sum(chunks.values()),
         message_bytes=sum(len(obj.deflate()) for obj in objects),
     )
+
+
+def distinct_objects(obj: Any) -> dict[str, Any]:
+    """Every object Flower sends for ``obj`` (a ``Message`` or any of its records, arrays and chunks), each
+    distinct object id once, children before their parents: the public ``children`` / ``object_id`` of Flower's
+    inflatable objects walked as the transport walks them."""
+    found: dict[str, Any] = {}
+    for child in (obj.children or {}).values():
+        found.update(distinct_objects(child))
+    found[obj.object_id] = obj
+    return found

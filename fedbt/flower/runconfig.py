@@ -10,6 +10,8 @@ Keys (``[tool.flwr.app.config]`` in ``fedbt/flower/app/pyproject.toml``, overrid
 ``fresh``          discard an earlier checkpoint in the run directory
 ``wire``           measure the bytes of every message (``wire`` in the run's metrics)
 ``wait-nodes``     seconds the ServerApp waits for the SuperNodes of every partition to connect
+``round-deadline`` seconds a round waits for its clients' updates (0: no deadline); a client that has not
+                   replied by then is dropped for the round (ledger status ``missed-deadline``)
 =================  =======================================================================================
 
 The ServerApp and every ClientApp read the same keys, so both build their run from the same config; relative
@@ -33,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "fresh": False,
     "wire": True,
     "wait-nodes": 120,
+    "round-deadline": 0,
 }
 
 
@@ -46,6 +49,9 @@ class RunSettings:
     fresh: bool
     wire: bool
     wait_nodes: float
+    round_deadline: float = 0.0
+    """Seconds a round waits for updates; 0: until every client replied (a deadline makes a run's result depend
+    on timing, so the default keeps runs reproducible)."""
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> RunSettings:
@@ -61,6 +67,7 @@ class RunSettings:
             fresh=bool(values["fresh"]),
             wire=bool(values["wire"]),
             wait_nodes=float(values["wait-nodes"]),
+            round_deadline=_non_negative(values["round-deadline"], "round-deadline"),
         )
 
     def load(self) -> RunConfig:
@@ -77,4 +84,16 @@ class RunSettings:
             "fresh": self.fresh,
             "wire": self.wire,
             "wait-nodes": self.wait_nodes,
+            "round-deadline": self.round_deadline,
         }
+
+
+def _non_negative(value: Any, key: str) -> float:
+    """``value`` as seconds >= 0, or a :class:`ConfigError` naming the run-config key."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not seconds >= 0:
+        raise ConfigError(f"run-config.{key}", f"must be a number of seconds >= 0 (0: none), got {value!r}")
+    return seconds
