@@ -146,6 +146,25 @@ def test_run_config_round_trips_and_bad_keys_fail():
         RunSettings.from_run_config({"deadline": 30})
 
 
+def test_client_state_versions_on_the_node(tmp_path):
+    """A node keeps each round's state in its Context and on disk, serves the version a task asks for (from disk
+    in a new run's Context), deletes the older ones, and fails as a setup error when a version is gone."""
+    from flwr.app import Context, RecordDict
+
+    from fedbt.flower.node_state import NodeState, continue_state
+
+    store = NodeState(Context(1, 1, {}, RecordDict(), {}), tmp_path)
+    for round_idx in range(3):
+        store.save(round_idx, {"c": torch.full((2,), float(round_idx))}, keep_from=round_idx - 1)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["r1.safetensors", "r2.safetensors"]
+    assert torch.equal(store.load(1)["c"], torch.ones(2)) and store.load(0) is None
+    resumed = NodeState(Context(2, 1, {}, RecordDict(), {}), tmp_path)  # a new Flower run: an empty Context
+    assert torch.equal(continue_state(resumed, 2, has_state=True)["c"], torch.full((2,), 2.0))
+    assert continue_state(resumed, -1, has_state=True) == {} == continue_state(resumed, 0, has_state=False)
+    with pytest.raises(FedBTError, match="^fedbt node setup failed: the client state of round 0 is not on"):
+        continue_state(resumed, 0, has_state=True)
+
+
 def _reply(client: int, reason: str | None = None):
     """A reply from node ``client`` (outside any run): an error with ``reason``, or an empty update."""
     from flwr.app import Error, Message, Metadata, RecordDict
@@ -230,7 +249,7 @@ def test_a_failing_client_is_dropped_for_its_round(simulation, tmp_path):
     """A ClientApp that raises loses its round (ledger ``failed``, its download counted, nothing uploaded); the
     others' average makes the round and the client trains again in the next."""
     options = "method.options={fail_client: 1}"
-    settings = run_settings(tmp_path, FAULTS, "method.name=test-faulty-fedavg", options)
+    settings = run_settings(tmp_path, FAULTS, "method.name=test-faulty-scaffold", options)
     run = simulation.run(settings, timeout=900)
     assert run.succeeded, f"{run.status}\n{run.output[-4000:]}\n{simulation.logs()}"
     rows = {(int(r["round"]), int(r["client"])): r for r in ledger(tmp_path / "run")}
@@ -251,7 +270,7 @@ def test_a_crashed_flower_run_resumes(simulation, tmp_path):
     checkpoint and ends exactly where the uninterrupted run ends."""
     marker = tmp_path / "crashed"
     options = f"method.options={{fault_round: 1, crash_marker: {marker}}}"
-    settings = run_settings(tmp_path, FAULTS, "method.name=test-faulty-fedavg", options, "federation.rounds=3")
+    settings = run_settings(tmp_path, FAULTS, "method.name=test-faulty-scaffold", options, "federation.rounds=3")
     crashed = simulation.run(settings, timeout=900)
     assert crashed.status == "finished:failed" and marker.exists()
     assert json.loads((tmp_path / "run/checkpoint/state.json").read_text())["completed_round"] == 0
@@ -294,7 +313,7 @@ def _a_stalled_node_misses_the_deadline(federation: LocalFederation, tmp_path: P
     deadline = max(30.0, 3 * slowest)
     options = f"method.options={{slow_client: 1, slow_seconds: {10 * deadline:.0f}}}"
     stalled = run_settings(
-        tmp_path / "stalled", "federation.clients=2", "federation.rounds=1", FAULTS, "method.name=test-faulty-fedavg"
+        tmp_path / "stalled", "federation.clients=2", "federation.rounds=1", FAULTS, "method.name=test-faulty-scaffold"
     )
     stalled = dataclasses.replace(stalled, overrides=(*stalled.overrides, options), round_deadline=deadline)
     run = federation.run(stalled, timeout=900)

@@ -23,9 +23,9 @@ process; :mod:`fedbt.flower` sends the same tasks to Flower ClientApps, which tr
 
 Resource tiers: each client's :class:`~fedbt.federated.tiers.Tier` (dealt by seed, ``setup.tiers``) goes to
 ``method.plan``; the ledger row names it. Method hooks run where they belong: the local optimizer, the extra
-loss term, the client's state and the steps its tier runs (``method.local_steps``) in :class:`LocalTrainer` (the
-state travels in the task and the update, is kept here per client and saved in every checkpoint, and is never
-counted as communication), the server step in ``method.aggregate`` and the server optimizer (their tensor state
+loss term, the client's state and the steps its tier runs (``method.local_steps``) in :class:`LocalTrainer` (in
+process the state is kept here per client and saved in every checkpoint; over Flower it stays on the node,
+:mod:`fedbt.flower.node_state`, and a task names the version it continues from; never counted as communication), the server step in ``method.aggregate`` and the server optimizer (their tensor state
 saved in every checkpoint). A plan with width slices (``slices``) downloads, trains and uploads those parts
 of its tensors (its local model runs at their sizes, with HeteroFL's Scaler at ``scaler_rate``); the average
 takes every element over the clients that hold it.
@@ -56,7 +56,7 @@ from fedbt.federated.aggregate import WeightedAverage, client_weight
 from fedbt.federated.method import ClientPlan, LocalContext, Method, RoundInfo
 from fedbt.federated.server_optimizer import server_optimizer_for
 from fedbt.federated.tiers import FULL, Tier
-from fedbt.ledger import IDLE, NO_DATA, OVER_BUDGET, Ledger, LedgerRow, format_layers, payload_nbytes
+from fedbt.ledger import IDLE, NO_DATA, OVER_BUDGET, TRAINED, Ledger, LedgerRow, format_layers, payload_nbytes
 from fedbt.memory import Fitted, MemorySettings, fit_plan
 from fedbt.models import (
     ModelArch,
@@ -121,6 +121,9 @@ class ClientTask:
     num_clients: int = 1
     participants: tuple[int, ...] = ()
     """The round's participants (:attr:`~fedbt.federated.method.RoundInfo.participants`)."""
+    state_round: int = -1
+    """The last round in which the server took this client's update (-1: none): the version of its state a client
+    that keeps its state itself (a Flower node, :mod:`fedbt.flower.node_state`) continues from."""
 
 
 @dataclass
@@ -394,6 +397,8 @@ class Simulator:
         self.shapes = {n: tuple(p.shape) for n, p in self.global_params.items()}
         self.tiers = self.trainer.tiers
         self.client_states: dict[int, dict[str, torch.Tensor]] = {}
+        self.last_trained: dict[int, int] = {}
+        """Each client's last round with status ``trained`` (:attr:`ClientTask.state_round`)."""
         self._fitted: dict[tuple[int, int], Fitted] = {}
         self._rounds: dict[int, RoundInfo] = {}
         self._extras: dict[int, dict[str, torch.Tensor]] = {}
@@ -478,6 +483,7 @@ class Simulator:
             self._write_global(self._server_step(average, round_info))
         self._extras = {}
         self.ledger.append(rows)
+        self.last_trained.update({row.client: round_idx for row in rows if row.status == TRAINED})
         trained = [r for r in rows if r.steps]
         total_examples = sum(r.examples for r in trained)
         record = {
@@ -563,6 +569,7 @@ class Simulator:
             self.client_states.get(client_id, {}),
             num_clients=round_info.num_clients,
             participants=round_info.participants,
+            state_round=self.last_trained.get(client_id, -1),
         )
         if not self.sits_out(task):
             tensors = self.method.download_tensors(plan, self.tier_of(client_id), self.global_params)
@@ -669,5 +676,6 @@ class Simulator:
         self._load_server_state(checkpoint.method_tensors)
         self.client_states = checkpoint.client_states
         self.ledger.truncate_after(checkpoint.completed_round)
+        self.last_trained = {row.client: row.round for row in self.ledger.rows() if row.status == TRAINED}
         log.info("resuming after round %d from %s", checkpoint.completed_round, self.checkpoint_dir)
         return checkpoint.completed_round + 1
