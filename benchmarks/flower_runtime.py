@@ -8,11 +8,14 @@ this script: ``fedbt run`` as a subprocess, the Flower runtimes through :class:`
 Reported per runtime: the wall seconds of each round as the run measures them (``round_seconds`` in
 ``metrics.json``: server-side, from the first client's task to the evaluated global model), the wall seconds
 from launch to finished run (start-up included), the CPU seconds of the whole process tree (less sensitive to
-other load on the machine than wall seconds), and the peak memory of the whole process tree (the sum of the
-resident set sizes of every process of the runtime, sampled every ``--sample`` seconds; pages shared between
-processes count in each, so this is an upper bound). The train losses of the runtimes are printed
-to show that they ran the same computation (equal up to float reassociation: thread counts differ).
-Wire-byte measurement is off (it hashes every message, which Flower's simulation engine itself does not do).
+other load on the machine than wall seconds), and the peak memory of the whole process tree, sampled every
+``--sample`` seconds three ways: the summed proportional set size (PSS: a page shared by k processes counts 1/k
+in each, so shared libraries and copy-on-write pages count once; the memory the runtime really takes), the
+summed resident set size (RSS: shared pages count in every process, an upper bound) and the largest single
+process's RSS (for a deployment: the heaviest node or server process, what one device must hold). The train
+losses of the runtimes are printed to show that they ran the same computation (equal up to float reassociation:
+thread counts differ). Wire-byte measurement is off (it hashes every message, which Flower's simulation engine
+itself does not do).
 
     .venv/bin/python benchmarks/flower_runtime.py [--clients 6 --rounds 2 --steps 2]
 """
@@ -59,13 +62,13 @@ def overrides(args: argparse.Namespace, tmp: Path) -> list[str]:
 
 
 class TreeSampler:
-    """Samples a changing set of processes in a background thread: the peak of their summed RSS, and the CPU
-    seconds of every process seen (its last sample; a process that exits between samples loses at most one
-    interval)."""
+    """Samples a changing set of processes in a background thread: the peaks of their summed PSS, of their summed
+    RSS and of the largest process's RSS, and the CPU seconds of every process seen (its last sample; a process
+    that exits between samples loses at most one interval)."""
 
     def __init__(self, processes: Callable[[], list[psutil.Process]], interval: float):
         self.processes, self.interval = processes, interval
-        self.peak = 0
+        self.peak_pss = self.peak_rss = self.peak_process_rss = 0
         self._cpu: dict[tuple[int, float], float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -84,16 +87,18 @@ class TreeSampler:
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            total = 0
+            pss = rss = largest = 0
             for proc in self.processes():
                 try:
                     with proc.oneshot():
-                        total += proc.memory_info().rss
+                        memory = proc.memory_full_info()
                         times = proc.cpu_times()
-                        self._cpu[proc.pid, proc.create_time()] = times.user + times.system
                 except psutil.Error:
                     continue
-            self.peak = max(self.peak, total)
+                pss, rss, largest = pss + memory.pss, rss + memory.rss, max(largest, memory.rss)
+                self._cpu[proc.pid, proc.create_time()] = times.user + times.system
+            self.peak_pss, self.peak_rss = max(self.peak_pss, pss), max(self.peak_rss, rss)
+            self.peak_process_rss = max(self.peak_process_rss, largest)
             self._stop.wait(self.interval)
 
 
@@ -157,7 +162,9 @@ def main() -> None:
                 "round_seconds": [r["round_seconds"] for r in metrics["rounds"]],
                 "train_loss": [r["train_loss"] for r in metrics["rounds"]],
                 "wall": wall,
-                "peak": samples.peak,
+                "pss": samples.peak_pss,
+                "rss": samples.peak_rss,
+                "process": samples.peak_process_rss,
                 "cpu": samples.cpu_seconds,
                 "runtime": metrics["runtime"]["name"],
             }
@@ -168,19 +175,18 @@ def main() -> None:
         f"(batch {args.batch_size} x {args.max_length} tokens), {os.cpu_count()} CPUs"
     )
     base = results["in-process (fedbt run)"]
-    columns = ("s/round", "x", "wall s", "x", "CPU s", "x", "peak MiB", "x")
-    print(
-        f"{'runtime':<24} {'round seconds':<22} "
-        + " ".join(f"{c:>{w}}" for c, w in zip(columns, (8, 6, 7, 6, 7, 6, 9, 6), strict=True))
-    )
+    columns = ("s/round", "x", "wall s", "x", "CPU s", "x", "PSS MiB", "x", "RSS MiB", "x", "1 proc MiB", "x")
+    widths = (8, 6, 7, 6, 7, 6, 8, 6, 8, 6, 10, 6)
+    header = " ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True))
+    print(f"{'runtime':<24} {'round seconds':<22} {header}")
     for name, r in results.items():
         per_round = sum(r["round_seconds"]) / len(r["round_seconds"])
         base_round = sum(base["round_seconds"]) / len(base["round_seconds"])
-        print(
-            f"{name:<24} {str([round(s, 1) for s in r['round_seconds']]):<22} {per_round:8.1f} "
-            f"{per_round / base_round:6.2f} {r['wall']:7.1f} {r['wall'] / base['wall']:6.2f} "
-            f"{r['cpu']:7.1f} {r['cpu'] / base['cpu']:6.2f} {r['peak'] / 2**20:9.0f} {r['peak'] / base['peak']:6.2f}"
-        )
+        cells = [f"{per_round:8.1f}", f"{per_round / base_round:6.2f}", f"{r['wall']:7.1f}"]
+        cells += [f"{r['wall'] / base['wall']:6.2f}", f"{r['cpu']:7.1f}", f"{r['cpu'] / base['cpu']:6.2f}"]
+        for key, width in (("pss", 8), ("rss", 8), ("process", 10)):
+            cells += [f"{r[key] / 2**20:{width}.0f}", f"{r[key] / base[key]:6.2f}"]
+        print(f"{name:<24} {str([round(s, 1) for s in r['round_seconds']]):<22} " + " ".join(cells))
     print("\ntrain loss per round (same computation; thread counts differ between runtimes):")
     for name, r in results.items():
         print(f"  {name:<24} {r['train_loss']}  (metrics.json runtime: {r['runtime']})")
