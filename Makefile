@@ -5,6 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FLOWER_STAMP := $(VENV)/.installed-flower
+# The oldest flwr the extra allows (pyproject.toml: flwr[simulation]>=1.40,<1.43); make test runs the newest.
+FLOWER_OLDEST := 1.40.0
+OLDEST_VENV := .venv-flwr-$(FLOWER_OLDEST)
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export MLFLOW_DISABLE_TELEMETRY := true
@@ -12,7 +15,7 @@ export DO_NOT_TRACK := true
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install install-flower test test-fast test-flower lint format smoke minilm reproduce ablation vision hetero bench clean
-.PHONY: config-docs check-ui test-slurm
+.PHONY: config-docs check-ui test-slurm test-flower-oldest
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +43,14 @@ test-fast: $(STAMP)
 
 test-flower: $(FLOWER_STAMP)
 	$(BIN)/pytest -n 2 --dist loadgroup -m flower
+
+# The Flower tests against the oldest flwr of the extra's range, in a venv of their own (.ci/run runs this).
+test-flower-oldest:
+	$(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/pip install -q --upgrade pip
+	$(OLDEST_VENV)/bin/pip install -q -e '.[dev]' 'flwr[simulation]==$(FLOWER_OLDEST)' 'psutil>=5.9'
+	$(OLDEST_VENV)/bin/python -c "import flwr; assert flwr.__version__ == '$(FLOWER_OLDEST)', flwr.__version__"
+	$(OLDEST_VENV)/bin/pytest -m flower -p no:cacheprovider
 
 lint: $(STAMP)
 	$(BIN)/ruff check fedbt baselines tests benchmarks
