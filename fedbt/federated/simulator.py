@@ -25,8 +25,9 @@ Resource tiers: each client's :class:`~fedbt.federated.tiers.Tier` (dealt by see
 ``method.plan``; the ledger row names it. Method hooks run where they belong: the local optimizer, the extra
 loss term, the client's state and the steps its tier runs (``method.local_steps``) in :class:`LocalTrainer` (in
 process the state is kept here per client and saved in every checkpoint; over Flower it stays on the node,
-:mod:`fedbt.flower.node_state`, and a task names the version it continues from; never counted as communication), the server step in ``method.aggregate`` and the server optimizer (their tensor state
-saved in every checkpoint). A plan with width slices (``slices``) downloads, trains and uploads those parts
+:mod:`fedbt.flower.node_state`, and a task names the version it continues from; never counted as
+communication), the server step in ``method.aggregate`` and the server optimizer (their tensor state saved in
+every checkpoint). A plan with width slices (``slices``) downloads, trains and uploads those parts
 of its tensors (its local model runs at their sizes, with HeteroFL's Scaler at ``scaler_rate``); the average
 takes every element over the clients that hold it.
 What a client downloads comes from ``method.download_tensors`` and each upload passes ``method.receive_upload``
