@@ -14,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-flower test test-fast test-flower lint format smoke minilm reproduce ablation vision hetero bench clean
+.PHONY: install install-flower test test-fast test-flower lint format smoke minilm reproduce ablation vision hetero budget bench clean
 .PHONY: config-docs check-ui test-slurm test-flower-oldest
 
 $(STAMP): pyproject.toml
@@ -87,6 +87,12 @@ hetero: $(STAMP)
 	$(BIN)/snakemake --configfile config/hetero.yaml --forcerun report
 	$(BIN)/snakemake --configfile config/hetero.yaml --report results/hetero/report.html
 
+# The budget study (FedBT against FedAvg and FedAvg at FedBT's FLOPs at 3, 12 and 48 local steps per round):
+# results/budget/.
+budget: $(STAMP)
+	$(BIN)/snakemake --configfile config/budget.yaml --forcerun report
+	$(BIN)/snakemake --configfile config/budget.yaml --report results/budget/report.html
+
 bench: $(FLOWER_STAMP)
 	$(BIN)/python benchmarks/simulator_overhead.py
 	$(BIN)/python benchmarks/mlm_decoder.py
@@ -111,4 +117,4 @@ test-slurm: $(STAMP)
 
 clean:
 	rm -rf results/runs results/partitions results/mlflow.db results/mlartifacts results/vision/runs results/hetero/runs \
-		results/ablation/runs
+		results/ablation/runs results/budget/runs

@@ -162,7 +162,10 @@ class LocalConfig:
 
     objective: str = "mlm"
     """A registered objective (:mod:`fedbt.training.objectives`); it also names the model head it trains."""
-    steps: int | None = None
+    steps: int | float | None = None
+    """Local steps per client-round (null: ``epochs``). A non-integer is a mean: the client-rounds run its floor or
+    ceiling, dealt in order of round and client so that every prefix runs the mean within one step (the FLOP-matched
+    budgets of :mod:`fedbt.matching`)."""
     epochs: float = 1.0
     batch_size: int = 16
     lr: float = 5e-5

@@ -89,12 +89,28 @@ def study_jobs(study: Mapping[str, Any]) -> list[tuple[str, str, str, int, RunCo
                             continue
                         seen.add(identity)
                         label = f"{variant}-{point_label(point)}" if point else variant
-                        jobs.append((name, data, label, seed, _job_config(study, *identity)))
+                        jobs.append((name, data, label, seed, _matched(study, name, identity)))
     return jobs
 
 
+def _matched(study: Mapping[str, Any], name: str, identity: tuple) -> RunConfig:
+    """A job's run config; for a variant with ``match_flops``, at the budget that spends its reference variant's
+    client FLOPs (:mod:`fedbt.matching`, as the pipeline plans it)."""
+    from fedbt.matching import matched_budget
+    from fedbt.pipeline import grid_points
+
+    scenario, data, variant, seed, point = identity
+    config = _job_config(study, *identity)
+    reference = (study["variants"].get(variant) or {}).get("match_flops")
+    if reference is None:
+        return config
+    ref_point = grid_points(study, name, reference)[0]
+    match = matched_budget(_job_config(study, scenario, data, reference, seed, ref_point), config)
+    return _job_config(study, *identity, extra=match.override())
+
+
 def _job_config(
-    study: Mapping[str, Any], scenario: str, data: str, variant: str, seed: int, point: tuple = ()
+    study: Mapping[str, Any], scenario: str, data: str, variant: str, seed: int, point: tuple = (), extra=None
 ) -> RunConfig:
     vspec = study["variants"].get(variant) or {}
     options = dict(vspec.get("options") or {})
@@ -117,6 +133,7 @@ def _job_config(
         vspec.get("overrides") or {},
         {"scenario": scenario, "method.name": vspec.get("method", variant), "method.options": options, "seed": seed},
         dict(point),
+        extra or {},
     ]
     try:
         return load_config(None, [item for layer in layers for item in _sets(layer)])
@@ -288,13 +305,15 @@ def _flops(arch, plan, histogram: np.ndarray, head: str, settings, scale: float 
     return round(total * scale)
 
 
-def _sequences_processed(examples: int, batch: int, epochs: float, steps: int | None, scale: float) -> int:
-    """Sequences a client trains on in one round (:func:`fedbt.training.loop.steps_for` steps)."""
+def _sequences_processed(examples: int, local, scale: float, index: int) -> int:
+    """Sequences a client trains on in its ``index``-th client-round (:func:`fedbt.training.loop.steps_for` steps
+    of ``local``, a :class:`~fedbt.config.LocalConfig`)."""
     from fedbt.training.loop import steps_for
 
     if examples == 0:
         return 0
-    count = steps_for(examples, batch, epochs, steps)
+    batch, steps = local.batch_size, local.steps
+    count = steps_for(examples, batch, local.epochs, steps, index)
     if steps is not None:
         count = max(1, round(count * scale))
     per_epoch = math.ceil(examples / batch)
@@ -379,7 +398,8 @@ def job_cost(study: str, data: str, variant: str, seed: int, config: RunConfig) 
             members = arranged[client_id]
             if not plan.trainable or not len(members):
                 continue
-            processed = _sequences_processed(len(members), local.batch_size, local.epochs, local.steps, scale)
+            index = round_idx * len(arranged) + client_id
+            processed = _sequences_processed(len(members), local, scale, index)
             histogram = pool.histogram(members, max_length)
             client_flops += _flops(
                 arch, plan, histogram, head, settings, processed / len(members) * selected / len(arranged)

@@ -300,6 +300,7 @@ class Plan:
         }
         self.jobs = self._plan_jobs()
         self._by_identity = {job.identity: job for job in self.jobs.values()}
+        self._matched: dict[tuple, dict[str, float]] = {}
         self._checked_methods: set[str] = set()
         self._validate_run_configs()
 
@@ -344,9 +345,23 @@ class Plan:
                             identity = (spec["scenario"], data, variant, seed, point)
                             job = Job(owner.setdefault(identity, study), *identity)
                             jobs[self.layout.run_dir(job.study, data, job.label, seed)] = job
-            reference = spec.get("reference", "fedavg")
-            if reference not in spec["variants"]:
-                raise ConfigError(f"studies.{study}.reference", f"{reference!r} is not among its variants")
+            for key in ("reference", "second_reference"):
+                reference = spec.get(key, "fedavg" if key == "reference" else None)
+                if reference is not None and reference not in spec["variants"]:
+                    raise ConfigError(f"studies.{study}.{key}", f"{reference!r} is not among its variants")
+            for variant in spec["variants"]:
+                matched = (self.config["variants"][variant] or {}).get("match_flops")
+                if matched is not None and (self.config["variants"].get(matched) or {}).get("match_flops"):
+                    raise ConfigError(
+                        f"variants.{variant}.match_flops",
+                        f"{matched!r} is itself FLOP-matched; name a variant that is not",
+                    )
+                if matched is not None and matched not in spec["variants"]:
+                    raise ConfigError(
+                        f"variants.{variant}.match_flops",
+                        f"{matched!r} is not among the variants of studies.{study}, which lists {variant!r}; "
+                        f"allowed: {', '.join(v for v in spec['variants'] if v != variant)}",
+                    )
         return jobs
 
     def points(self, study: str, variant: str) -> list[Point]:
@@ -435,9 +450,9 @@ class Plan:
             "data.cache_dir": self.layout.token_cache,
         }
 
-    def job_sets(self, job: Job) -> list[str]:
+    def job_sets(self, job: Job, matched: bool = True) -> list[str]:
         """Every ``--set`` of a job, in order: data, defaults, scenario, data set, starting model, variant,
-        identity, grid point and tracking."""
+        identity, grid point, tracking and (``matched``) its FLOP-matched budget (:meth:`matched_budget`)."""
         spec = self.variant(job.variant, f"variants.{job.variant}")
         options = dict(spec.get("options") or {})
         if spec.get("student"):
@@ -467,7 +482,41 @@ class Plan:
             dict(job.point),
             self.tracking_layer,
         ]
+        if matched:
+            layers.append(self.matched_budget(job))
         return as_sets(layers)
+
+    def matched_budget(self, job: Job) -> dict[str, float]:
+        """For a variant with ``match_flops: <reference>``: the local budget (``local.steps`` or ``local.epochs``)
+        at which the job's client FLOPs equal those of the reference variant's job of the same study, data set and
+        seed (at the reference's first grid point; :mod:`fedbt.matching`); empty for other variants."""
+        reference = self.variant(job.variant, f"variants.{job.variant}").get("match_flops")
+        if reference is None:
+            return {}
+        if job.identity not in self._matched:
+            from fedbt.matching import matched_budget
+
+            point = self.points(job.study, reference)[0]
+            ref_job = self._by_identity[(job.scenario, job.data, reference, job.seed, point)]
+            key = f"variants.{job.variant}.match_flops"
+            try:
+                match = matched_budget(self.planning_config(ref_job), self.planning_config(job, matched=False), key)
+            except ConfigError as error:
+                raise FedBTError(
+                    f"job {self.layout.run_dir(job.study, job.data, job.label, job.seed)}: {error}"
+                ) from None
+            self._matched[job.identity] = match.override()
+        return self._matched[job.identity]
+
+    def planning_config(self, job: Job, matched: bool = True) -> RunConfig:
+        """A job's run config as planning sees it: its starting model replaced by the architecture it has (the
+        base source it was built from); without its matched budget when ``matched`` is false."""
+        config = load_config(None, self.job_sets(job, matched))
+        start = self.start_of(job.data)
+        if start is not None:
+            base = self.config["starting_models"][start]["overrides"]["model.source"]
+            config = dataclasses.replace(config, model=dataclasses.replace(config.model, source=base))
+        return config
 
     def start_sets(self, name: str) -> list[str]:
         """The ``--set`` s of the centralised run that builds starting model ``name``."""
@@ -625,6 +674,8 @@ class Plan:
                     row["lr_runs"] = candidates
                 if self.not_tuned(study, variant):
                     row["not_tuned"] = self.not_tuned(study, variant)
+                if vspec.get("match_flops"):
+                    row["note"] = self.match_note(study, variant)
                 rows.append(row | {"paper_row": paper_row, "bert_base": bert_base})
             tables.append(
                 {
@@ -633,6 +684,7 @@ class Plan:
                     "scenario": spec["scenario"],
                     "paper": spec.get("paper"),
                     "reference": spec.get("reference", "fedavg"),
+                    "second_reference": spec.get("second_reference"),
                     "base_arch": spec.get("base_arch", "bert-base-uncased"),
                     "base_tiers": spec.get("base_tiers"),
                     "tiered": self.tiered(study),
@@ -640,7 +692,57 @@ class Plan:
                     "rows": rows,
                 }
             )
-        return {"tables": tables}
+        return {"tables": tables, "series": self.series_specs()}
+
+    def series_specs(self) -> list[dict[str, Any]]:
+        """The study config's ``series`` for the report: each with its points (study, data set, value), checked."""
+        specs = []
+        for name, spec in (self.config.get("series") or {}).items():
+            points = []
+            if name in self.config["studies"]:
+                raise ConfigError(
+                    f"series.{name}", "a series is named apart from every study (their outputs share tables/)"
+                )
+            for study, value in spec["studies"].items():
+                if study not in self.config["studies"]:
+                    raise ConfigError(
+                        f"series.{name}.studies.{study}", f"unknown study; defined: {', '.join(self.config['studies'])}"
+                    )
+                points += [
+                    {"study": study, "data": data, "value": value} for data in self.config["studies"][study]["data"]
+                ]
+            for i, pair in enumerate(spec["gaps"]):
+                for study in spec["studies"]:
+                    missing = [v for v in pair if v not in self.config["studies"][study]["variants"]]
+                    if missing:
+                        raise ConfigError(
+                            f"series.{name}.gaps[{i}]", f"{missing[0]!r} is not among the variants of studies.{study}"
+                        )
+            specs.append(
+                {"name": name, "title": spec["title"], "axis": spec["axis"], "points": points, "gaps": spec["gaps"]}
+            )
+        return specs
+
+    def match_note(self, study: str, variant: str) -> str:
+        """The caption's sentence on a FLOP-matched row: the budget its jobs ran at, per data set (and seed where
+        they differ), and whose FLOPs it spends."""
+        spec = self.config["studies"][study]
+        vspec = self.config["variants"][variant]
+        point = self.points(study, variant)[0]
+        budgets = []
+        for data in spec["data"]:
+            matched = {
+                seed: self.matched_budget(self._by_identity[(spec["scenario"], data, variant, seed, point)])
+                for seed in spec["seeds"]
+            }
+            (key,) = {k for budget in matched.values() for k in budget}
+            values = sorted({f"{budget[key]:g}" for budget in matched.values()})
+            budgets.append(f"{key} = {' / '.join(values)} ({data})")
+        unit = "a mean per client-round, dealt over the client-rounds" if "local.steps" in budgets[0] else "epochs"
+        return (
+            f"{variant}: {vspec.get('method', variant)} at {', '.join(budgets)} ({unit}), the budget at which its "
+            f"client FLOPs equal {vspec['match_flops']}'s (analytic, from both methods' plans: fedbt/matching.py)."
+        )
 
     def tiered(self, study: str) -> bool:
         """Whether some run of the study has resource tiers (``federation.tiers``): its report then writes a
@@ -656,14 +758,20 @@ class Plan:
     def report_outputs(self) -> dict[str, list[str]]:
         """The tables and figures ``fedbt report`` writes, by kind."""
         studies = list(self.config["studies"])
-        return output_files(studies, self.layout.results, [s for s in studies if self.tiered(s)])
+        tiered = [s for s in studies if self.tiered(s)]
+        return output_files(studies, self.layout.results, tiered, list(self.config.get("series") or {}))
 
     def report_captions(self, paths: list[str]) -> list[tuple[str, str, str]]:
         """Per report output: (path, caption file under ``workflow/report/``, subcategory = its study's title)."""
-        studies = self.config["studies"]
+        studies, series = self.config["studies"], self.config.get("series") or {}
         captioned = []
         for path in paths:
             stem = Path(path).stem
+            name = next((n for n in series if stem == n or stem.startswith(f"{n}_")), None)
+            if name is not None:  # a series' table (series.rst) or figure (series_cost.rst, series_gap.rst)
+                kind = "series" + stem.removeprefix(name)
+                captioned.append((path, f"{kind}.rst", series[name]["title"]))
+                continue
             study = next((s for s in studies if stem in (s, f"{s}{TIER_SUFFIX}") or stem.startswith(f"{s}_")), None)
             kind = stem.removeprefix(f"{study}_") if study and stem != study else ("table" if study else stem)
             kind = "tiers" if study and stem == f"{study}{TIER_SUFFIX}" else kind

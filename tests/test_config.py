@@ -37,7 +37,7 @@ def test_int_accepted_for_float():
         ("local.device=tpu", "local.device", "allowed values: auto, cpu, cuda"),
         ("local.objective=classification", "local.objective", "pretrain scenario trains one of mim, mlm"),
         ("local.mlm_probability=1.5", "local.mlm_probability", "must be in (0, 1)"),
-        ("local.steps=true", "local.steps", "expected int or null"),
+        ("local.steps=true", "local.steps", "expected int or float or null"),
         ("evaluation.seeds=[]", "evaluation.seeds", "at least one seed"),
         ("federation=3", "federation", "expected a mapping"),
         ("data.max_examples=2", "data.max_examples", ">= federation.clients"),

@@ -206,3 +206,13 @@ def test_a_study_with_tiers_lists_its_per_tier_table_as_a_report_output():
     assert all(table["tiered"] for table in plan.report_spec()["tables"])
     assert output_files(["pretrain"], "results", tiered=()) == output_files(["pretrain"], "results")
     assert not any("-tiers" in p for p in output_files(["pretrain"])["tables"])
+
+
+def test_every_committed_table_keeps_to_fifteen_columns():
+    """The rule of the narrow tables holds for every study's committed Markdown table (per-tier figures sit in the
+    study's -tiers table; the budget study's second p column and downstream score still fit)."""
+    tables = sorted((GOLDEN.parents[1] / "results").glob("**/tables/*.md"))
+    assert tables
+    for path in tables:
+        header = next(line for line in path.read_text().splitlines() if line.startswith("| "))
+        assert header.count("|") - 1 <= MAX_COLUMNS, path

@@ -79,6 +79,16 @@ log = logging.getLogger(__name__)
 SELECT, DATA, DROPOUT = 1, 2, 3
 
 
+def select_clients(clients: int, fraction: float, seed: int, round_idx: int) -> list[int]:
+    """A round's clients: all of ``clients``, or a seeded sample of ``fraction`` of them (at least one), in id
+    order (the one rule the simulator and the planners draw them by)."""
+    if fraction >= 1.0:
+        return list(range(clients))
+    k = max(1, round(fraction * clients))
+    generator = torch.Generator().manual_seed(derive_seed(seed, SELECT, round_idx))
+    return sorted(torch.randperm(clients, generator=generator)[:k].tolist())
+
+
 @dataclass
 class SimulationSetup:
     """Everything a simulation needs besides the method and the global model."""
@@ -179,7 +189,8 @@ class LocalTrainer:
         received = method.decode(task.download)
         model, name_map = self._prepare_local_model(plan, received)
         fresh = {n: g for n, g in name_map.items() if not self._is_stale(n, plan)}
-        context = self._context(task, model, fresh, received, self._steps(task.client_id, len(examples)))
+        steps = self._steps(task.round_idx, task.client_id, len(examples))
+        context = self._context(task, model, fresh, received, steps)
         optimizer = method.local_optimizer(model, local) or loop.adamw(model, local.lr, local.weight_decay)
         torch.manual_seed(derive_seed(setup.seed, DROPOUT, task.round_idx, task.client_id))
         result = loop.train(
@@ -208,11 +219,13 @@ class LocalTrainer:
         new_state = {n: t.detach().cpu() for n, t in method.client_state(context).items()}
         return ClientUpdate(upload, row, new_state, extra)
 
-    def _steps(self, client_id: int, examples: int) -> int:
-        """Local steps of a client with ``examples`` examples (a fixed budget scales with the clients pooled), as
+    def _steps(self, round_idx: int, client_id: int, examples: int) -> int:
+        """Local steps of a client with ``examples`` examples in a round (a fixed budget scales with the clients
+        pooled; a non-integer one is dealt over the client-rounds, :func:`~fedbt.training.loop.dealt_steps`), as
         many of them as the method gives the client's tier (:meth:`Method.local_steps`)."""
         local = self.setup.local
-        steps = loop.steps_for(examples, local.batch_size, local.epochs, local.steps)
+        index = round_idx * len(self.clients) + client_id
+        steps = loop.steps_for(examples, local.batch_size, local.epochs, local.steps, index)
         steps = max(1, round(steps * self.steps_scale)) if local.steps is not None else steps
         run = self.method.local_steps(self.tier_of(client_id), steps)
         if run < 1:
@@ -445,13 +458,8 @@ class Simulator:
         return self.best_round
 
     def selected_clients(self, round_idx: int) -> list[int]:
-        """All clients, or a seeded sample of ``fraction`` of them (at least one), in id order."""
-        n = len(self.clients)
-        if self.setup.fraction >= 1.0:
-            return list(range(n))
-        k = max(1, round(self.setup.fraction * n))
-        generator = torch.Generator().manual_seed(derive_seed(self.setup.seed, SELECT, round_idx))
-        return sorted(torch.randperm(n, generator=generator)[:k].tolist())
+        """All clients, or a seeded sample of ``fraction`` of them (:func:`select_clients`)."""
+        return select_clients(len(self.clients), self.setup.fraction, self.setup.seed, round_idx)
 
     def round_info(self, round_idx: int) -> RoundInfo:
         """The round's facts for the method's hooks: the number of clients and the round's participants."""

@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from fedbt.report import costs, figures, selection
+from fedbt.report import costs, figures, selection, series
 from fedbt.report.runs import RunResult, load_run
 from fedbt.report.spec import FIGURE_KINDS, SCHEDULE_FIGURE, Row, Spec, Table
 from fedbt.report.tables import build_table, grids, html, identical_plans, latex, markdown, to_json
@@ -53,8 +53,10 @@ def build_report(spec: Spec, out: str | Path) -> list[Path]:
     results = load_results(spec)
     written: list[Path] = []
     schedules = {}
+    chosen: dict[str, Table] = {}
     for table in spec.tables:
         table, lr_choices = choose_learning_rates(table, results)
+        chosen[table.name] = table
         ratios = {
             row.variant: costs.upload_pct(row.bert_base, table.scenario, table.base_arch, table.base_tiers)
             for row in table.rows
@@ -80,4 +82,23 @@ def build_report(spec: Spec, out: str | Path) -> list[Path]:
             if row.method.startswith("fedbt") and row.bert_base is not None and row.variant not in schedules:
                 schedules[row.variant] = costs.schedule(row.bert_base, table.scenario, table.base_arch)
     written += figures.schedule_figure(schedules, BERT_BASE_LAYERS, out / "figures" / SCHEDULE_FIGURE)
+    for raw in spec.series:
+        written += build_series(series.Series.from_dict(raw), chosen, results, out)
+    return written
+
+
+def build_series(
+    found: series.Series, tables: dict[str, Table], results: dict[str, RunResult], out: Path
+) -> list[Path]:
+    """Write a series' table (``tables/<series>.json|.md|.tex|.html``) and figures (:mod:`fedbt.report.series`)."""
+    gaps = series.gaps(found, tables, results)
+    path = out / "tables" / f"{found.name}.json"
+    path.write_text(json.dumps(series.to_json(found, gaps), indent=1) + "\n")
+    written = [path]
+    grid = series.grid(found, gaps)
+    for ext, render in (("md", markdown), ("tex", latex), ("html", html)):
+        (out / "tables" / f"{found.name}.{ext}").write_text(render(grid))
+        written.append(out / "tables" / f"{found.name}.{ext}")
+    written += series.cost_figure(found, tables, results, out / "figures" / f"{found.name}_cost")
+    written += series.gap_figure(found, gaps, out / "figures" / f"{found.name}_gap")
     return written

@@ -43,6 +43,8 @@ class Row:
     not_tuned: str | None = None
     """Why a row of a study with a grid runs at one setting (``variants.<v>.tuned: false``, or no grid of its
     own in a study whose other rows have one); None otherwise."""
+    note: str | None = None
+    """A sentence the table's caption carries about this row (e.g. the budget a FLOP-matched variant ran at)."""
 
 
 @dataclass(frozen=True)
@@ -62,13 +64,16 @@ class Table:
     """Resource tiers on ``base_arch`` for that column (a study with tiers): the column is their mix."""
     tiered: bool = False
     """Whether the study's runs have resource tiers: the report then writes its per-tier table too."""
+    second_reference: str | None = None
+    """A second row the headline score of every row is tested against (one more p column)."""
 
 
 @dataclass(frozen=True)
 class Spec:
-    """Every table of a study configuration."""
+    """Every table of a study configuration, and its series (:mod:`fedbt.report.series`, their JSON form)."""
 
     tables: list[Table] = field(default_factory=list)
+    series: list[dict[str, Any]] = field(default_factory=list)
 
 
 def load_spec(text_or_path: str) -> Spec:
@@ -86,16 +91,27 @@ def from_dict(raw: dict[str, Any]) -> Spec:
         rows = [Row(**r) for r in table["rows"]]
         rest = {k: v for k, v in table.items() if k not in ("columns", "rows")}
         tables.append(Table(columns=columns, rows=rows, **rest))
-    return Spec(tables)
+    return Spec(tables, raw.get("series", []))
 
 
-def output_files(table_names: list[str], out: str = "results", tiered: Collection[str] = ()) -> dict[str, list[str]]:
+SERIES_FIGURES = ("cost", "gap")
+"""The figures of series ``<name>`` (:mod:`fedbt.report.series`): ``figures/<name>_<kind>.png|pdf``."""
+
+
+def output_files(
+    table_names: list[str], out: str = "results", tiered: Collection[str] = (), series: Collection[str] = ()
+) -> dict[str, list[str]]:
     """The files ``fedbt report`` writes for these tables, by kind (``tables``, ``figures``); the tables named in
-    ``tiered`` also get their per-tier table, ``<name>-tiers.md|.tex|.html``."""
+    ``tiered`` also get their per-tier table, ``<name>-tiers.md|.tex|.html``; each of ``series`` its table
+    (``<name>.md|.tex|.json|.html``) and figures."""
     tables = [f"{out}/tables/{name}.{ext}" for name in table_names for ext in ("md", "tex", "json", "html")]
     tables += [f"{out}/tables/{name}{TIER_SUFFIX}.{ext}" for name in table_names if name in tiered for ext in TIER_EXTS]
     figures = [
         f"{out}/figures/{name}_{kind}.{ext}" for name in table_names for kind in FIGURE_KINDS for ext in ("png", "pdf")
     ]
     figures += [f"{out}/figures/{SCHEDULE_FIGURE}.{ext}" for ext in ("png", "pdf")]
+    tables += [f"{out}/tables/{name}.{ext}" for name in series for ext in ("md", "tex", "json", "html")]
+    figures += [
+        f"{out}/figures/{name}_{kind}.{ext}" for name in series for kind in SERIES_FIGURES for ext in ("png", "pdf")
+    ]
     return {"tables": tables, "figures": figures}

@@ -19,7 +19,7 @@ from fedbt import paper
 from fedbt.report.runs import RunResult
 from fedbt.report.selection import LrChoice, shown
 from fedbt.report.spec import TIER_SUFFIX, Row, Table
-from fedbt.report.stats import MIN_N, PAIRED, WELCH, compare, holm, t_interval
+from fedbt.report.stats import MIN_N, PAIRED, WELCH, Comparison, compare, holm, t_interval
 
 DASH = "–"
 DIVERGED = "diverged"
@@ -117,6 +117,10 @@ class TableRow:
     dropped_pct: float | None = None
     """Share (0..100) of client-rounds dropped for not fitting the memory budget, mean over the row's runs
     (None: its runs do not record it)."""
+    second: dict[str, SecondTest] | None = None
+    """Per data set, the headline score tested against the table's second reference (None: it has none)."""
+    note: str | None = None
+    """The spec's sentence about this row (:attr:`fedbt.report.spec.Row.note`), carried into the caption."""
 
 
 def _mean(values: list[float]) -> float | None:
@@ -132,7 +136,7 @@ def _runs(row: Row, results: Mapping[str, RunResult], data: str | None = None) -
     return [results[p] for p in paths if p in results]
 
 
-def _samples(row: Row, data: str, metric: str, results: Mapping[str, RunResult]) -> tuple[dict[str, float], int]:
+def row_samples(row: Row, data: str, metric: str, results: Mapping[str, RunResult]) -> tuple[dict[str, float], int]:
     """The metric's samples (one per federation seed) of the row's runs that did not diverge, and how many did."""
     runs = [run for run in _runs(row, results, data) if metric in run.scores]
     samples = {key: value for run in runs if not run.diverged for key, value in run.scores[metric].items()}
@@ -232,15 +236,7 @@ def _cell(
     if diverged or not n:
         return Cell(None, None, n, higher_is_better=better, diverged=diverged, no_test=DIVERGED if diverged else None)
     values = list(samples.values())
-    comparison, no_test = None, None
-    if reference is not None:
-        ref_samples, ref_diverged = reference
-        if ref_diverged:
-            no_test = DIVERGED
-        elif min(n, len(ref_samples)) < MIN_N:
-            no_test = f"n<{MIN_N}"
-        else:
-            comparison = compare(samples, ref_samples)
+    comparison, no_test = _test(samples, n, reference) if reference is not None else (None, None)
     return Cell(
         statistics.fmean(values),
         statistics.stdev(values) if n > 1 else 0.0,
@@ -251,6 +247,61 @@ def _cell(
         higher_is_better=better,
         no_test=no_test,
     )
+
+
+def _test(
+    samples: dict[str, float], n: int, reference: tuple[dict[str, float], int]
+) -> tuple[Comparison | None, str | None]:
+    """The t-test of a row's samples (``n`` runs) against a reference's (samples, diverged runs), or why there is
+    none (``diverged``, ``n<3``)."""
+    ref_samples, ref_diverged = reference
+    if ref_diverged:
+        return None, DIVERGED
+    if min(n, len(ref_samples)) < MIN_N:
+        return None, f"n<{MIN_N}"
+    return compare(samples, ref_samples), None
+
+
+@dataclass(frozen=True)
+class SecondTest:
+    """A row's headline score tested against the table's second reference (``second_reference``): the raw and the
+    Holm-adjusted p-value (over the table's rows), the test, or why there is none (None throughout for the second
+    reference itself)."""
+
+    p_value: float | None = None
+    p_adjusted: float | None = None
+    test: str | None = None
+    no_test: str | None = None
+
+
+def _second_tests(
+    table: Table, shown: dict[str, list[str]], results: Mapping[str, RunResult]
+) -> list[dict[str, SecondTest]] | None:
+    """Per row, per data set: its headline score against the second reference's, Holm-adjusted per data set over the
+    rows (None: the table has no second reference)."""
+    second = next((row for row in table.rows if row.variant == table.second_reference), None)
+    if second is None:
+        return None
+    tests: list[dict[str, SecondTest]] = [{} for _ in table.rows]
+    for column in table.columns:
+        metric = next(iter(shown[column.data]), None)
+        if metric is None:
+            continue
+        reference = row_samples(second, column.data, metric, results)
+        for i, row in enumerate(table.rows):
+            samples, diverged = row_samples(row, column.data, metric, results)
+            if row is second:
+                tests[i][column.data] = SecondTest()
+            elif diverged:
+                tests[i][column.data] = SecondTest(no_test=DIVERGED)
+            else:
+                comparison, no_test = _test(samples, len(samples), reference)
+                p_value = comparison.p_value if comparison else None
+                tests[i][column.data] = SecondTest(p_value, None, comparison.test if comparison else None, no_test)
+        adjusted = holm({i: test[column.data].p_value for i, test in enumerate(tests)})
+        for i, test in enumerate(tests):
+            test[column.data] = dataclasses.replace(test[column.data], p_adjusted=adjusted[i])
+    return tests
 
 
 def _adjust(scores: list[dict[str, dict[str, Cell]]]) -> list[dict[str, dict[str, Cell]]]:
@@ -303,8 +354,8 @@ def _row_scores(
         for metric in metrics[column.data]:
             ref = None
             if reference is not None and row is not reference:
-                ref = _samples(reference, column.data, metric, results)
-            scores[column.data][metric] = _cell(*_samples(row, column.data, metric, results), ref, metric)
+                ref = row_samples(reference, column.data, metric, results)
+            scores[column.data][metric] = _cell(*row_samples(row, column.data, metric, results), ref, metric)
     return scores
 
 
@@ -349,8 +400,10 @@ def build_table(
     metrics = {c.data: _metrics(table, c.data, results) for c in table.columns}
     tiers = tier_names(table, results)
     scores = _adjust([_row_scores(table, row, reference, metrics, results) for row in table.rows])
+    shown = {c.data: _shown(table, c.data, results) for c in table.columns}
+    seconds = _second_tests(table, shown, results) or [None] * len(table.rows)
     rows = []
-    for row, row_scores in zip(table.rows, scores, strict=True):
+    for row, row_scores, second in zip(table.rows, scores, seconds, strict=True):
         paper_row = paper.paper_row(table.paper, row.paper_row)
         dropped = [run.dropped_pct for run in _runs(row, results) if run.dropped_pct is not None]
         rows.append(
@@ -367,6 +420,8 @@ def build_table(
                 lr=lr_choices.get(row.variant, {}),
                 tiers=_tier_costs(row, reference, tiers, results),
                 dropped_pct=_mean(dropped),
+                second=second,
+                note=row.note,
             )
         )
     devices = sorted({run.device.split(":")[0] for row in table.rows for run in _runs(row, results)})
@@ -379,7 +434,7 @@ def build_table(
         rows,
         {data: metric for data, metric in primary.items() if metric},
         "+".join(devices) or "cpu",
-        {c.data: _shown(table, c.data, results) for c in table.columns},
+        shown,
         {c.data: _majority(table, c.data, results) for c in table.columns},
         sorted({run.evaluation_seeds for row in table.rows for run in _runs(row, results) if run.evaluation_seeds}),
     )
@@ -449,10 +504,12 @@ def _header(data: TableData) -> list[str]:
         name = column.data
         if data.has_lr_grid:
             head.append(f"{name} lr")
-        for metric in data.shown[column.data]:
+        for i, metric in enumerate(data.shown[column.data]):
             label = METRIC_NAMES.get(metric, metric if column.label == name else f"{column.label} {metric}")
             ppl = " (ppl)" if metric == "heldout_mlm_loss" else ""
             head += [f"{name}: {label}{ppl}", f"p vs {table.reference} (Holm)"]
+            if table.second_reference and i == 0:
+                head.append(f"p vs {table.second_reference} (Holm)")
         if table.paper:
             head.append("paper")
     return head
@@ -477,11 +534,14 @@ def _cells(data: TableData, row: TableRow, pm: str) -> list[str]:
         if data.has_lr_grid:
             choice = row.lr.get(column.data)
             cells.append(shown(choice) or DASH)
-        for metric in data.shown[column.data]:
+        for i, metric in enumerate(data.shown[column.data]):
             cell = _cell_of(row, column.data, metric)
             ppl = _cell_of(row, column.data, "heldout_mlm_perplexity").mean if metric == "heldout_mlm_loss" else None
             cells.append(_score(cell, pm) + (f" ({_num(ppl, 1)})" if ppl is not None else ""))
             cells.append(_p(cell))
+            if data.table.second_reference and i == 0:
+                second = (row.second or {}).get(column.data, SecondTest())
+                cells.append(_p(Cell(None, None, 0, p_adjusted=second.p_adjusted, no_test=second.no_test)))
         if data.table.paper:
             cells.append(_num(row.paper_scores[column.data], 4))
     return cells
@@ -535,6 +595,12 @@ def _stats_text(data: TableData) -> str:
         f"where both rows have n >= {MIN_N} (n<{MIN_N} otherwise); the p shown is Holm-adjusted over the table's "
         f"rows for that column (JSON: p_vs_reference raw, p_adjusted)."
     )
+    second = data.table.second_reference
+    if second:
+        text += (
+            f" p vs {second} (Holm): the same test of each row's headline score (the first score column of each data "
+            f"set) against `{second}`'s, Holm-adjusted over the rows (JSON: second_reference)."
+        )
     if any(c.diverged for c in cells):
         text += (
             f" diverged k/n: k of the row's n federated runs have a NaN or infinite loss or score; the row gets no "
@@ -595,6 +661,8 @@ def notes(data: TableData) -> str:
             f"not record it. Per-tier FLOPs, upload, memory and budgets: the table {table.name}{TIER_SUFFIX} beside "
             f"this one (JSON: each row's tiers)."
         )
+    for row in rows:
+        text += f" {row.note}" if row.note else ""
     for group in identical_plans(rows):
         text += (
             f" Warning: {', '.join(group)} trained and sent exactly the same tensors in every round (equal plan "
@@ -775,6 +843,7 @@ def to_json(data: TableData) -> dict[str, Any]:
         "title": table.title,
         "scenario": table.scenario,
         "reference": table.reference,
+        **({"second_reference": table.second_reference} if table.second_reference else {}),
         "paper_table": table.paper,
         "device": data.device,
         "columns": [
@@ -794,6 +863,8 @@ def to_json(data: TableData) -> dict[str, Any]:
                 "plan_sha256": row.plan_sha256,
                 "lr": {data_set: asdict(choice) for data_set, choice in row.lr.items()},
                 **({"tiers": {n: asdict(t) for n, t in row.tiers.items()}} if row.tiers else {}),
+                **({"second_reference": {d: asdict(t) for d, t in row.second.items()}} if row.second else {}),
+                **({"note": row.note} if row.note else {}),
             }
             for row in rows
         ],

@@ -183,11 +183,25 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
     return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def steps_for(num_examples: int, batch_size: int, epochs: float, steps: int | None) -> int:
-    """Number of optimizer steps: ``steps`` if given, else ``epochs`` passes over the data."""
+def steps_for(num_examples: int, batch_size: int, epochs: float, steps: float | None, index: int = 0) -> int:
+    """Number of optimizer steps: ``steps`` if given, else ``epochs`` passes over the data.
+
+    A non-integer ``steps`` is a mean per client-round (a FLOP-matched budget, :mod:`fedbt.matching`): the
+    ``index``-th client-round of the run (``round * clients + client``) runs :func:`dealt_steps` of it."""
     if steps is not None:
-        return steps
+        return dealt_steps(steps, index)
     return max(1, math.ceil(epochs * math.ceil(num_examples / batch_size)))
+
+
+def dealt_steps(mean: float, index: int) -> int:
+    """The ``index``-th share of a mean of ``mean`` steps: ``floor((index + 1) * mean) - floor(index * mean)``, so
+    that the first ``k`` client-rounds run ``floor(k * mean)`` steps in all (``mean`` itself for an integer)."""
+    return _floor(mean * (index + 1)) - _floor(mean * index)
+
+
+def _floor(value: float) -> int:
+    """``floor`` that reads a product within 1e-9 of an integer as that integer (``3 * 1.2`` is 3.5999999...)."""
+    return math.floor(value + 1e-9)
 
 
 def train(
