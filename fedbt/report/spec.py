@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 FIGURE_KINDS = ("rounds", "pareto", "cost", "compute")
+PRIVACY_FIGURE = "privacy"
+"""The figure kind of a study with DP runs only: its score against epsilon."""
 SCHEDULE_FIGURE = "layer_schedule"
 TIER_SUFFIX = "-tiers"
 TIER_EXTS = ("md", "tex", "html")
@@ -62,6 +64,9 @@ class Table:
     """Resource tiers on ``base_arch`` for that column (a study with tiers): the column is their mix."""
     tiered: bool = False
     """Whether the study's runs have resource tiers: the report then writes its per-tier table too."""
+    private: bool = False
+    """Whether some run of the study has client-level DP (``privacy``): the report then draws its score against
+    epsilon too (``<name>_privacy.png|.pdf``)."""
 
 
 @dataclass(frozen=True)
@@ -89,13 +94,17 @@ def from_dict(raw: dict[str, Any]) -> Spec:
     return Spec(tables)
 
 
-def output_files(table_names: list[str], out: str = "results", tiered: Collection[str] = ()) -> dict[str, list[str]]:
+def output_files(
+    table_names: list[str], out: str = "results", tiered: Collection[str] = (), private: Collection[str] = ()
+) -> dict[str, list[str]]:
     """The files ``fedbt report`` writes for these tables, by kind (``tables``, ``figures``); the tables named in
-    ``tiered`` also get their per-tier table, ``<name>-tiers.md|.tex|.html``."""
+    ``tiered`` also get their per-tier table, ``<name>-tiers.md|.tex|.html``, those in ``private`` the figure
+    ``<name>_privacy.png|.pdf``."""
     tables = [f"{out}/tables/{name}.{ext}" for name in table_names for ext in ("md", "tex", "json", "html")]
     tables += [f"{out}/tables/{name}{TIER_SUFFIX}.{ext}" for name in table_names if name in tiered for ext in TIER_EXTS]
     figures = [
         f"{out}/figures/{name}_{kind}.{ext}" for name in table_names for kind in FIGURE_KINDS for ext in ("png", "pdf")
     ]
+    figures += [f"{out}/figures/{name}_{PRIVACY_FIGURE}.{ext}" for name in private for ext in ("png", "pdf")]
     figures += [f"{out}/figures/{SCHEDULE_FIGURE}.{ext}" for ext in ("png", "pdf")]
     return {"tables": tables, "figures": figures}

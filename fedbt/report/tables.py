@@ -16,6 +16,8 @@ from html import escape
 from typing import Any
 
 from fedbt import paper
+from fedbt.report.privacy import RowPrivacy, epsilon_text, row_privacy
+from fedbt.report.privacy import notes as privacy_notes
 from fedbt.report.runs import RunResult
 from fedbt.report.selection import LrChoice, shown
 from fedbt.report.spec import TIER_SUFFIX, Row, Table
@@ -117,6 +119,8 @@ class TableRow:
     dropped_pct: float | None = None
     """Share (0..100) of client-rounds dropped for not fitting the memory budget, mean over the row's runs
     (None: its runs do not record it)."""
+    privacy: RowPrivacy | None = None
+    """The row's client-level differential privacy: epsilon spent, settings, update dimension (None: no DP)."""
 
 
 def _mean(values: list[float]) -> float | None:
@@ -330,6 +334,11 @@ class TableData:
         return any(row.lr for row in self.rows)
 
     @property
+    def private(self) -> bool:
+        """Whether some row has client-level DP: the table then shows ``update dim`` and ``epsilon``."""
+        return any(row.privacy for row in self.rows)
+
+    @property
     def tiered(self) -> bool:
         """Whether the table has a per-tier table (its runs have tiers, or the spec says they will)."""
         return self.table.tiered or any(row.tiers for row in self.rows)
@@ -367,6 +376,7 @@ def build_table(
                 lr=lr_choices.get(row.variant, {}),
                 tiers=_tier_costs(row, reference, tiers, results),
                 dropped_pct=_mean(dropped),
+                privacy=row_privacy(_runs(row, results)),
             )
         )
     devices = sorted({run.device.split(":")[0] for row in table.rows for run in _runs(row, results)})
@@ -445,6 +455,8 @@ def _header(data: TableData) -> list[str]:
     head += ["upload MB", "upload %", f"{base} upload %"]
     if data.tiered:
         head.append("dropped %")
+    if data.private:
+        head += ["update dim", "epsilon"]
     for column in table.columns:
         name = column.data
         if data.has_lr_grid:
@@ -473,6 +485,8 @@ def _cells(data: TableData, row: TableRow, pm: str) -> list[str]:
     ]
     if data.tiered:
         cells.append(_num(row.dropped_pct, 1))
+    if data.private:
+        cells += [_num(row.privacy.update_dim if row.privacy else None, 0), epsilon_text(row.privacy)]
     for column in data.table.columns:
         if data.has_lr_grid:
             choice = row.lr.get(column.data)
@@ -595,6 +609,7 @@ def notes(data: TableData) -> str:
             f"not record it. Per-tier FLOPs, upload, memory and budgets: the table {table.name}{TIER_SUFFIX} beside "
             f"this one (JSON: each row's tiers)."
         )
+    text += privacy_notes([(row.variant, row.privacy) for row in rows])
     for group in identical_plans(rows):
         text += (
             f" Warning: {', '.join(group)} trained and sent exactly the same tensors in every round (equal plan "
@@ -794,6 +809,7 @@ def to_json(data: TableData) -> dict[str, Any]:
                 "plan_sha256": row.plan_sha256,
                 "lr": {data_set: asdict(choice) for data_set, choice in row.lr.items()},
                 **({"tiers": {n: asdict(t) for n, t in row.tiers.items()}} if row.tiers else {}),
+                **(_privacy_json(row) if data.private else {}),
             }
             for row in rows
         ],
@@ -801,6 +817,12 @@ def to_json(data: TableData) -> dict[str, Any]:
         "notes": notes(data),
         **({"tier_notes": tier_notes(data)} if data.tiered else {}),
     }
+
+
+def _privacy_json(row: TableRow) -> dict[str, Any]:
+    """A row's ``epsilon`` (None: no DP, or no noise) and ``privacy`` (None: no DP), in a table with DP."""
+    privacy = row.privacy
+    return {"epsilon": privacy.epsilon if privacy else None, "privacy": asdict(privacy) if privacy else None}
 
 
 def html(grid: Grid) -> str:
