@@ -421,6 +421,8 @@ class Simulator:
         self._rule = training_rule(method)
         if self.server_optimizer is not None:
             self._rule.append({"server_optimizer": self.server_optimizer.settings()})
+        if setup.privacy is not None:  # clipping and noise change what is sent: runs with other settings differ
+            self._rule.append({"privacy": dataclasses.asdict(setup.privacy)})
         self.records: list[dict] = []
         self.select = select
         self.best_round: int | None = None

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 FIGURE_KINDS = ("rounds", "pareto", "cost", "compute")
-PRIVACY_FIGURE = "privacy"
+PRIVACY_FIGURE = "epsilon"
 """The figure kind of a study with DP runs only: its score against epsilon."""
 SCHEDULE_FIGURE = "layer_schedule"
 TIER_SUFFIX = "-tiers"
@@ -66,7 +66,7 @@ class Table:
     """Whether the study's runs have resource tiers: the report then writes its per-tier table too."""
     private: bool = False
     """Whether some run of the study has client-level DP (``privacy``): the report then draws its score against
-    epsilon too (``<name>_privacy.png|.pdf``)."""
+    epsilon too (``<name>_epsilon.png|.pdf``)."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ def output_files(
 ) -> dict[str, list[str]]:
     """The files ``fedbt report`` writes for these tables, by kind (``tables``, ``figures``); the tables named in
     ``tiered`` also get their per-tier table, ``<name>-tiers.md|.tex|.html``, those in ``private`` the figure
-    ``<name>_privacy.png|.pdf``."""
+    ``<name>_epsilon.png|.pdf``."""
     tables = [f"{out}/tables/{name}.{ext}" for name in table_names for ext in ("md", "tex", "json", "html")]
     tables += [f"{out}/tables/{name}{TIER_SUFFIX}.{ext}" for name in table_names if name in tiered for ext in TIER_EXTS]
     figures = [
