@@ -7,8 +7,9 @@ client clips it to L2 norm ``C`` (``privacy.clip``) before the method encodes th
 std ``sigma C`` (``privacy.noise_multiplier``) per element of the round's **sum** of uploads, is added
 
 * ``central`` (a trusted server): by the server, to the sums of the streaming average
-  (:meth:`fedbt.federated.aggregate.WeightedAverage.add_noise`) after every upload is in; the server first clips
-  each decoded update again (a no-op unless a method's encoding changed it), so the bound holds for any encoding;
+  (:meth:`fedbt.federated.aggregate.WeightedAverage.add_noise`) after every upload is in; for a method with its
+  own encoding (``Method.encode``) the server first clips each decoded update again (a no-op unless the encoding
+  changed it), so the bound holds for any encoding;
 * ``distributed``: by each of the round's ``m`` participants to its own clipped update, std ``sigma C / sqrt(m)``,
   so that the sum carries std ``sigma C``. What the ``epsilon`` states then holds for the sum (the server should
   see only that: secure aggregation, which this suite does not simulate); each single upload carries
@@ -58,28 +59,32 @@ SERVER = -1
 
 def l2_norm(tensors: Mapping[str, torch.Tensor]) -> float:
     """The L2 norm of the tensors taken as one flat vector."""
-    return math.sqrt(sum(float(t.detach().to(torch.float64).square().sum()) for t in tensors.values()))
+    return math.sqrt(
+        sum(float(torch.linalg.vector_norm(t.detach(), dtype=torch.float64)) ** 2 for t in tensors.values())
+    )
 
 
 def update_of(upload: Mapping[str, torch.Tensor], received: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Each uploaded tensor minus the value the client received for it (float64, CPU)."""
-    return {n: _float64(t) - _float64(received[n]) for n, t in upload.items()}
+    """Each uploaded tensor minus the value the client received for it (float32, CPU)."""
+    return {n: _float32(t) - _float32(received[n]) for n, t in upload.items()}
 
 
-def _float64(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.detach().to("cpu", torch.float64)
+def _float32(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().to("cpu", torch.float32)
 
 
 def clip(update: Mapping[str, torch.Tensor], bound: float) -> tuple[dict[str, torch.Tensor], float]:
-    """``update`` scaled to L2 norm at most ``bound`` (as one vector), and its norm before clipping."""
+    """``update`` scaled to L2 norm at most ``bound`` (as one vector), and its norm before clipping. A longer update
+    is scaled to ``bound * (1 - 2^-20)``, so that float32 rounding (at most 2^-24 of each element) cannot exceed
+    ``bound``."""
     norm = l2_norm(update)
-    scale = min(1.0, bound / norm) if norm > 0 else 1.0
+    scale = min(1.0, bound * (1 - 2**-20) / norm) if norm > 0 else 1.0
     return {n: t * scale for n, t in update.items()}, norm
 
 
 def gaussian(shapes: Mapping[str, tuple[int, ...]], std: float, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Independent N(0, std^2) noise (float64) of each shape, drawn in sorted name order."""
-    return {n: torch.randn(shapes[n], generator=generator, dtype=torch.float64) * std for n in sorted(shapes)}
+    """Independent N(0, std^2) noise (float32) of each shape, drawn in sorted name order."""
+    return {n: torch.randn(shapes[n], generator=generator) * std for n in sorted(shapes)}
 
 
 def noise_generator(seed: int, round_idx: int, client_id: int) -> torch.Generator:
@@ -98,7 +103,7 @@ def privatize(
 ) -> tuple[dict[str, torch.Tensor], float]:
     """Client side: the upload with its update clipped to ``privacy.clip`` (and, ``distributed``, this client's
     share of the noise added), in the upload's dtypes, and the update's norm before clipping."""
-    update, norm = clip(update_of(upload, received), privacy.clip)
+    update, norm = clip(update_of(upload, received), privacy.clip)  # float32, the norm summed in float64
     if privacy.noise == "distributed" and privacy.noise_multiplier > 0:
         std = privacy.noise_multiplier * privacy.clip / math.sqrt(max(participants, 1))
         shapes = {n: tuple(t.shape) for n, t in update.items()}
@@ -122,7 +127,7 @@ def _apply(
     update: Mapping[str, torch.Tensor], received: Mapping[str, torch.Tensor], like: Mapping[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     """``received + update`` per tensor, in the dtype and device of ``like``'s tensor of that name."""
-    return {n: (_float64(received[n]) + u).to(like[n].device, like[n].dtype) for n, u in update.items()}
+    return {n: (_float32(received[n]) + u).to(like[n].device, like[n].dtype) for n, u in update.items()}
 
 
 def central_std(privacy: PrivacyConfig) -> float:
@@ -176,11 +181,16 @@ class ServerPrivacy:
     """The server's side of a run with ``privacy``: checks each upload, adds the central noise to the round's sums
     and reports the round's epsilon (:mod:`fedbt.privacy_accounting`) and diagnostics."""
 
-    def __init__(self, privacy: PrivacyConfig, seed: int, clients: int, fraction: float, rounds: int):
+    def __init__(
+        self, privacy: PrivacyConfig, seed: int, clients: int, fraction: float, rounds: int, encodes: bool = True
+    ):
+        """``encodes``: whether the method has its own encoding (then the server clips each decoded update again;
+        an identity encoding delivers the client's clipped tensors bit for bit)."""
         from fedbt.privacy_accounting import run_epsilons
 
         self.privacy = privacy
         self.seed = seed
+        self.guard = encodes and privacy.noise == "central"
         self.epsilons = run_epsilons(privacy, clients, fraction, rounds)
         self._norms: dict[int, float] = {}
         self._dims: dict[int, int] = {}
@@ -192,12 +202,13 @@ class ServerPrivacy:
         received: Callable[[], Mapping[str, torch.Tensor]],
         norm: float | None,
     ) -> dict[str, torch.Tensor]:
-        """A client's decoded upload as it enters the average (``central``: clipped again against ``received()``,
-        the values it was sent); notes its reported pre-clip norm and its dimension."""
+        """A client's decoded upload as it enters the average (``central`` noise and a method with its own encoding:
+        clipped again against ``received()``, the values it was sent); notes its reported pre-clip norm and its
+        dimension."""
         if norm is not None:
             self._norms[client_id] = norm
         self._dims[client_id] = sum(t.numel() for t in upload.values())
-        return server_clip(upload, received(), self.privacy) if self.privacy.noise == "central" else dict(upload)
+        return server_clip(upload, received(), self.privacy) if self.guard else dict(upload)
 
     def perturb(self, average: WeightedAverage, round_idx: int) -> None:
         """``central``: the round's noise on the sums of the uploads (seeded by run seed and round)."""

@@ -417,7 +417,8 @@ class Simulator:
         self.privacy = None
         if setup.privacy is not None:
             clients, fraction = len(self.clients), setup.fraction
-            self.privacy = ServerPrivacy(setup.privacy, setup.seed, clients, fraction, setup.rounds)
+            encodes = type(method).encode is not Method.encode
+            self.privacy = ServerPrivacy(setup.privacy, setup.seed, clients, fraction, setup.rounds, encodes)
         self._rule = training_rule(method)
         if self.server_optimizer is not None:
             self._rule.append({"server_optimizer": self.server_optimizer.settings()})
