@@ -29,7 +29,7 @@ def load(name: str) -> dict:
 
 
 @pytest.mark.parametrize(
-    "name", ["config.yaml", "paper.yaml", "test.yaml", "vision.yaml", "test-vision.yaml", "hetero.yaml"]
+    "name", ["config.yaml", "paper.yaml", "test.yaml", "vision.yaml", "test-vision.yaml", "hetero.yaml", "privacy.yaml"]
 )
 def test_shipped_configs_pass_the_schema(name):
     from snakemake.utils import validate
@@ -114,6 +114,7 @@ def test_config_readme_documents_every_schema_key():
         ("paper.yaml", 1610, 0),
         ("vision.yaml", 10, 1),
         ("hetero.yaml", 87, 1),
+        ("privacy.yaml", 99, 1),
     ],
 )
 def test_shipped_studies_plan_offline(tmp_path, name, runs, starts):

@@ -45,7 +45,14 @@ def test_layout_is_spelled_in_one_place():
 
 @pytest.mark.parametrize(
     ("name", "runs"),
-    [("config.yaml", 69), ("ablation.yaml", 102), ("hetero.yaml", 87), ("paper.yaml", 1610), ("test.yaml", 4)],
+    [
+        ("config.yaml", 69),
+        ("ablation.yaml", 102),
+        ("hetero.yaml", 87),
+        ("privacy.yaml", 99),
+        ("paper.yaml", 1610),
+        ("test.yaml", 4),
+    ],
 )
 def test_shared_jobs_run_once_in_the_first_study(name, runs):
     plan = Plan(study_config(name))
