@@ -567,7 +567,10 @@ def to_flat_dict(config: RunConfig) -> dict[str, Any]:
         else:
             flat[prefix] = node
 
-    walk(dataclasses.asdict(config), "")
+    raw = dataclasses.asdict(config)
+    if raw["privacy"] is None:  # a run without DP keeps the params (and config digest) it had before the key
+        raw.pop("privacy")
+    walk(raw, "")
     return flat
 
 

@@ -204,3 +204,17 @@ def test_central_and_distributed_noise_differ_and_without_privacy_nothing_change
     assert len(set(losses.values())) == 3
     assert not any(k.startswith(("dp_", "epsilon")) for k in runs["none"]["rounds"][0])
     assert "privacy" not in runs["none"]
+
+
+def test_epsilon_is_tracked_in_mlflow_per_round_and_at_the_end(tiny_config, mlflow_uri):
+    from mlflow.tracking import MlflowClient
+
+    config = tiny_config(*DP, *FEDERATION, "federation.rounds=2", "tracking.enabled=true", f"tracking.uri={mlflow_uri}")
+    metrics = execute(prepare(config))
+    run = MlflowClient(tracking_uri=mlflow_uri).get_run(metrics["mlflow_run_id"])
+    history = MlflowClient(tracking_uri=mlflow_uri).get_metric_history(run.info.run_id, "epsilon")
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(
+        [r["epsilon"] for r in metrics["rounds"]]
+    )
+    assert run.data.metrics["privacy.epsilon"] == pytest.approx(metrics["privacy"]["epsilon"])
+    assert run.data.params["privacy.noise_multiplier"] == "1.0"
