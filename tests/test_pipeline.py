@@ -114,7 +114,7 @@ def test_config_readme_documents_every_schema_key():
         ("paper.yaml", 1610, 0),
         ("vision.yaml", 10, 1),
         ("hetero.yaml", 87, 1),
-        ("privacy.yaml", 51, 1),
+        ("privacy.yaml", 39, 1),
     ],
 )
 def test_shipped_studies_plan_offline(tmp_path, name, runs, starts):
