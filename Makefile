@@ -14,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-flower test test-fast test-flower lint format smoke minilm reproduce ablation vision hetero budget bench clean
+.PHONY: install install-flower test test-fast test-flower lint format smoke minilm reproduce ablation vision hetero budget privacy bench clean
 .PHONY: config-docs check-ui test-slurm test-flower-oldest
 
 $(STAMP): pyproject.toml
@@ -93,6 +93,11 @@ budget: $(STAMP)
 	$(BIN)/snakemake --configfile config/budget.yaml --forcerun report
 	$(BIN)/snakemake --configfile config/budget.yaml --report results/budget/report.html
 
+# The privacy study (client-level DP on fedavg, fedbt, freeze-bottom, lora; epsilon in the tables): results/privacy/.
+privacy: $(STAMP)
+	$(BIN)/snakemake --configfile config/privacy.yaml --forcerun report
+	$(BIN)/snakemake --configfile config/privacy.yaml --report results/privacy/report.html
+
 bench: $(FLOWER_STAMP)
 	$(BIN)/python benchmarks/simulator_overhead.py
 	$(BIN)/python benchmarks/mlm_decoder.py
@@ -117,4 +122,4 @@ test-slurm: $(STAMP)
 
 clean:
 	rm -rf results/runs results/partitions results/mlflow.db results/mlartifacts results/vision/runs results/hetero/runs \
-		results/ablation/runs results/budget/runs
+		results/ablation/runs results/budget/runs results/privacy/runs

@@ -257,6 +257,25 @@ class ServerConfig:
 
 
 @dataclass
+class PrivacyConfig:
+    """Client-level differential privacy for any method (``privacy``; rules in :mod:`fedbt.federated.privacy`).
+
+    Each participant's update (its uploaded tensors minus the values it received, one flat vector) is clipped to
+    L2 norm ``clip`` (C); Gaussian noise of std ``noise_multiplier * clip`` (sigma C) is added to the round's sum
+    of updates, ``central``ly by the server, or ``distributed``: each of the round's m participants adds std
+    ``sigma C / sqrt(m)`` to its own update. The accountant (:mod:`fedbt.privacy_accounting`) reports epsilon at
+    ``delta`` after every round; ``target_epsilon`` makes a run that would exceed it fail before training.
+    ``noise_multiplier: 0`` clips without noise (epsilon infinite). Needs ``federation.aggregation: uniform``.
+    """
+
+    clip: float = 1.0
+    noise_multiplier: float = 1.0
+    delta: float = 1e-5
+    noise: Literal["central", "distributed"] = "central"
+    target_epsilon: float | None = None
+
+
+@dataclass
 class RunConfig:
     """One federated run: a method on a model, data and federation, then an optional evaluation."""
 
@@ -272,6 +291,8 @@ class RunConfig:
     plugins: list[str] = field(default_factory=list)
     method: MethodConfig = field(default_factory=MethodConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    privacy: PrivacyConfig | None = None
+    """Client-level differential privacy (None: none)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
@@ -415,6 +436,8 @@ def validate(config: RunConfig) -> None:
     _require(fed.partition.min_size >= 0, "federation.partition.min_size", "must be >= 0")
     check_tiers(fed.tiers, fed.clients)
     check_server_optimizer(config.server.optimizer)
+    if config.privacy is not None:
+        check_privacy(config.privacy, fed.aggregation)
     _require(local.steps is None or local.steps >= 1, "local.steps", "must be >= 1 or null (use epochs)")
     _require(local.epochs > 0, "local.epochs", f"got {local.epochs}, must be > 0")
     _require(local.batch_size >= 1, "local.batch_size", "must be >= 1")
@@ -484,6 +507,20 @@ def check_server_optimizer(optimizer: ServerOptimizerConfig, key: str = "server.
         check_setting(setting, value, f"{key}.{setting}")
 
 
+def check_privacy(privacy: PrivacyConfig, aggregation: str) -> None:
+    """Ranges of the ``privacy`` keys, and the uniform weights its sensitivity bound needs."""
+    _require(privacy.clip > 0, "privacy.clip", f"got {privacy.clip}, must be > 0 (the L2 bound C on each update)")
+    _require(privacy.noise_multiplier >= 0, "privacy.noise_multiplier", "must be >= 0 (0: clipping without noise)")
+    _require(0.0 < privacy.delta < 1.0, "privacy.delta", f"got {privacy.delta}, must be in (0, 1)")
+    _require(privacy.target_epsilon is None or privacy.target_epsilon > 0, "privacy.target_epsilon", "must be > 0")
+    _require(
+        aggregation == "uniform",
+        "federation.aggregation",
+        "privacy bounds each participant's share of the summed updates by C; n_k weights would scale it "
+        "unboundedly: set federation.aggregation: uniform (weight 1 per participant)",
+    )
+
+
 def check_tiers(tiers: list[TierConfig], clients: int | None, key: str = "federation.tiers") -> None:
     """Shares in (0, 1] that sum to 1 and (given ``clients``) deal every tier at least one client; depths, widths
     and budgets positive; local work in (0, 1]; names unique. (Depths above the model's are checked by the method,
@@ -533,7 +570,10 @@ def to_flat_dict(config: RunConfig) -> dict[str, Any]:
         else:
             flat[prefix] = node
 
-    walk(dataclasses.asdict(config), "")
+    raw = dataclasses.asdict(config)
+    if raw["privacy"] is None:  # a run without DP keeps the params (and config digest) it had before the key
+        raw.pop("privacy")
+    walk(raw, "")
     return flat
 
 

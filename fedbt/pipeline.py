@@ -233,6 +233,14 @@ def tier_sets(sets: list[str]) -> bool:
     return bool(tiers) and tiers[-1].strip() not in ("[]", "null", "None", "")
 
 
+def privacy_sets(sets: list[str]) -> bool:
+    """Whether a job's ``--set`` s give it ``privacy`` (a ``privacy.<key>`` after the last ``privacy=null``)."""
+    last_null = max((i for i, s in enumerate(sets) if s.split("=", 1)[0] == "privacy"), default=-1)
+    whole = sets[last_null].split("=", 1)[1].strip() if last_null >= 0 else "null"
+    keys = [s for s in sets[last_null + 1 :] if s.startswith("privacy.")]
+    return bool(keys) or whole not in ("null", "None", "", "{}")
+
+
 def planning_model_config(model: ModelConfig):
     """The transformers config of a model source where planning knows it without weights, the hub or an earlier
     job (None elsewhere): ``tiny`` and ``scratch:`` sources, inline and shipped shapes, a checkpoint directory."""
@@ -688,6 +696,7 @@ class Plan:
                     "base_arch": spec.get("base_arch", "bert-base-uncased"),
                     "base_tiers": spec.get("base_tiers"),
                     "tiered": self.tiered(study),
+                    "private": self.private(study),
                     "columns": [{"data": d, "label": self.config["data"][d].get("task") or d} for d in spec["data"]],
                     "rows": rows,
                 }
@@ -755,11 +764,22 @@ class Plan:
         ]
         return any(tier_sets(self.job_sets(job)) for job in jobs)
 
+    def private(self, study: str) -> bool:
+        """Whether some run of the study has client-level DP (``privacy``): its report then draws the score against
+        epsilon too."""
+        spec = self.config["studies"][study]
+        jobs = [
+            job
+            for job in self.jobs.values()
+            if job.scenario == spec["scenario"] and job.data in spec["data"] and job.variant in spec["variants"]
+        ]
+        return any(privacy_sets(self.job_sets(job)) for job in jobs)
+
     def report_outputs(self) -> dict[str, list[str]]:
         """The tables and figures ``fedbt report`` writes, by kind."""
         studies = list(self.config["studies"])
-        tiered = [s for s in studies if self.tiered(s)]
-        return output_files(studies, self.layout.results, tiered, list(self.config.get("series") or {}))
+        tiered, private = [s for s in studies if self.tiered(s)], [s for s in studies if self.private(s)]
+        return output_files(studies, self.layout.results, tiered, private, list(self.config.get("series") or {}))
 
     def report_captions(self, paths: list[str]) -> list[tuple[str, str, str]]:
         """Per report output: (path, caption file under ``workflow/report/``, subcategory = its study's title)."""

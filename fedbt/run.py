@@ -134,6 +134,7 @@ def prepare(config: RunConfig) -> PreparedRun:
         tiers_from_config(config.federation.tiers),
     )
     server_optimizer_for(method, config.server.optimizer)  # one server optimizer per run, checked before loading
+    _check_privacy(config, method)
     _refuse_over_budget(config, method)
     patches = sequence_length(hf_config, config.model.max_length) - 1 if vision else 0
     return PreparedRun(config, method, objective, num_labels, model_config, config.resolved_out_dir(), patches)
@@ -145,6 +146,8 @@ def fingerprint(config: RunConfig) -> str:
     relevant = dataclasses.asdict(config)
     for key in ("out_dir", "tracking", "name", "study"):
         relevant.pop(key)
+    if relevant["privacy"] is None:  # runs without DP keep the fingerprints they had before the key existed
+        relevant.pop("privacy")
     relevant["data"].pop("cache_dir")
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
@@ -237,6 +240,7 @@ def build_federation(prepared: PreparedRun) -> Federation:
         device=device,
         tiers=deal(prepared.method.tiers, fed.clients, config.seed) if fed.tiers else (),
         server_optimizer=config.server.optimizer,
+        privacy=config.privacy,
         memory=memory_settings(config, prepared.method.arch),
         budget_policy=fed.budget_policy,
     )
@@ -338,6 +342,8 @@ def record(
         metrics["selection"] = best_round(records, federation.data.task.scored_metrics[0])
         metrics["majority"] = majority_scores(prepared, federation)
     metrics["dropped_client_rounds_pct"] = metrics["costs"]["dropped_client_rounds_pct"]
+    if config.privacy is not None:
+        metrics["privacy"] = _privacy_summary(config, records)
     if config.federation.tiers:
         metrics["tiers"] = _tier_summary(simulated.ledger, method)
     metrics["final"] = final_metrics(metrics)
@@ -351,6 +357,36 @@ def record(
     if not config.keep_model:  # evaluated and recorded (copied into MLflow if tracking.log_model): not kept here
         shutil.rmtree(simulated.model_dir, ignore_errors=True)
     return metrics
+
+
+def _check_privacy(config: RunConfig, method: Method) -> None:
+    """``privacy``: the method's uploads can be clipped and noised, and the run spends at most
+    ``privacy.target_epsilon`` (:mod:`fedbt.federated.privacy`, :mod:`fedbt.privacy_accounting`)."""
+    if config.privacy is None:
+        return
+    from fedbt.federated.privacy import check_method
+    from fedbt.privacy_accounting import check_target
+
+    check_method(method, config.privacy)
+    fed = config.federation
+    check_target(config.privacy, fed.clients, fed.fraction, fed.rounds)
+
+
+def _privacy_summary(config: RunConfig, records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """What the run spent: epsilon at delta after its last round (None: infinite, no noise), and the settings and
+    the accounting that state it."""
+    if config.privacy is None:
+        return None
+    from fedbt.privacy_accounting import sample_size
+
+    fed = config.federation
+    return dataclasses.asdict(config.privacy) | {
+        "epsilon": records[-1].get("epsilon"),
+        "accountant": "dp-accounting RDP, sampling without replacement, replace-one, noise multiplier sigma / 2",
+        "sampled_per_round": sample_size(fed.clients, fed.fraction),
+        "clients": fed.clients,
+        "rounds": fed.rounds,
+    }
 
 
 def _refuse_over_budget(config: RunConfig, method: Method) -> None:
@@ -416,6 +452,9 @@ def final_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     final.update({f"method.{k}": float(v) for k, v in metrics["method_report"].items()})
     last = metrics["rounds"][-1]
     final.update({f"last.{k}": float(v) for k, v in last.items() if k != "round" and isinstance(v, int | float)})
+    privacy = metrics.get("privacy")
+    if privacy and privacy["epsilon"] is not None:
+        final["privacy.epsilon"] = float(privacy["epsilon"])
     selection = metrics.get("selection")
     if selection:
         final["finetune.best_round"] = float(selection["round"])

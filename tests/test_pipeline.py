@@ -29,7 +29,17 @@ def load(name: str) -> dict:
 
 
 @pytest.mark.parametrize(
-    "name", ["config.yaml", "paper.yaml", "test.yaml", "vision.yaml", "test-vision.yaml", "hetero.yaml", "budget.yaml"]
+    "name",
+    [
+        "config.yaml",
+        "paper.yaml",
+        "test.yaml",
+        "vision.yaml",
+        "test-vision.yaml",
+        "hetero.yaml",
+        "budget.yaml",
+        "privacy.yaml",
+    ],
 )
 def test_shipped_configs_pass_the_schema(name):
     from snakemake.utils import validate
@@ -115,6 +125,7 @@ def test_config_readme_documents_every_schema_key():
         ("vision.yaml", 10, 1),
         ("hetero.yaml", 87, 1),
         ("budget.yaml", 81, 1),
+        ("privacy.yaml", 39, 1),
     ],
 )
 def test_shipped_studies_plan_offline(tmp_path, name, runs, starts):

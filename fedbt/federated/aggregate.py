@@ -61,6 +61,13 @@ class WeightedAverage:
         self._sums[name][index] += value
         self._weights[name][index] += weight
 
+    def add_noise(self, std: float, generator: torch.Generator) -> None:
+        """Add independent N(0, std^2) noise to every element of every sum, tensors in sorted name order (central
+        differential privacy, :mod:`fedbt.federated.privacy`)."""
+        for name in sorted(self._sums):
+            total = self._sums[name]
+            total += (torch.randn(total.shape, generator=generator, dtype=torch.float64) * std).to(total.device)
+
     def result(
         self, base: Mapping[str, torch.Tensor] | None = None, dtype: torch.dtype = torch.float32
     ) -> dict[str, torch.Tensor]:

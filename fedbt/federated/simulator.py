@@ -50,11 +50,12 @@ import torch
 from torch import nn
 
 from fedbt.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from fedbt.config import LocalConfig, ServerOptimizerConfig
+from fedbt.config import LocalConfig, PrivacyConfig, ServerOptimizerConfig
 from fedbt.costs import analytic_train_flops
 from fedbt.errors import FedBTError
 from fedbt.federated.aggregate import WeightedAverage, client_weight
 from fedbt.federated.method import ClientPlan, LocalContext, Method, RoundInfo
+from fedbt.federated.privacy import ServerPrivacy, privatize
 from fedbt.federated.server_optimizer import server_optimizer_for
 from fedbt.federated.tiers import FULL, Tier
 from fedbt.ledger import IDLE, NO_DATA, OVER_BUDGET, TRAINED, Ledger, LedgerRow, format_layers, payload_nbytes
@@ -109,6 +110,8 @@ class SimulationSetup:
     """``federation.budget_policy``: what a plan over its tier's ``memory_mb`` does (:func:`fedbt.memory.fit_plan`)."""
     server_optimizer: ServerOptimizerConfig | None = None
     """``server.optimizer``: run on the pseudo-gradient of what ``method.aggregate`` returns (None: none)."""
+    privacy: PrivacyConfig | None = None
+    """``privacy``: client-level differential privacy (:mod:`fedbt.federated.privacy`; None: none)."""
 
 
 @dataclass
@@ -148,6 +151,8 @@ class ClientUpdate:
     """The client's state for its next round (not communication)."""
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
     """The method's extra upload (:meth:`Method.upload_extra`; counted as upload)."""
+    update_norm: float | None = None
+    """With ``privacy``: the L2 norm of the client's update before clipping (a diagnostic, not communication)."""
 
 
 class LocalTrainer:
@@ -212,12 +217,16 @@ class LocalTrainer:
             group_by_length=local.group_by_length,
             flops_model=lambda shapes: self._analytic_flops(plan, shapes),
         )
-        upload = method.encode(extract_to_global(model, fresh, plan.trainable))
+        trained, norm = extract_to_global(model, fresh, plan.trainable), None
+        if setup.privacy is not None:  # clipped (and, distributed, noised) before the method encodes it
+            keys = (setup.seed, task.round_idx, task.client_id, len(task.participants))
+            trained, norm = privatize(trained, received, setup.privacy, *keys)
+        upload = method.encode(trained)
         extra = {n: t.detach().cpu() for n, t in method.upload_extra(context).items()}
         row = self._row(task, len(examples), result, upload, extra)
         row.state_bytes = loop.training_state_bytes(model, optimizer)
         new_state = {n: t.detach().cpu() for n, t in method.client_state(context).items()}
-        return ClientUpdate(upload, row, new_state, extra)
+        return ClientUpdate(upload, row, new_state, extra, norm)
 
     def _steps(self, round_idx: int, client_id: int, examples: int) -> int:
         """Local steps of a client with ``examples`` examples in a round (a fixed budget scales with the clients
@@ -418,9 +427,16 @@ class Simulator:
         self._extras: dict[int, dict[str, torch.Tensor]] = {}
         """This round's upload extras by client (:meth:`receive`), for the server step."""
         self.server_optimizer = server_optimizer_for(method, setup.server_optimizer)
+        self.privacy = None
+        if setup.privacy is not None:
+            clients, fraction = len(self.clients), setup.fraction
+            encodes = type(method).encode is not Method.encode
+            self.privacy = ServerPrivacy(setup.privacy, setup.seed, clients, fraction, setup.rounds, encodes)
         self._rule = training_rule(method)
         if self.server_optimizer is not None:
             self._rule.append({"server_optimizer": self.server_optimizer.settings()})
+        if setup.privacy is not None:  # clipping and noise change what is sent: runs with other settings differ
+            self._rule.append({"privacy": dataclasses.asdict(setup.privacy)})
         self.records: list[dict] = []
         self.select = select
         self.best_round: int | None = None
@@ -489,6 +505,8 @@ class Simulator:
             planned = self.round_info(round_idx)
             uploaded = tuple(client for client in planned.participants if client in weights)
             round_info = dataclasses.replace(planned, participants=uploaded, extras=self._extras, weights=weights)
+            if self.privacy is not None:
+                self.privacy.perturb(average, round_idx)
             self._write_global(self._server_step(average, round_info))
         self._extras = {}
         self.ledger.append(rows)
@@ -508,6 +526,8 @@ class Simulator:
             "analytic_flops": sum(r.analytic_flops for r in rows),
             "plan_sha256": hashlib.sha256(json.dumps(plans + self._rule).encode()).hexdigest(),
         }
+        if self.privacy is not None:
+            record.update(self.privacy.record(round_idx))
         if self.round_eval is not None:
             record.update(self.round_eval(self.method.deploy(self.global_model)))
         record["round_seconds"] = time.perf_counter() - started
@@ -626,7 +646,11 @@ class Simulator:
             self.client_states[task.client_id] = update.state
         if update.extra:
             self._extras[task.client_id] = update.extra
-        return self.method.decode(update.upload), row
+        upload = self.method.decode(update.upload)
+        if self.privacy is not None:
+            sent = lambda: self.method.decode(task.download)  # noqa: E731
+            upload = self.privacy.receive(task.client_id, upload, sent, update.update_norm)
+        return upload, row
 
     def _server_step(self, average: WeightedAverage, round_info: RoundInfo) -> dict[str, torch.Tensor]:
         """The round's new global tensors: ``method.aggregate`` of the average (with the round's facts and upload

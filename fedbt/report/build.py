@@ -7,9 +7,9 @@ import json
 import logging
 from pathlib import Path
 
-from fedbt.report import costs, figures, selection, series
+from fedbt.report import costs, figures, privacy, selection, series
 from fedbt.report.runs import RunResult, load_run
-from fedbt.report.spec import FIGURE_KINDS, SCHEDULE_FIGURE, Row, Spec, Table
+from fedbt.report.spec import FIGURE_KINDS, PRIVACY_FIGURE, SCHEDULE_FIGURE, Row, Spec, Table
 from fedbt.report.tables import build_table, grids, html, identical_plans, latex, markdown, to_json
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,9 @@ def build_report(spec: Spec, out: str | Path) -> list[Path]:
         }
         for kind in FIGURE_KINDS:
             written += makers[kind](table, results, out / "figures" / f"{table.name}_{kind}")
+        if table.private:
+            stem = out / "figures" / f"{table.name}_{PRIVACY_FIGURE}"
+            written += privacy.privacy_figure(table, results, stem)
         for row in table.rows:
             if row.method.startswith("fedbt") and row.bert_base is not None and row.variant not in schedules:
                 schedules[row.variant] = costs.schedule(row.bert_base, table.scenario, table.base_arch)

@@ -73,6 +73,8 @@ class RunResult:
     """Local steps of all its client-rounds."""
     measured_steps: int | None = None
     """How many of them FlopCounterMode counted (the others are scaled); None: not recorded."""
+    privacy: dict[str, Any] | None = None
+    """``metrics.json``'s ``privacy`` with the means over the rounds of :data:`PRIVACY_MEANS` (None: no DP)."""
 
     @property
     def headline(self) -> str:
@@ -130,6 +132,22 @@ def _dropped_pct(metrics: dict[str, Any]) -> float | None:
     """``dropped_client_rounds_pct`` of the run's summary (top level or its costs); None when not recorded."""
     value = metrics.get("dropped_client_rounds_pct", metrics["costs"].get("dropped_client_rounds_pct"))
     return None if value is None else float(value)
+
+
+PRIVACY_MEANS = ("update_dim", "noise_norm", "clipped_fraction", "update_norm")
+"""The per-round ``dp_<key>`` diagnostics of a run with ``privacy`` that its summary averages."""
+
+
+def _privacy(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """A run's ``privacy`` with the means over its rounds of the ``dp_*`` diagnostics (None: no DP)."""
+    privacy = metrics.get("privacy")
+    if not privacy:
+        return None
+    means = {}
+    for key in PRIVACY_MEANS:
+        values = [float(r[f"dp_{key}"]) for r in metrics["rounds"] if r.get(f"dp_{key}") is not None]
+        means[key] = statistics.fmean(values) if values else None
+    return dict(privacy) | means
 
 
 def _heldout(metrics: dict[str, Any], curve: dict[int, float], curve_name: str) -> dict[str, dict[str, float]]:
@@ -204,4 +222,5 @@ def load_run(path: str | Path) -> RunResult:
         dropped_pct=_dropped_pct(metrics),
         steps=int(metrics["costs"].get("total_steps", 0)),
         measured_steps=_measured_steps(path, metrics["costs"]),
+        privacy=_privacy(metrics),
     )

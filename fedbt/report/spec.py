@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 FIGURE_KINDS = ("rounds", "pareto", "cost", "compute")
+PRIVACY_FIGURE = "epsilon"
+"""The figure kind of a study with DP runs only: its score against epsilon."""
 SCHEDULE_FIGURE = "layer_schedule"
 TIER_SUFFIX = "-tiers"
 TIER_EXTS = ("md", "tex", "html")
@@ -66,6 +68,9 @@ class Table:
     """Whether the study's runs have resource tiers: the report then writes its per-tier table too."""
     second_reference: str | None = None
     """A second row the headline score of every row is tested against (one more p column)."""
+    private: bool = False
+    """Whether some run of the study has client-level DP (``privacy``): the report then draws its score against
+    epsilon too (``<name>_epsilon.png|.pdf``)."""
 
 
 @dataclass(frozen=True)
@@ -99,16 +104,21 @@ SERIES_FIGURES = ("cost", "gap")
 
 
 def output_files(
-    table_names: list[str], out: str = "results", tiered: Collection[str] = (), series: Collection[str] = ()
+    table_names: list[str],
+    out: str = "results",
+    tiered: Collection[str] = (),
+    private: Collection[str] = (),
+    series: Collection[str] = (),
 ) -> dict[str, list[str]]:
     """The files ``fedbt report`` writes for these tables, by kind (``tables``, ``figures``); the tables named in
-    ``tiered`` also get their per-tier table, ``<name>-tiers.md|.tex|.html``; each of ``series`` its table
-    (``<name>.md|.tex|.json|.html``) and figures."""
+    ``tiered`` also get their per-tier table, ``<name>-tiers.md|.tex|.html``, those in ``private`` the figure
+    ``<name>_epsilon.png|.pdf``; each of ``series`` its table (``<name>.md|.tex|.json|.html``) and figures."""
     tables = [f"{out}/tables/{name}.{ext}" for name in table_names for ext in ("md", "tex", "json", "html")]
     tables += [f"{out}/tables/{name}{TIER_SUFFIX}.{ext}" for name in table_names if name in tiered for ext in TIER_EXTS]
     figures = [
         f"{out}/figures/{name}_{kind}.{ext}" for name in table_names for kind in FIGURE_KINDS for ext in ("png", "pdf")
     ]
+    figures += [f"{out}/figures/{name}_{PRIVACY_FIGURE}.{ext}" for name in private for ext in ("png", "pdf")]
     figures += [f"{out}/figures/{SCHEDULE_FIGURE}.{ext}" for ext in ("png", "pdf")]
     tables += [f"{out}/tables/{name}.{ext}" for name in series for ext in ("md", "tex", "json", "html")]
     figures += [

@@ -16,6 +16,8 @@ from html import escape
 from typing import Any
 
 from fedbt import paper
+from fedbt.report.privacy import RowPrivacy, epsilon_text, row_privacy
+from fedbt.report.privacy import notes as privacy_notes
 from fedbt.report.runs import RunResult
 from fedbt.report.selection import LrChoice, shown
 from fedbt.report.spec import TIER_SUFFIX, Row, Table
@@ -121,6 +123,8 @@ class TableRow:
     """Per data set, the headline score tested against the table's second reference (None: it has none)."""
     note: str | None = None
     """The spec's sentence about this row (:attr:`fedbt.report.spec.Row.note`), carried into the caption."""
+    privacy: RowPrivacy | None = None
+    """The row's client-level differential privacy: epsilon spent, settings, update dimension (None: no DP)."""
 
 
 def _mean(values: list[float]) -> float | None:
@@ -381,6 +385,11 @@ class TableData:
         return any(row.lr for row in self.rows)
 
     @property
+    def private(self) -> bool:
+        """Whether some row has client-level DP: the table then shows ``update dim`` and ``epsilon``."""
+        return any(row.privacy for row in self.rows)
+
+    @property
     def tiered(self) -> bool:
         """Whether the table has a per-tier table (its runs have tiers, or the spec says they will)."""
         return self.table.tiered or any(row.tiers for row in self.rows)
@@ -422,6 +431,7 @@ def build_table(
                 dropped_pct=_mean(dropped),
                 second=second,
                 note=row.note,
+                privacy=row_privacy(_runs(row, results)),
             )
         )
     devices = sorted({run.device.split(":")[0] for row in table.rows for run in _runs(row, results)})
@@ -500,6 +510,8 @@ def _header(data: TableData) -> list[str]:
     head += ["upload MB", "upload %", f"{base} upload %"]
     if data.tiered:
         head.append("dropped %")
+    if data.private:
+        head += ["update dim", "epsilon"]
     for column in table.columns:
         name = column.data
         if data.has_lr_grid:
@@ -530,6 +542,8 @@ def _cells(data: TableData, row: TableRow, pm: str) -> list[str]:
     ]
     if data.tiered:
         cells.append(_num(row.dropped_pct, 1))
+    if data.private:
+        cells += [_num(row.privacy.update_dim if row.privacy else None, 0), epsilon_text(row.privacy)]
     for column in data.table.columns:
         if data.has_lr_grid:
             choice = row.lr.get(column.data)
@@ -663,6 +677,7 @@ def notes(data: TableData) -> str:
         )
     for row in rows:
         text += f" {row.note}" if row.note else ""
+    text += privacy_notes([(row.variant, row.privacy) for row in rows])
     for group in identical_plans(rows):
         text += (
             f" Warning: {', '.join(group)} trained and sent exactly the same tensors in every round (equal plan "
@@ -865,6 +880,7 @@ def to_json(data: TableData) -> dict[str, Any]:
                 **({"tiers": {n: asdict(t) for n, t in row.tiers.items()}} if row.tiers else {}),
                 **({"second_reference": {d: asdict(t) for d, t in row.second.items()}} if row.second else {}),
                 **({"note": row.note} if row.note else {}),
+                **(_privacy_json(row) if data.private else {}),
             }
             for row in rows
         ],
@@ -872,6 +888,12 @@ def to_json(data: TableData) -> dict[str, Any]:
         "notes": notes(data),
         **({"tier_notes": tier_notes(data)} if data.tiered else {}),
     }
+
+
+def _privacy_json(row: TableRow) -> dict[str, Any]:
+    """A row's ``epsilon`` (None: no DP, or no noise) and ``privacy`` (None: no DP), in a table with DP."""
+    privacy = row.privacy
+    return {"epsilon": privacy.epsilon if privacy else None, "privacy": asdict(privacy) if privacy else None}
 
 
 def html(grid: Grid) -> str:
