@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 FIGURE_KINDS = ("rounds", "pareto", "cost", "compute")
+TIME_FIGURE = "time"
+"""A study whose runs have devices also gets ``<name>_time.png|.pdf``: score against simulated wall-clock."""
 SCHEDULE_FIGURE = "layer_schedule"
 TIER_SUFFIX = "-tiers"
 TIER_EXTS = ("md", "tex", "html")
@@ -62,6 +64,13 @@ class Table:
     """Resource tiers on ``base_arch`` for that column (a study with tiers): the column is their mix."""
     tiered: bool = False
     """Whether the study's runs have resource tiers: the report then writes its per-tier table too."""
+    timed: bool = False
+    """Whether the study's tiers have devices (``federation.tiers[].device``): the report then adds simulated time
+    (:mod:`fedbt.report.deployment`) and the time figure."""
+    target: dict[str, float] | None = None
+    """The score whose simulated time to reach the table reports: ``{<curve metric>: value}`` (``heldout_mlm_loss``,
+    ``dev_accuracy``, ...) or ``{within_pct: x}``: within x % of the reference row's reported score of the same
+    seed."""
 
 
 @dataclass(frozen=True)
@@ -89,13 +98,19 @@ def from_dict(raw: dict[str, Any]) -> Spec:
     return Spec(tables)
 
 
-def output_files(table_names: list[str], out: str = "results", tiered: Collection[str] = ()) -> dict[str, list[str]]:
+def output_files(
+    table_names: list[str], out: str = "results", tiered: Collection[str] = (), timed: Collection[str] = ()
+) -> dict[str, list[str]]:
     """The files ``fedbt report`` writes for these tables, by kind (``tables``, ``figures``); the tables named in
-    ``tiered`` also get their per-tier table, ``<name>-tiers.md|.tex|.html``."""
+    ``tiered`` also get their per-tier table, ``<name>-tiers.md|.tex|.html``, those in ``timed`` their time figure,
+    ``<name>_time.png|.pdf``."""
     tables = [f"{out}/tables/{name}.{ext}" for name in table_names for ext in ("md", "tex", "json", "html")]
     tables += [f"{out}/tables/{name}{TIER_SUFFIX}.{ext}" for name in table_names if name in tiered for ext in TIER_EXTS]
     figures = [
         f"{out}/figures/{name}_{kind}.{ext}" for name in table_names for kind in FIGURE_KINDS for ext in ("png", "pdf")
+    ]
+    figures += [
+        f"{out}/figures/{name}_{TIME_FIGURE}.{ext}" for name in timed if name in table_names for ext in ("png", "pdf")
     ]
     figures += [f"{out}/figures/{SCHEDULE_FIGURE}.{ext}" for ext in ("png", "pdf")]
     return {"tables": tables, "figures": figures}

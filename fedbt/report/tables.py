@@ -16,6 +16,7 @@ from html import escape
 from typing import Any
 
 from fedbt import paper
+from fedbt.report.deployment import RowTiming, notes_text, row_timing
 from fedbt.report.runs import RunResult
 from fedbt.report.selection import LrChoice, shown
 from fedbt.report.spec import TIER_SUFFIX, Row, Table
@@ -117,6 +118,8 @@ class TableRow:
     dropped_pct: float | None = None
     """Share (0..100) of client-rounds dropped for not fitting the memory budget, mean over the row's runs
     (None: its runs do not record it)."""
+    timing: RowTiming | None = None
+    """Simulated device time (:mod:`fedbt.report.deployment`; None: the row's runs have no devices)."""
 
 
 def _mean(values: list[float]) -> float | None:
@@ -334,6 +337,11 @@ class TableData:
         """Whether the table has a per-tier table (its runs have tiers, or the spec says they will)."""
         return self.table.tiered or any(row.tiers for row in self.rows)
 
+    @property
+    def timed(self) -> bool:
+        """Whether the table shows simulated device time (its runs have devices, or the spec says they will)."""
+        return self.table.timed or any(row.timing for row in self.rows)
+
 
 def build_table(
     table: Table,
@@ -367,6 +375,7 @@ def build_table(
                 lr=lr_choices.get(row.variant, {}),
                 tiers=_tier_costs(row, reference, tiers, results),
                 dropped_pct=_mean(dropped),
+                timing=row_timing(table, row, reference, tiers, results),
             )
         )
     devices = sorted({run.device.split(":")[0] for row in table.rows for run in _runs(row, results)})
@@ -443,8 +452,12 @@ def _header(data: TableData) -> list[str]:
     base = table.base_arch.removesuffix("-uncased")
     head = ["method", "FLOPs", "FLOP %", "analytic FLOP %", "CPU s" if data.device == "cpu" else "s", "s %"]
     head += ["upload MB", "upload %", f"{base} upload %"]
+    if data.timed:  # simulated device time instead of this machine's seconds (<= 15 columns)
+        head = [h for i, h in enumerate(head) if i not in (3, 4, 5)]
     if data.tiered:
         head.append("dropped %")
+    if data.timed:
+        head += ["sim s / round", "deadline miss %"]
     for column in table.columns:
         name = column.data
         if data.has_lr_grid:
@@ -455,6 +468,8 @@ def _header(data: TableData) -> list[str]:
             head += [f"{name}: {label}{ppl}", f"p vs {table.reference} (Holm)"]
         if table.paper:
             head.append("paper")
+        if data.timed and table.target:
+            head.append(f"{name}: sim min to target")
     return head
 
 
@@ -471,8 +486,13 @@ def _cells(data: TableData, row: TableRow, pm: str) -> list[str]:
         _num(costs.upload_pct, 1),
         _num(row.bert_base_upload_pct, 2),
     ]
+    timing = row.timing
+    if data.timed:
+        cells = [c for i, c in enumerate(cells) if i not in (3, 4, 5)]
     if data.tiered:
         cells.append(_num(row.dropped_pct, 1))
+    if data.timed:
+        cells += [_num(timing and timing.sim_round_seconds, 1), _num(timing and timing.deadline_miss_pct, 1)]
     for column in data.table.columns:
         if data.has_lr_grid:
             choice = row.lr.get(column.data)
@@ -484,7 +504,17 @@ def _cells(data: TableData, row: TableRow, pm: str) -> list[str]:
             cells.append(_p(cell))
         if data.table.paper:
             cells.append(_num(row.paper_scores[column.data], 4))
+        if data.timed and data.table.target:
+            cells.append(_target_cell(timing.time_to_target.get(column.data) if timing else None))
     return cells
+
+
+def _target_cell(target) -> str:
+    """Simulated minutes to the target (mean over the seeds that reached it), ``(k/n)`` when not all did."""
+    if target is None or target.mean is None:
+        return DASH
+    n = len(target.seconds)
+    return f"{target.mean / 60:.1f}" + ("" if target.reached == n else f" ({target.reached}/{n})")
 
 
 def _samples_text(data: TableData) -> str:
@@ -588,6 +618,8 @@ def notes(data: TableData) -> str:
     if table.base_tiers:
         mix = ", ".join(f"{t.get('share')} at L_k {t.get('local_layers', 'all')}" for t in table.base_tiers)
         text += f" Here {base} upload % is the clients' mean with resource tiers on {table.base_arch} ({mix})."
+    if data.timed:
+        text += notes_text(table)
     if data.tiered:
         text += (
             f" dropped %: the share of client-rounds in which a client sat out because its plan did not fit its "
@@ -648,7 +680,12 @@ def _over_budget(tier: TierCosts) -> str:
     return ", ".join(over) or "no"
 
 
-def _tier_cells(row: TableRow, name: str, tier: TierCosts) -> list[str]:
+TIER_TIME_HEADER = ["sim s / client-round", "deadline miss %"]
+
+
+def _tier_cells(row: TableRow, name: str, tier: TierCosts, timed: bool = False) -> list[str]:
+    timing = row.timing.tiers.get(name, {}) if row.timing else {}
+    times = [_num(timing.get("sim_seconds_per_client_round"), 1), _num(timing.get("deadline_miss_pct"), 1)]
     return [
         row.variant,
         name,
@@ -661,7 +698,7 @@ def _tier_cells(row: TableRow, name: str, tier: TierCosts) -> list[str]:
         _num(tier.peak_memory_mb, 1),
         _num(tier.memory_budget_mb, 0),
         _over_budget(tier),
-    ]
+    ] + (times if timed else [])
 
 
 def tier_notes(data: TableData) -> str:
@@ -680,6 +717,14 @@ def tier_notes(data: TableData) -> str:
         f"(estimate, state, peak) that exceeded it, – without a budget; state and peak are – for a tier whose "
         f"clients never trained (all dropped). The scores and the share of dropped client-rounds are "
         f"in {data.table.name}."
+        + (
+            " sim s / client-round: the simulated seconds a participating client of the tier needed for a round on "
+            "its device (download + compute + upload, whether or not it made the deadline), mean over its client-"
+            "rounds and the row's runs; deadline miss %: the tier's client-rounds dropped for finishing after the "
+            "round's deadline."
+            if data.timed
+            else ""
+        )
     )
 
 
@@ -704,9 +749,10 @@ def tier_grid(data: TableData) -> Grid | None:
     """The study's per-tier table, one row per method and tier (None: the study has no tiers)."""
     if not data.tiered:
         return None
-    body = [_tier_cells(row, name, tier) for row in data.rows for name, tier in (row.tiers or {}).items()]
+    body = [_tier_cells(row, name, tier, data.timed) for row in data.rows for name, tier in (row.tiers or {}).items()]
     title = f"{data.table.title}: per resource tier"
-    return Grid(f"{data.table.name}{TIER_SUFFIX}", title, TIER_HEADER, body, tier_notes(data))
+    head = TIER_HEADER + (TIER_TIME_HEADER if data.timed else [])
+    return Grid(f"{data.table.name}{TIER_SUFFIX}", title, head, body, tier_notes(data))
 
 
 def grids(data: TableData) -> list[Grid]:
@@ -794,6 +840,7 @@ def to_json(data: TableData) -> dict[str, Any]:
                 "plan_sha256": row.plan_sha256,
                 "lr": {data_set: asdict(choice) for data_set, choice in row.lr.items()},
                 **({"tiers": {n: asdict(t) for n, t in row.tiers.items()}} if row.tiers else {}),
+                **(row.timing.as_json() if row.timing else {}),
             }
             for row in rows
         ],
