@@ -269,6 +269,25 @@ def test_a_failing_client_is_dropped_for_its_round(simulation, tmp_path):
     assert metrics["dropped_client_rounds_pct"] == pytest.approx(100 / 6)
 
 
+def test_a_device_late_on_the_simulated_clock_is_dropped_as_in_process(simulation, tmp_path):
+    """Devices over Flower: the server times each reply on its client's device as in process and drops the client
+    that is late on the simulated clock (SCAFFOLD: its control variate stays the version the server last took, kept
+    on its node), so the run equals the in-process one bit for bit; ``federation.deadline_s`` (600 s) bounds the real
+    replies too, which all arrive in time."""
+    slow = "{train_gflops: 1.0e-6, downlink_mbps: 100, uplink_mbps: 100}"
+    fast = "{train_gflops: 1000, downlink_mbps: 1000, uplink_mbps: 1000}"
+    tiers = f"[{{name: weak, share: 0.34, device: {slow}}}, {{name: strong, share: 0.66, device: {fast}}}]"
+    settings = run_settings(tmp_path, "method.name=scaffold", f"federation.tiers={tiers}", "federation.deadline_s=600")
+    run = simulation.run(settings, timeout=900)
+    assert run.succeeded, f"{run.status}\n{run.output[-4000:]}\n{simulation.logs()}"
+    in_process(settings, tmp_path / "reference")
+    assert_same_run(tmp_path / "run", tmp_path / "reference")
+    rows = ledger(tmp_path / "run")
+    assert {r["status"] for r in rows if r["tier"] == "weak"} == {"missed-deadline"}
+    assert {r["status"] for r in rows if r["tier"] == "strong"} == {"trained"}
+    assert "dropped" not in json.loads((tmp_path / "run/metrics.json").read_text())["runtime"], "no real-clock drop"
+
+
 def test_a_crashed_flower_run_resumes(simulation, tmp_path):
     """The ServerApp dies in round 1's aggregation; ``flwr run`` again (not fresh) resumes from round 0's
     checkpoint and ends exactly where the uninterrupted run ends."""
