@@ -249,3 +249,29 @@ def test_a_timed_study_reports_round_time_misses_and_time_to_target(tmp_path):
     lines = {line.split(" | ")[0]: line for line in markdown.splitlines() if line.startswith("| fed")}
     assert lines["| fedavg"].endswith("| 2.0 |") and lines["| fedbt"].endswith("| 0.5 (1/2) |")
     assert "sim min to target" in markdown.splitlines()[-1]
+
+
+# ------------------------------------------------------------------------------------ planning
+
+
+def test_the_hetero_study_plans_its_time_columns_and_figure_and_a_bad_target_fails():
+    """config/hetero.yaml's tiers have devices: its report spec says so (with the target) and its outputs include
+    the time figure; a target needs devices and names the study's per-round score."""
+    from fedbt.pipeline import Plan
+    from tests.test_planning import study_config
+
+    config = study_config("hetero.yaml")
+    plan = Plan(config)
+    tables = {table["name"]: table for table in plan.report_spec()["tables"]}
+    assert tables["hetero-pretrain"]["timed"] and tables["hetero-pretrain"]["target"] == {"within_pct": 2}
+    assert "results/hetero/figures/hetero-finetune_time.png" in plan.report_outputs()["figures"]
+    wrong = dict(config, studies={**config["studies"]})
+    wrong["studies"]["hetero-finetune"] = {**config["studies"]["hetero-finetune"], "target": {"heldout_mlm_loss": 7}}
+    with pytest.raises(ConfigError, match=r"studies.hetero-finetune.target.heldout_mlm_loss': unknown score; .*dev_"):
+        Plan(wrong)
+    plain = study_config("test.yaml")
+    study = next(iter(plain["studies"]))
+    plain["studies"][study]["target"] = {"within_pct": 1}
+    with pytest.raises(ConfigError, match=rf"studies.{study}.target': time to a target needs devices"):
+        Plan(plain)
+    assert "timed" not in Plan(study_config("test.yaml")).report_spec()["tables"][0], "other studies: unchanged spec"

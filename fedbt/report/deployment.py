@@ -175,8 +175,9 @@ def notes_text(table: Table) -> str:
     if table.target:
         key, value = next(iter(table.target.items()))
         goal = (
-            f"within {value:g} % of `{table.reference}`'s reported per-round score of the same seed (pre-training: its final "
-            f"held-out loss, plus {value:g} %; fine-tuning: its dev score at the selected round, minus {value:g} %)"
+            f"within {value:g} % of `{table.reference}`'s reported per-round score of the same seed (pre-training: "
+            f"its final held-out loss, plus {value:g} %; fine-tuning: its dev score at the selected round, minus "
+            f"{value:g} %)"
             if key == WITHIN
             else f"{key} = {value:g}"
         )
