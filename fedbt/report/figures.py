@@ -171,7 +171,7 @@ def time_figure(table: Table, results: Mapping[str, RunResult], stem: Path) -> l
     the mean over seeds drawn with its 95 % t interval as a band, from the time every seed has finished a round."""
     from fedbt.report.stats import t_interval
 
-    fig, axes = _panels(len(table.columns), f"{table.title}: score against simulated time")
+    fig, axes = _panels(len(table.columns), f"{table.title}: score against simulated time", width=7.0, height=4.4)
     for ax, column in zip(axes, table.columns, strict=True):
         ylabel = ""
         for row in table.rows:
@@ -189,10 +189,10 @@ def time_figure(table: Table, results: Mapping[str, RunResult], stem: Path) -> l
             bands = [t_interval(list(values[:, i])) for i in range(len(grid))] if len(runs) > 1 else []
             if bands and all(bands):
                 low, high = zip(*bands, strict=True)
-                ax.fill_between(grid / 60, low, high, step="post", alpha=0.15, color=line.get_color())
+                ax.fill_between(grid / 60, low, high, step="post", alpha=0.08, color=line.get_color(), linewidth=0)
         ax.set(title=_title(column), xlabel="simulated wall-clock on the devices (minutes)", ylabel=ylabel)
         ax.grid(alpha=0.3)
-    axes[-1].legend(fontsize=7, loc="best")
+    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save(fig, stem)
 
 

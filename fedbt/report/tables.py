@@ -618,8 +618,6 @@ def notes(data: TableData) -> str:
     if table.base_tiers:
         mix = ", ".join(f"{t.get('share')} at L_k {t.get('local_layers', 'all')}" for t in table.base_tiers)
         text += f" Here {base} upload % is the clients' mean with resource tiers on {table.base_arch} ({mix})."
-    if data.timed:
-        text += notes_text(table)
     if data.tiered:
         text += (
             f" dropped %: the share of client-rounds in which a client sat out because its plan did not fit its "
@@ -627,6 +625,8 @@ def notes(data: TableData) -> str:
             f"not record it. Per-tier FLOPs, upload, memory and budgets: the table {table.name}{TIER_SUFFIX} beside "
             f"this one (JSON: each row's tiers)."
         )
+    if data.timed:
+        text += notes_text(table)
     for group in identical_plans(rows):
         text += (
             f" Warning: {', '.join(group)} trained and sent exactly the same tensors in every round (equal plan "
