@@ -105,12 +105,22 @@ def _estimate(args: argparse.Namespace) -> int:
         f"{args.configfile}: analytic training FLOPs (no weights loaded); device-hours at {tflops:g} sustained "
         f"TFLOP/s ({basis})"
     )
-    print(f"{'study':<18} {'jobs':>5} {'client TFLOPs':>16} {'eval TFLOPs':>14} {'client h':>10} {'all h':>10}")
+    simulated = "sim_deployment_hours" in result["total"]
+    sim_head = f" {'sim deploy h':>13}" if simulated else ""
+    head = f"{'study':<18} {'jobs':>5} {'client TFLOPs':>16} {'eval TFLOPs':>14} {'client h':>10} {'all h':>10}"
+    print(head + sim_head)
     rows = [*result["studies"].items(), ("total", result["total"])]
     for name, row in rows:
+        sim = row.get("sim_deployment_hours")
+        sim_cell = (f" {sim:>13,.2f}" if sim is not None else f" {'–':>13}") if simulated else ""
         print(
             f"{name:<18} {row['jobs']:>5} {row['client_flops'] / 1e12:>16,.1f} {row['evaluation_flops'] / 1e12:>14,.1f}"
-            f" {row['client_device_hours']:>10,.2f} {row['device_hours']:>10,.2f}"
+            f" {row['client_device_hours']:>10,.2f} {row['device_hours']:>10,.2f}{sim_cell}"
+        )
+    if simulated:
+        print(
+            "sim deploy h: simulated hours of the studies' rounds on their tiers' devices (federation.tiers[].device; "
+            "slowest available client or deadline per round, jobs one after another, server aggregation left out)"
         )
     total = result["total"]
     print(
@@ -125,6 +135,7 @@ def _estimate(args: argparse.Namespace) -> int:
             print(
                 f"  {job['study']}/{job['data']}/{job['variant']}/seed{job['seed']}: client "
                 f"{job['client_flops'] / 1e12:,.1f} TFLOPs, evaluation {job['evaluation_flops'] / 1e12:,.1f} TFLOPs"
+                + (f", {job['sim_seconds'] / 3600:,.2f} simulated h" if job["sim_seconds"] is not None else "")
                 + (f" ({'; '.join(job['notes'])})" if job["notes"] else "")
             )
     return 0

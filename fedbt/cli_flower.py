@@ -38,7 +38,8 @@ def add_parser(subparsers) -> None:
         type=float,
         default=0.0,
         metavar="SECONDS",
-        help="drop a client that has not replied within SECONDS of its round's start (default 0: no deadline)",
+        help="drop a client that has not replied within SECONDS of its round's start (default 0: the config's "
+        "federation.deadline_s; none when unset)",
     )
     parser.add_argument("--workdir", help="keep the SuperLink/SuperNode homes and logs here (default: a temp dir)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the run (default 3600)")

@@ -137,6 +137,11 @@ class TierConfig:
     memory_mb: float | None = None
     name: str | None = None
     local_work: float | None = None
+    device: str | dict[str, Any] | None = None
+    """What its clients run on (:mod:`fedbt.federated.devices`): a preset under ``data/devices/`` (e.g.
+    ``phone-mid``) or an inline mapping (``train_gflops``, ``downlink_mbps``, ``uplink_mbps``, ``memory_mb``,
+    ``availability``, ``spread``; ``preset`` to start from one); the run then reports simulated device time
+    (:mod:`fedbt.timing`). A tier without ``memory_mb`` takes its device's."""
 
 
 @dataclass
@@ -154,6 +159,13 @@ class FederationConfig:
     """A client plan whose memory estimate exceeds its tier's ``memory_mb``: ``warn`` trains it and marks it;
     ``drop``: the client sits the round out (a method with ``shrinks`` first shrinks its plan to fit); ``refuse``:
     the run fails before training (after the same shrinking)."""
+    deadline_s: float | None = None
+    """Seconds a round waits for its clients: with devices (``tiers[].device``) on the simulated clock, a client
+    whose simulated time is later is dropped from the round's average (ledger ``missed-deadline``); over Flower also
+    on the real clock, for the replies of real nodes (None: no deadline)."""
+    deadline_percentile: float | None = None
+    """Instead of ``deadline_s``: the round closes once this percent of its participants (nearest rank) have
+    finished on the simulated clock, as over-selection systems do (needs devices)."""
 
 
 @dataclass
@@ -435,6 +447,15 @@ def validate(config: RunConfig) -> None:
     _require(fed.partition.alpha > 0, "federation.partition.alpha", "must be > 0")
     _require(fed.partition.min_size >= 0, "federation.partition.min_size", "must be >= 0")
     check_tiers(fed.tiers, fed.clients)
+    _require(fed.deadline_s is None or fed.deadline_s > 0, "federation.deadline_s", "must be > 0 seconds or null")
+    _require(
+        fed.deadline_percentile is None or 0 < fed.deadline_percentile <= 100,
+        "federation.deadline_percentile",
+        f"got {fed.deadline_percentile}, must be in (0, 100] or null",
+    )
+    from fedbt.federated.devices import check_devices
+
+    check_devices(config)
     check_server_optimizer(config.server.optimizer)
     if config.privacy is not None:
         check_privacy(config.privacy, fed.aggregation)

@@ -14,6 +14,12 @@ Lengths: each sequence's token count from the data set's token cache when one wa
 ``max_length`` (length-grouped dynamic padding pads a sequence to within a few tokens of its own length), else
 ``max_length`` (an upper bound: fixed padding). The default throughput is the one ``benchmarks/throughput.py``
 measured and saved for this device (:data:`THROUGHPUT_FILE`).
+
+Simulated deployment time: a job whose tiers have devices (``federation.tiers[].device``) also gets the seconds its
+rounds would take on them (:mod:`fedbt.timing`, as the simulator deals devices, availability and deadlines; the
+server's aggregation left out; with ``federation.fraction`` < 1 every client is timed, an upper bound), and a
+study the sum over its jobs, ``sim_deployment_hours``: hours on the clients' devices, beside the device-hours of
+the machine that simulates it.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import numpy as np
 
 from fedbt.config import RunConfig, load_config
 from fedbt.errors import ConfigError, FedBTError
+from fedbt.timing import round_span
 
 THROUGHPUT_FILE = Path("results/benchmarks/throughput.json")
 
@@ -56,6 +63,10 @@ class JobCost:
     disk_bytes: int = 0
     """What the job leaves on disk of its model: in its run directory (``keep_model``) or as the one MLflow copy
     (``tracking.log_model`` without ``keep_model``); 0 when it keeps none."""
+    sim_seconds: float | None = None
+    """Simulated deployment seconds of the job's rounds on its tiers' devices (:mod:`fedbt.timing`: every round
+    as long as its slowest available client, or its deadline; the server's aggregation left out); None without
+    devices."""
 
 
 # ------------------------------------------------------------------------------------ the jobs
@@ -325,6 +336,7 @@ def job_cost(study: str, data: str, variant: str, seed: int, config: RunConfig) 
     """The analytic FLOPs of one job (see the module docstring)."""
     from fedbt.costs import head_for, meta_arch
     from fedbt.data.partition import partition_indices
+    from fedbt.federated.devices import timing_for
     from fedbt.federated.method import ClientPlan, create_method, get_method
     from fedbt.federated.tiers import FULL, deal, tiers_from_config
     from fedbt.memory import fit_plan, memory_settings
@@ -344,7 +356,7 @@ def job_cost(study: str, data: str, variant: str, seed: int, config: RunConfig) 
         config.seed,
         config.method.options,
         config.scenario,
-        tiers_from_config(fed.tiers),
+        tiers_from_config(fed.tiers, data_dir=config.data.data_dir),
     )
     arch = method.arch
     settings = ObjectiveSettings(
@@ -388,7 +400,10 @@ def job_cost(study: str, data: str, variant: str, seed: int, config: RunConfig) 
     local = config.local
     client_flops = dropped = 0
     memory, memory_mb = memory_settings(config, arch), {}
+    timing = timing_for(config, [tier.name for tier in dealt]) if dealt else None
+    sim_seconds = 0.0
     for round_idx in range(fed.rounds):
+        times = []
         for client_id in range(len(arranged)):
             tier = dealt[client_id] if dealt else FULL
             fitted = fit_plan(method, round_idx, client_id, tier, memory, fed.budget_policy)
@@ -398,12 +413,19 @@ def job_cost(study: str, data: str, variant: str, seed: int, config: RunConfig) 
             members = arranged[client_id]
             if not plan.trainable or not len(members):
                 continue
+            if timing is not None and not timing.available(round_idx, client_id):
+                continue
             index = round_idx * len(arranged) + client_id
             processed = _sequences_processed(len(members), local, scale, index)
             histogram = pool.histogram(members, max_length)
             client_flops += _flops(
                 arch, plan, histogram, head, settings, processed / len(members) * selected / len(arranged)
             )
+            if timing is not None:
+                flops = _flops(arch, plan, histogram, head, settings, processed / len(members))
+                times.append(_client_seconds(method, plan, timing, client_id, flops))
+        if timing is not None:
+            sim_seconds += round_span(times, timing.deadline(times))
     forward = ClientPlan(tuple(range(arch.num_layers)), frozenset())
     evaluation_flops = 0
     if config.scenario == "pretrain" and heldout:
@@ -417,9 +439,22 @@ def job_cost(study: str, data: str, variant: str, seed: int, config: RunConfig) 
         evaluation_flops += _downstream(config, task_name, tasks, source, settings, max_length)
     lengths = "cache" if pool.lengths is not None else "max_length"
     cost = JobCost(study, data, variant, seed, client_flops, evaluation_flops, lengths, notes, memory_mb, dropped)
+    cost.sim_seconds = sim_seconds if timing is not None else None
     cost.model_bytes = 4 * arch.numel(arch.names)
     cost.disk_bytes = cost.model_bytes if config.keep_model or config.tracking.log_model else 0
     return cost
+
+
+def _client_seconds(method, plan, timing, client_id: int, flops: int) -> float:
+    """A client-round's simulated seconds: its plan's download (the tensors of its local model) and upload (its
+    trained tensors) at 4 bytes a value (what an unencoded fp32 payload weighs; the run's ledger counts the encoded
+    messages exactly), and ``flops``."""
+    from fedbt.memory import plan_numel
+
+    arch = method.arch
+    download = 4 * plan_numel(arch, plan, plan.download_names(arch)) if method.transmits else 0
+    upload = 4 * plan_numel(arch, plan, plan.trainable) if method.transmits else 0
+    return timing.client_time(client_id, download, flops, upload).total
 
 
 def _num_labels(config: RunConfig, task_name: str, notes: list[str]) -> int:
@@ -519,6 +554,8 @@ def estimate(study: Mapping[str, Any], tflops: float) -> dict[str, Any]:
         row["client_flops"] += job.client_flops
         row["evaluation_flops"] += job.evaluation_flops
         row["disk_bytes"] += job.disk_bytes
+        if job.sim_seconds is not None:
+            row["sim_deployment_hours"] = row.get("sim_deployment_hours", 0.0) + job.sim_seconds / 3600
     for row in studies.values():
         row["device_hours"] = (row["client_flops"] + row["evaluation_flops"]) * hours
         row["client_device_hours"] = row["client_flops"] * hours
@@ -528,6 +565,9 @@ def estimate(study: Mapping[str, Any], tflops: float) -> dict[str, Any]:
     total["disk_bytes"] += total["kept_inputs_bytes"]
     total["device_hours"] = (total["client_flops"] + total["evaluation_flops"]) * hours
     total["client_device_hours"] = total["client_flops"] * hours
+    simulated = [row["sim_deployment_hours"] for row in studies.values() if "sim_deployment_hours" in row]
+    if simulated:
+        total["sim_deployment_hours"] = sum(simulated)
     memory: dict[str, dict[str, dict[str, float]]] = {}
     for job in jobs:
         tiers = memory.setdefault(job.study, {}).setdefault(job.variant, {})

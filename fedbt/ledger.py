@@ -26,12 +26,16 @@ MB = 10**6
 
 TRAINED, IDLE, NO_DATA, OVER_BUDGET = "trained", "idle", "no_data", "over-budget"
 FAILED, MISSED_DEADLINE = "failed", "missed-deadline"
+UNAVAILABLE = "unavailable"
 """Row statuses: the client trained; its plan trained nothing (it sat the round out); it holds no examples (it
 sat the round out: no bytes, no FLOPs, aggregation weight 0); its plan's memory estimate exceeds its tier's budget
 under ``federation.budget_policy: drop`` (it sat the round out as a device out of memory would; the row keeps the
 estimate and the budget). Over Flower, a node whose ClientApp raised (``failed``) or that did not reply within the
 round's deadline (``missed-deadline``) is dropped for the round: its download was sent and is counted, it uploads
-nothing, weighs 0 in the average and keeps its state; the runtime's report (``metrics.json``) holds the reason."""
+nothing, weighs 0 in the average and keeps its state; the runtime's report (``metrics.json``) holds the reason.
+With devices (:mod:`fedbt.timing`) a client whose simulated time is past the round's deadline is ``missed-deadline``
+too (its FLOPs and seconds those of its work until the deadline), and a client whose device is offline in the round
+(its ``availability``) is ``unavailable``: it sits the round out like an idle one."""
 DROPPED = (OVER_BUDGET, FAILED, MISSED_DEADLINE)
 """Statuses of a client that was meant to train in the round and did not."""
 
@@ -73,6 +77,9 @@ class LedgerRow:
     memory_budget_mb: float = 0.0
     """The client's tier's ``memory_mb`` (0: no budget)."""
     train_loss: float = 0.0
+    sim_seconds: float = 0.0
+    """Simulated seconds the client needs for the round on its device (:mod:`fedbt.timing`: download + compute +
+    upload; for a ``missed-deadline`` row the time it would have needed); 0 without devices."""
 
 
 FIELDS = [f.name for f in dataclasses.fields(LedgerRow)]

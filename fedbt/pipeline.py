@@ -241,6 +241,16 @@ def privacy_sets(sets: list[str]) -> bool:
     return bool(keys) or whole not in ("null", "None", "", "{}")
 
 
+def device_sets(sets: list[str]) -> bool:
+    """Whether the last ``federation.tiers`` of a job's ``--set`` s gives its tiers devices."""
+    tiers = [s.split("=", 1)[1] for s in sets if s.startswith("federation.tiers=")]
+    return bool(tiers) and "device" in tiers[-1]
+
+
+TARGET_PREFIX = {"pretrain": "heldout_", "finetune": "dev_"}
+"""A study's ``target`` names its per-round score: the held-out loss of pre-training, a dev metric of fine-tuning."""
+
+
 def planning_model_config(model: ModelConfig):
     """The transformers config of a model source where planning knows it without weights, the hub or an earlier
     job (None elsewhere): ``tiny`` and ``scratch:`` sources, inline and shipped shapes, a checkpoint directory."""
@@ -276,7 +286,7 @@ def check_method(config: RunConfig, model: ModelConfig | None) -> None:
         from_dict(cls.Options, dict(options), "method.options")  # the run itself reports a modality mismatch
         return
     meta = meta_model(hf_config, objective.name)
-    tiers = tiers_from_config(config.federation.tiers)
+    tiers = tiers_from_config(config.federation.tiers, data_dir=config.data.data_dir)
     create_method(config.method.name, meta, config.federation.rounds, config.seed, options, config.scenario, tiers)
 
 
@@ -311,6 +321,8 @@ class Plan:
         self._matched: dict[tuple, dict[str, float]] = {}
         self._checked_methods: set[str] = set()
         self._validate_run_configs()
+        for study in config["studies"]:
+            self._check_target(study)
 
     # ------------------------------------------------------------------------------ checks
 
@@ -326,6 +338,25 @@ class Plan:
                 f"variants.{name}.student", f"unknown student {student!r}; defined: {', '.join(students)}"
             )
         return spec
+
+    def _check_target(self, study: str) -> None:
+        """A study's ``target`` names its per-round score (or ``within_pct``) and its runs have devices to time."""
+        spec = self.config["studies"][study]
+        target = spec.get("target")
+        if not target:
+            return
+        key = f"studies.{study}.target"
+        if not self.timed(study):
+            raise ConfigError(
+                key, "time to a target needs devices: give the study's tiers one (federation.tiers[].device)"
+            )
+        name, prefix = next(iter(target)), TARGET_PREFIX[spec["scenario"]]
+        if name != "within_pct" and not name.startswith(prefix):
+            raise ConfigError(
+                f"{key}.{name}",
+                f"unknown score; allowed: within_pct, or the {spec['scenario']} per-round score {prefix}<metric> "
+                f"(e.g. {'heldout_mlm_loss' if prefix == 'heldout_' else 'dev_accuracy'})",
+            )
 
     def start_of(self, data: str) -> str | None:
         """The starting model a data set's jobs begin from (None: the configured ``model.source``)."""
@@ -697,6 +728,7 @@ class Plan:
                     "base_tiers": spec.get("base_tiers"),
                     "tiered": self.tiered(study),
                     "private": self.private(study),
+                    **({"timed": True, "target": spec.get("target")} if self.timed(study) else {}),
                     "columns": [{"data": d, "label": self.config["data"][d].get("task") or d} for d in spec["data"]],
                     "rows": rows,
                 }
@@ -756,13 +788,20 @@ class Plan:
     def tiered(self, study: str) -> bool:
         """Whether some run of the study has resource tiers (``federation.tiers``): its report then writes a
         per-tier table too."""
+        return any(tier_sets(self.job_sets(job)) for job in self._study_jobs(study))
+
+    def timed(self, study: str) -> bool:
+        """Whether some run of the study has devices (``federation.tiers[].device``): its report then adds
+        simulated time and the time figure."""
+        return any(device_sets(self.job_sets(job)) for job in self._study_jobs(study))
+
+    def _study_jobs(self, study: str) -> list[Job]:
         spec = self.config["studies"][study]
-        jobs = [
+        return [
             job
             for job in self.jobs.values()
             if job.scenario == spec["scenario"] and job.data in spec["data"] and job.variant in spec["variants"]
         ]
-        return any(tier_sets(self.job_sets(job)) for job in jobs)
 
     def private(self, study: str) -> bool:
         """Whether some run of the study has client-level DP (``privacy``): its report then draws the score against
@@ -779,7 +818,9 @@ class Plan:
         """The tables and figures ``fedbt report`` writes, by kind."""
         studies = list(self.config["studies"])
         tiered, private = [s for s in studies if self.tiered(s)], [s for s in studies if self.private(s)]
-        return output_files(studies, self.layout.results, tiered, private, list(self.config.get("series") or {}))
+        timed = [s for s in studies if self.timed(s)]
+        series = list(self.config.get("series") or {})
+        return output_files(studies, self.layout.results, tiered, private, series, timed)
 
     def report_captions(self, paths: list[str]) -> list[tuple[str, str, str]]:
         """Per report output: (path, caption file under ``workflow/report/``, subcategory = its study's title)."""

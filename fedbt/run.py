@@ -131,7 +131,7 @@ def prepare(config: RunConfig) -> PreparedRun:
         config.seed,
         config.method.options,
         config.scenario,
-        tiers_from_config(config.federation.tiers),
+        tiers_from_config(config.federation.tiers, data_dir=config.data.data_dir),
     )
     server_optimizer_for(method, config.server.optimizer)  # one server optimizer per run, checked before loading
     _check_privacy(config, method)
@@ -219,6 +219,7 @@ def build_federation(prepared: PreparedRun) -> Federation:
     share of the data on the same starting model.
     """
     from fedbt.data.run_data import load_run_data
+    from fedbt.federated.devices import timing_for
     from fedbt.federated.tiers import deal
     from fedbt.training import loop
 
@@ -229,6 +230,7 @@ def build_federation(prepared: PreparedRun) -> Federation:
     global_model = load_model(prepared.model_config, prepared.head, config.seed, prepared.num_labels)
     global_model = prepared.method.prepare_model(global_model).to(device)
     fed = config.federation
+    dealt = deal(prepared.method.tiers, fed.clients, config.seed) if fed.tiers else ()
     setup = SimulationSetup(
         clients=data.clients,
         objective=prepared.objective.build(data.processor, prepared.objective_settings()),
@@ -238,11 +240,12 @@ def build_federation(prepared: PreparedRun) -> Federation:
         aggregation=fed.aggregation,
         seed=config.seed,
         device=device,
-        tiers=deal(prepared.method.tiers, fed.clients, config.seed) if fed.tiers else (),
+        tiers=dealt,
         server_optimizer=config.server.optimizer,
         privacy=config.privacy,
         memory=memory_settings(config, prepared.method.arch),
         budget_policy=fed.budget_policy,
+        timing=timing_for(config, [tier.name for tier in dealt]) if dealt else None,
     )
     return Federation(data, global_model, setup)
 
@@ -346,6 +349,8 @@ def record(
         metrics["privacy"] = _privacy_summary(config, records)
     if config.federation.tiers:
         metrics["tiers"] = _tier_summary(simulated.ledger, method)
+    if any("sim_round_seconds" in r for r in records):  # timed (fedbt.timing): the tiers have devices
+        _timing_summary(metrics, simulated.ledger.rows(), federation.setup.timing)
     metrics["final"] = final_metrics(metrics)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     shutil.rmtree(out_dir / "checkpoint", ignore_errors=True)  # the run is complete; model/ holds its state
@@ -425,6 +430,15 @@ def _tier_summary(ledger, method: Method) -> dict[str, Any]:
     return summary
 
 
+def _timing_summary(metrics: dict[str, Any], rows: list, timing) -> None:
+    """A timed run's ``timing`` (the device model, simulated seconds, deadline misses) and each tier's share."""
+    from fedbt.timing import run_summary, tier_summary
+
+    metrics["timing"] = timing.describe() | run_summary(rows, metrics["rounds"])
+    for name, tier in metrics.get("tiers", {}).items():
+        tier.update(tier_summary(rows, name))
+
+
 def execute(prepared: PreparedRun, fresh: bool = False, runtime: Runtime | None = None) -> dict[str, Any]:
     """Run a prepared run inside the job's live MLflow run (:mod:`fedbt.tracking`: RUNNING now, each round as it
     ends, then FINISHED, FAILED or KILLED): build the federation, simulate the rounds (where ``runtime`` says;
@@ -450,6 +464,8 @@ def final_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """Flat scalar summary of a run (for MLflow and tables): costs, last round, downstream scores."""
     final = {f"cost.{k}": float(v) for k, v in metrics["costs"].items() if isinstance(v, int | float)}
     final.update({f"method.{k}": float(v) for k, v in metrics["method_report"].items()})
+    timing = metrics.get("timing") or {}
+    final.update({f"timing.{k}": float(v) for k, v in timing.items() if type(v) in (int, float)})
     last = metrics["rounds"][-1]
     final.update({f"last.{k}": float(v) for k, v in last.items() if k != "round" and isinstance(v, int | float)})
     privacy = metrics.get("privacy")

@@ -28,7 +28,11 @@ def test_int_accepted_for_float():
 @pytest.mark.parametrize(
     ("override", "key", "fragment"),
     [
-        ("federation.rouns=3", "federation.rouns", "allowed keys here: aggregation, budget_policy, clients, fraction"),
+        (
+            "federation.rouns=3",
+            "federation.rouns",
+            "allowed keys here: aggregation, budget_policy, clients, deadline_percentile, deadline_s, fraction",
+        ),
         ("federation.rounds=three", "federation.rounds", "expected int"),
         ("federation.rounds=0", "federation.rounds", "must be >= 1"),
         ("federation.fraction=1.5", "federation.fraction", "must be in (0, 1]"),

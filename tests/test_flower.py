@@ -19,6 +19,7 @@ pytest.importorskip("flwr", reason="needs the Flower extra: pip install -e '.[fl
 
 from safetensors.torch import load_file  # noqa: E402
 
+from fedbt.config import load_config  # noqa: E402
 from fedbt.errors import ConfigError, FedBTError  # noqa: E402
 from fedbt.federated.method import ClientPlan  # noqa: E402
 from fedbt.federated.simulator import ClientTask, ClientUpdate  # noqa: E402
@@ -140,6 +141,9 @@ def test_run_config_round_trips_and_bad_keys_fail():
     settings = RunSettings("c.yaml", ("seed=1", "federation.rounds=3"), "out", True, False, 5.0, round_deadline=30.0)
     assert RunSettings.from_run_config(settings.as_run_config()) == settings
     assert RunSettings.from_run_config({}).round_deadline == 0.0  # no deadline unless asked: reproducible runs
+    config = load_config(None, ["federation.deadline_s=45"])
+    assert RunSettings.from_run_config({}).deadline(config) == 45.0  # the run config's deadline drives it
+    assert settings.deadline(config) == 30.0 and RunSettings.from_run_config({}).deadline(load_config(None)) == 0.0
     with pytest.raises(ConfigError, match="run-config.round-deadline.*>= 0.*got -1"):
         RunSettings.from_run_config({"round-deadline": -1})
     with pytest.raises(ConfigError, match="run-config.deadline.*allowed keys: .*round-deadline"):
@@ -265,6 +269,25 @@ def test_a_failing_client_is_dropped_for_its_round(simulation, tmp_path):
     assert metrics["dropped_client_rounds_pct"] == pytest.approx(100 / 6)
 
 
+def test_a_device_late_on_the_simulated_clock_is_dropped_as_in_process(simulation, tmp_path):
+    """Devices over Flower: the server times each reply on its client's device as in process and drops the client
+    that is late on the simulated clock (SCAFFOLD: its control variate stays the version the server last took, kept
+    on its node), so the run equals the in-process one bit for bit; ``federation.deadline_s`` (600 s) bounds the real
+    replies too, which all arrive in time."""
+    slow = "{train_gflops: 1.0e-6, downlink_mbps: 100, uplink_mbps: 100}"
+    fast = "{train_gflops: 1000, downlink_mbps: 1000, uplink_mbps: 1000}"
+    tiers = f"[{{name: weak, share: 0.34, device: {slow}}}, {{name: strong, share: 0.66, device: {fast}}}]"
+    settings = run_settings(tmp_path, "method.name=scaffold", f"federation.tiers={tiers}", "federation.deadline_s=600")
+    run = simulation.run(settings, timeout=900)
+    assert run.succeeded, f"{run.status}\n{run.output[-4000:]}\n{simulation.logs()}"
+    in_process(settings, tmp_path / "reference")
+    assert_same_run(tmp_path / "run", tmp_path / "reference")
+    rows = ledger(tmp_path / "run")
+    assert {r["status"] for r in rows if r["tier"] == "weak"} == {"missed-deadline"}
+    assert {r["status"] for r in rows if r["tier"] == "strong"} == {"trained"}
+    assert "dropped" not in json.loads((tmp_path / "run/metrics.json").read_text())["runtime"], "no real-clock drop"
+
+
 def test_a_crashed_flower_run_resumes(simulation, tmp_path):
     """The ServerApp dies in round 1's aggregation; ``flwr run`` again (not fresh) resumes from round 0's
     checkpoint and ends exactly where the uninterrupted run ends."""
@@ -308,14 +331,15 @@ def test_deployment_with_two_supernodes(tmp_path):
 
 def _a_stalled_node_misses_the_deadline(federation: LocalFederation, tmp_path: Path) -> None:
     """Node 1 stalls (sleeps in its ClientApp) past the round's deadline: the round goes on without it, its row says
-    ``missed-deadline``. The deadline is three times the slowest round of the run just made on these nodes."""
+    ``missed-deadline``. The deadline is three times the slowest round of the run just made on these nodes, set as
+    the run config's ``federation.deadline_s`` (no devices: it binds the real replies only)."""
     slowest = max(r["round_seconds"] for r in json.loads((tmp_path / "run/metrics.json").read_text())["rounds"])
     deadline = max(30.0, 3 * slowest)
     options = f"method.options={{slow_client: 1, slow_seconds: {10 * deadline:.0f}}}"
     stalled = run_settings(
         tmp_path / "stalled", "federation.clients=2", "federation.rounds=1", FAULTS, "method.name=test-faulty-scaffold"
     )
-    stalled = dataclasses.replace(stalled, overrides=(*stalled.overrides, options), round_deadline=deadline)
+    stalled = dataclasses.replace(stalled, overrides=(*stalled.overrides, options, f"federation.deadline_s={deadline}"))
     run = federation.run(stalled, timeout=900)
     assert run.succeeded, f"{run.status}\n{run.output[-4000:]}\n{federation.logs()}"
     rows = ledger(tmp_path / "stalled/run")

@@ -32,6 +32,11 @@ of its tensors (its local model runs at their sizes, with HeteroFL's Scaler at `
 takes every element over the clients that hold it.
 What a client downloads comes from ``method.download_tensors`` and each upload passes ``method.receive_upload``
 (with the client's plan and tier) before the average, so a method can keep per-tier server state.
+
+Devices (``setup.timing``, :mod:`fedbt.timing`): a client whose device is offline in a round sits it out
+(``unavailable``); every other client's row gets its simulated time, and one later than the round's deadline is
+dropped from the average (``missed-deadline``; :meth:`Simulator._timed`); the round's record gets its simulated
+seconds (slowest participant or deadline, plus the server's measured aggregation).
 """
 
 from __future__ import annotations
@@ -58,7 +63,18 @@ from fedbt.federated.method import ClientPlan, LocalContext, Method, RoundInfo
 from fedbt.federated.privacy import ServerPrivacy, privatize
 from fedbt.federated.server_optimizer import server_optimizer_for
 from fedbt.federated.tiers import FULL, Tier
-from fedbt.ledger import IDLE, NO_DATA, OVER_BUDGET, TRAINED, Ledger, LedgerRow, format_layers, payload_nbytes
+from fedbt.ledger import (
+    IDLE,
+    MISSED_DEADLINE,
+    NO_DATA,
+    OVER_BUDGET,
+    TRAINED,
+    UNAVAILABLE,
+    Ledger,
+    LedgerRow,
+    format_layers,
+    payload_nbytes,
+)
 from fedbt.memory import Fitted, MemorySettings, fit_plan
 from fedbt.models import (
     ModelArch,
@@ -71,6 +87,7 @@ from fedbt.models import (
 )
 from fedbt.progress import progress
 from fedbt.seeding import derive_seed
+from fedbt.timing import ClientTime, Timing, is_late, round_span
 from fedbt.training import loop
 from fedbt.training.objectives import Objective
 
@@ -112,6 +129,8 @@ class SimulationSetup:
     """``server.optimizer``: run on the pseudo-gradient of what ``method.aggregate`` returns (None: none)."""
     privacy: PrivacyConfig | None = None
     """``privacy``: client-level differential privacy (:mod:`fedbt.federated.privacy`; None: none)."""
+    timing: Timing | None = None
+    """Each client's device and the round deadline (:mod:`fedbt.timing`; None: no simulated time)."""
 
 
 @dataclass
@@ -419,10 +438,15 @@ class Simulator:
         self.global_params = dict(global_model.named_parameters())
         self.shapes = {n: tuple(p.shape) for n, p in self.global_params.items()}
         self.tiers = self.trainer.tiers
+        timing = setup.timing
+        self.timing = timing if timing is not None and len(timing.devices) == len(self.clients) else None
+        """The device model (None without one, or for a method that pools the clients: it trains in one place)."""
         self.client_states: dict[int, dict[str, torch.Tensor]] = {}
         self.last_trained: dict[int, int] = {}
         """Each client's last round with status ``trained`` (:attr:`ClientTask.state_round`)."""
         self._fitted: dict[tuple[int, int], Fitted] = {}
+        self._deadline: float | None = None
+        """The current round's deadline on the simulated clock (:meth:`_timed`)."""
         self._rounds: dict[int, RoundInfo] = {}
         self._extras: dict[int, dict[str, torch.Tensor]] = {}
         """This round's upload extras by client (:meth:`receive`), for the server step."""
@@ -481,19 +505,23 @@ class Simulator:
         """The round's facts for the method's hooks: the number of clients and the round's participants."""
         if round_idx not in self._rounds:
             selected = self.selected_clients(round_idx)
-            participants = tuple(c for c in selected if self.clients[c] and self.plan(round_idx, c).trainable)
+            participants = tuple(c for c in selected if self._takes_part(round_idx, c, self.plan(round_idx, c)))
             self._rounds[round_idx] = RoundInfo(round_idx, len(self.clients), participants)
         return self._rounds[round_idx]
 
     def _run_round(self, round_idx: int) -> dict:
         started = time.perf_counter()
+        server_seconds = 0.0
         average = WeightedAverage(self.shapes)
         rows: list[LedgerRow] = []
         plans = []
         clients = self.selected_clients(round_idx)
         weights: dict[int, float] = {}
         self._extras = {}
-        for payload, row in self.runtime.train_clients(self, round_idx, clients):
+        updates = self.runtime.train_clients(self, round_idx, clients)
+        if self.timing is not None:
+            updates = self._timed(updates, dict(self.client_states))
+        for payload, row in updates:
             if payload:
                 weight = weights[row.client] = client_weight(row.examples, self.setup.aggregation)
                 plan, tier = self.plan(round_idx, row.client), self.tier_of(row.client)
@@ -505,9 +533,11 @@ class Simulator:
             planned = self.round_info(round_idx)
             uploaded = tuple(client for client in planned.participants if client in weights)
             round_info = dataclasses.replace(planned, participants=uploaded, extras=self._extras, weights=weights)
+            clock = loop.ComputeClock(self.setup.device)
             if self.privacy is not None:
                 self.privacy.perturb(average, round_idx)
             self._write_global(self._server_step(average, round_info))
+            server_seconds = clock.stop()[0]
         self._extras = {}
         self.ledger.append(rows)
         self.last_trained.update({row.client: round_idx for row in rows if row.status == TRAINED})
@@ -528,6 +558,8 @@ class Simulator:
         }
         if self.privacy is not None:
             record.update(self.privacy.record(round_idx))
+        if self.timing is not None:
+            record.update(self._round_timing(rows, server_seconds))
         if self.round_eval is not None:
             record.update(self.round_eval(self.method.deploy(self.global_model)))
         record["round_seconds"] = time.perf_counter() - started
@@ -537,6 +569,70 @@ class Simulator:
             {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()},
         )
         return record
+
+    # ------------------------------------------------------------------------ simulated time (fedbt.timing)
+
+    def _timed(self, updates: Iterator[tuple[dict, LedgerRow]], states: dict) -> Iterator[tuple[dict, LedgerRow]]:
+        """Each client's update with its simulated time; one later than the round's deadline is dropped.
+
+        Every client trains first: its time comes from the exact counts of its row (the FLOPs of its real batches,
+        its real upload), known only after training. A fixed deadline is decided client by client as updates
+        stream in; a percentile deadline holds the round's updates until every time is known."""
+        if self.timing.deadline_percentile is not None:
+            updates = list(updates)
+            times = [self._client_time(row).total for _, row in updates if row.status == TRAINED]
+            self._deadline = self.timing.deadline(times)
+        else:
+            self._deadline = self.timing.deadline_s
+        for payload, row in updates:
+            if row.status == TRAINED:
+                needed = self._client_time(row)
+                row.sim_seconds = needed.total
+                if is_late(needed.total, self._deadline):
+                    payload, row = {}, self._late_row(row, needed, states)
+            yield payload, row
+
+    def _client_time(self, row: LedgerRow) -> ClientTime:
+        """The simulated time of a trained row on its client's device."""
+        flops = row.measured_flops or row.analytic_flops
+        return self.timing.client_time(row.client, row.download_bytes, flops, row.upload_bytes)
+
+    def _late_row(self, row: LedgerRow, needed: ClientTime, states: dict) -> LedgerRow:
+        """A client past the deadline, dropped for the round: no upload, no weight, its state and extras those from
+        before the round (``states``); its row keeps its download and the share of its work done by the deadline
+        (FLOPs and seconds; no steps, no loss)."""
+        if row.client in states:
+            self.client_states[row.client] = states[row.client]
+        else:
+            self.client_states.pop(row.client, None)
+        self._extras.pop(row.client, None)
+        done = needed.compute_done(self._deadline)
+        return dataclasses.replace(
+            row,
+            status=MISSED_DEADLINE,
+            upload_params=0,
+            upload_bytes=0,
+            steps=0,
+            tokens=0,
+            measured_steps=0,
+            train_loss=0.0,
+            measured_flops=round(row.measured_flops * done),
+            analytic_flops=round(row.analytic_flops * done),
+            seconds=row.seconds * done,
+            wall_seconds=row.wall_seconds * done,
+        )
+
+    def _round_timing(self, rows: list[LedgerRow], server_seconds: float) -> dict[str, float]:
+        """The round's simulated seconds: its slowest participant (or the deadline, when someone is later) plus the
+        server's measured aggregation; the deadline and how many clients missed it or were offline."""
+        raced = [row.sim_seconds for row in rows if row.status in (TRAINED, MISSED_DEADLINE) and row.sim_seconds]
+        record = {
+            "sim_round_seconds": round_span(raced, self._deadline) + server_seconds,
+            "sim_server_seconds": server_seconds,
+            "deadline_missed": sum(row.status == MISSED_DEADLINE for row in rows),
+            "unavailable": sum(row.status == UNAVAILABLE for row in rows),
+        }
+        return record | ({"sim_deadline_s": self._deadline} if self._deadline is not None else {})
 
     def _plan_summary(self, round_idx: int, client_id: int, row: LedgerRow) -> list:
         """What a client did, for the round's plan digest: its plan, status and upload size. Two runs with equal
@@ -607,14 +703,23 @@ class Simulator:
         return task
 
     def sits_out(self, task: ClientTask) -> bool:
-        """A client with no examples, or whose plan trains nothing, sits the round out."""
-        return not self.clients[task.client_id] or not task.plan.trainable
+        """A client with no examples, whose plan trains nothing, or whose device is offline sits the round out."""
+        return not self._takes_part(task.round_idx, task.client_id, task.plan)
+
+    def _takes_part(self, round_idx: int, client_id: int, plan: ClientPlan) -> bool:
+        """The client has examples, its plan trains something and its device is available in the round."""
+        return bool(self.clients[client_id]) and bool(plan.trainable) and self._available(round_idx, client_id)
+
+    def _available(self, round_idx: int, client_id: int) -> bool:
+        return self.timing is None or self.timing.available(round_idx, client_id)
 
     def idle_row(self, task: ClientTask) -> LedgerRow:
         """The ledger row of a client that sat the round out, saying why (``status``)."""
         examples = len(self.clients[task.client_id])
         fitted = self.fitted(task.round_idx, task.client_id)
         status = NO_DATA if not examples else OVER_BUDGET if fitted.dropped else IDLE
+        if examples and not self._available(task.round_idx, task.client_id):
+            status = UNAVAILABLE
         row = LedgerRow(round=task.round_idx, client=task.client_id, examples=examples, status=status)
         self._name_tier(row, fitted)
         return row

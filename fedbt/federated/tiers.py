@@ -50,9 +50,10 @@ FULL = Tier()
 """The tier of every client when no tiers are configured."""
 
 
-def tiers_from_config(tiers: Sequence, key: str = "federation.tiers") -> tuple[Tier, ...]:
+def tiers_from_config(tiers: Sequence, key: str = "federation.tiers", data_dir: str = "data") -> tuple[Tier, ...]:
     """The configured tiers (:class:`~fedbt.config.TierConfig` items, under config key ``key``) as
-    :class:`Tier` s; none: ``(FULL,)``."""
+    :class:`Tier` s; none: ``(FULL,)``. A tier without ``memory_mb`` takes its device's (presets under
+    ``data_dir``)."""
     if not tiers:
         return (FULL,)
     return tuple(
@@ -61,12 +62,21 @@ def tiers_from_config(tiers: Sequence, key: str = "federation.tiers") -> tuple[T
             share=tier.share,
             local_layers=tier.local_layers,
             width=tier.width,
-            memory_mb=tier.memory_mb,
+            memory_mb=tier.memory_mb if tier.memory_mb is not None else _device_memory(tier, f"{key}[{i}]", data_dir),
             local_work=tier.local_work,
             key=f"{key}[{i}]",
         )
         for i, tier in enumerate(tiers)
     )
+
+
+def _device_memory(tier, key: str, data_dir: str) -> float | None:
+    """The ``memory_mb`` of a tier's device (None: no device, or a device without one)."""
+    if getattr(tier, "device", None) is None:
+        return None
+    from fedbt.federated.devices import resolve
+
+    return resolve(tier.device, f"{key}.device", data_dir).memory_mb
 
 
 def tier_counts(shares: Sequence[float], clients: int) -> list[int]:

@@ -10,8 +10,9 @@ Keys (``[tool.flwr.app.config]`` in ``fedbt/flower/app/pyproject.toml``, overrid
 ``fresh``          discard an earlier checkpoint in the run directory
 ``wire``           measure the bytes of every message (``wire`` in the run's metrics)
 ``wait-nodes``     seconds the ServerApp waits for the SuperNodes of every partition to connect
-``round-deadline`` seconds a round waits for its clients' updates (0: no deadline); a client that has not
-                   replied by then is dropped for the round (ledger status ``missed-deadline``)
+``round-deadline`` seconds a round waits for its clients' updates (0: the run config's
+                   ``federation.deadline_s``, none when unset); a client that has not replied by then is
+                   dropped for the round (ledger status ``missed-deadline``)
 =================  =======================================================================================
 
 The ServerApp and every ClientApp read the same keys, so both build their run from the same config; relative
@@ -50,8 +51,9 @@ class RunSettings:
     wire: bool
     wait_nodes: float
     round_deadline: float = 0.0
-    """Seconds a round waits for updates; 0: until every client replied (a deadline makes a run's result depend
-    on timing, so the default keeps runs reproducible)."""
+    """Seconds a round waits for updates; 0: ``federation.deadline_s`` of the run config, or until every client
+    replied when that is unset (a deadline makes a run's result depend on timing, so the default keeps runs
+    reproducible)."""
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> RunSettings:
@@ -69,6 +71,10 @@ class RunSettings:
             wait_nodes=float(values["wait-nodes"]),
             round_deadline=_non_negative(values["round-deadline"], "round-deadline"),
         )
+
+    def deadline(self, config: RunConfig) -> float:
+        """Seconds a round waits for real replies: ``round-deadline``, else ``federation.deadline_s`` (0: none)."""
+        return self.round_deadline or (config.federation.deadline_s or 0.0)
 
     def load(self) -> RunConfig:
         """The fedbt run config with the overrides (and the run directory) applied."""

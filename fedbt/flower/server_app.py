@@ -50,7 +50,7 @@ def main(grid: Grid, context: Context) -> None:
     settings = RunSettings.from_run_config(context.run_config)
     prepared = prepare(settings.load())
     nodes = find_partitions(grid, prepared.config.federation.clients, settings.wait_nodes)
-    runtime = FlowerClients(grid, nodes, fingerprint(prepared.config), settings)
+    runtime = FlowerClients(grid, nodes, fingerprint(prepared.config), settings, settings.deadline(prepared.config))
     metrics = execute(prepared, fresh=settings.fresh, runtime=runtime)
     log.info("run directory %s: %s", prepared.out_dir, metrics["final"])
 
@@ -104,17 +104,20 @@ class FlowerClients:
 
     Every selected client that trains gets one ``train`` message, all of the round at once; replies are taken
     in client order, so the weighted average adds the same uploads in the same order as in-process training. A
-    client whose ClientApp raised, or that has not replied by the round's deadline (``round-deadline``), is
+    client whose ClientApp raised, or that has not replied by the round's deadline (``deadline``: ``round-deadline``,
+    else the run's ``federation.deadline_s``), is
     dropped for the round (ledger status ``failed`` / ``missed-deadline``, the reason in :meth:`report`); a
     setup error (:data:`~fedbt.flower.codec.SETUP_FAILED`), or a round in which every client raised, stops the run.
     """
 
-    def __init__(self, grid: Grid, nodes: dict[int, int], fingerprint: str, settings: RunSettings):
+    def __init__(
+        self, grid: Grid, nodes: dict[int, int], fingerprint: str, settings: RunSettings, deadline: float | None = None
+    ):
         self.grid = grid
         self.nodes = nodes
         self.fingerprint = fingerprint
         self.measure_wire = settings.wire
-        self.round_deadline = settings.round_deadline
+        self.round_deadline = settings.round_deadline if deadline is None else deadline
         self.name = runtime_name(grid)
         self.wire_rows: list[dict[str, int]] = []
         self.dropped: list[dict[str, Any]] = []

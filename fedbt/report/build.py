@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fedbt.report import costs, figures, privacy, selection, series
 from fedbt.report.runs import RunResult, load_run
-from fedbt.report.spec import FIGURE_KINDS, PRIVACY_FIGURE, SCHEDULE_FIGURE, Row, Spec, Table
+from fedbt.report.spec import FIGURE_KINDS, PRIVACY_FIGURE, SCHEDULE_FIGURE, TIME_FIGURE, Row, Spec, Table
 from fedbt.report.tables import build_table, grids, html, identical_plans, latex, markdown, to_json
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,8 @@ def load_results(spec: Spec) -> dict[str, RunResult]:
 
 def build_report(spec: Spec, out: str | Path) -> list[Path]:
     """Write ``out/tables/<table>.md|.tex|.json|.html`` (and ``<table>-tiers.md|.tex|.html`` for a study with
-    tiers) and ``out/figures/<table>_<kind>.png|.pdf`` for every table, and ``out/figures/layer_schedule.png|.pdf``;
-    returns the written paths."""
+    tiers) and ``out/figures/<table>_<kind>.png|.pdf`` for every table (``<table>_time`` too for a study with
+    devices), and ``out/figures/layer_schedule.png|.pdf``; returns the written paths."""
     out = Path(out)
     (out / "tables").mkdir(parents=True, exist_ok=True)
     results = load_results(spec)
@@ -81,6 +81,8 @@ def build_report(spec: Spec, out: str | Path) -> list[Path]:
         if table.private:
             stem = out / "figures" / f"{table.name}_{PRIVACY_FIGURE}"
             written += privacy.privacy_figure(table, results, stem)
+        if table.timed:
+            written += figures.time_figure(table, results, out / "figures" / f"{table.name}_{TIME_FIGURE}")
         for row in table.rows:
             if row.method.startswith("fedbt") and row.bert_base is not None and row.variant not in schedules:
                 schedules[row.variant] = costs.schedule(row.bert_base, table.scenario, table.base_arch)

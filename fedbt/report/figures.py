@@ -1,6 +1,6 @@
 """Figures (PNG and PDF): score per round, score against uplink bytes (Pareto), score against the cost spent
-so far (cumulative client FLOPs and upload, per round), client compute per method, and the layer schedule of
-each FedBT variant."""
+so far (cumulative client FLOPs and upload, per round), client compute per method, the layer schedule of
+each FedBT variant, and (runs with devices) score against simulated wall-clock."""
 
 from __future__ import annotations
 
@@ -153,6 +153,46 @@ def compute_figure(table: Table, results: Mapping[str, RunResult], stem: Path) -
         ax.grid(axis="x", alpha=0.3)
     axes[0].invert_yaxis()
     fig.suptitle(textwrap.fill(table.title, width=90), fontsize=9)
+    return save(fig, stem)
+
+
+def _step_values(run: RunResult, grid: np.ndarray) -> np.ndarray:
+    """The run's score at each time of ``grid``: that of the last round finished by then (NaN before its first)."""
+    rounds = sorted(r for r in run.curve if r in run.clock)
+    ends = np.array([run.clock[r] for r in rounds])
+    scores = np.array([run.curve[r] for r in rounds])
+    index = np.searchsorted(ends, grid, side="right") - 1
+    return np.where(index >= 0, scores[np.clip(index, 0, None)], np.nan)
+
+
+def time_figure(table: Table, results: Mapping[str, RunResult], stem: Path) -> list[Path]:
+    """Per column, each row's per-round score (held-out MLM loss, or dev score) against simulated wall-clock on the
+    clients' devices (minutes, :mod:`fedbt.timing`): per seed a step curve (the score of the last finished round),
+    the mean over seeds drawn with its 95 % t interval as a band, from the time every seed has finished a round."""
+    from fedbt.report.stats import t_interval
+
+    fig, axes = _panels(len(table.columns), f"{table.title}: score against simulated time", width=7.0, height=4.4)
+    for ax, column in zip(axes, table.columns, strict=True):
+        ylabel = ""
+        for row in table.rows:
+            runs = [r for r in _runs(row, column.data, results) if r.curve and r.clock]
+            if not runs:
+                continue
+            ylabel = runs[0].curve_name
+            start, end = max(min(r.clock.values()) for r in runs), max(max(r.clock.values()) for r in runs)
+            grid = np.unique(np.concatenate([[start, end], *[list(r.clock.values()) for r in runs]]))
+            grid = grid[grid >= start]
+            values = np.array([_step_values(run, grid) for run in runs])
+            mean = values.mean(axis=0)
+            label = f"{row.variant} (n={len(runs)})"
+            (line,) = ax.step(grid / 60, mean, where="post", marker="o", markersize=3, label=label)
+            bands = [t_interval(list(values[:, i])) for i in range(len(grid))] if len(runs) > 1 else []
+            if bands and all(bands):
+                low, high = zip(*bands, strict=True)
+                ax.fill_between(grid / 60, low, high, step="post", alpha=0.08, color=line.get_color(), linewidth=0)
+        ax.set(title=_title(column), xlabel="simulated wall-clock on the devices (minutes)", ylabel=ylabel)
+        ax.grid(alpha=0.3)
+    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save(fig, stem)
 
 

@@ -6,7 +6,7 @@ import csv
 import json
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,11 @@ class RunResult:
     """How many of them FlopCounterMode counted (the others are scaled); None: not recorded."""
     privacy: dict[str, Any] | None = None
     """``metrics.json``'s ``privacy`` with the means over the rounds of :data:`PRIVACY_MEANS` (None: no DP)."""
+    clock: dict[int, float] = field(default_factory=dict)
+    """Round -> simulated seconds from the run's start to the end of that round on the clients' devices
+    (:mod:`fedbt.timing`; empty for a run without devices)."""
+    timing: dict[str, Any] | None = None
+    """``metrics.json``'s ``timing`` (simulated seconds, deadline misses, the device model); None without devices."""
 
     @property
     def headline(self) -> str:
@@ -195,10 +200,13 @@ def load_run(path: str | Path) -> RunResult:
     else:  # heldout_mlm_loss (text) or heldout_mim_loss (images)
         curve_name = next((k for k in metrics["rounds"][0] if k.startswith("heldout_")), "heldout_mlm_loss")
     curve = {int(r["round"]): float(r[curve_name]) for r in metrics["rounds"] if curve_name in r}
-    spent, flops, upload = {}, 0.0, 0.0
+    spent, flops, upload, clock, elapsed = {}, 0.0, 0.0, {}, 0.0
     for record in metrics["rounds"]:
         flops, upload = flops + float(record["measured_flops"]), upload + float(record["upload_bytes"])
         spent[int(record["round"])] = (flops, upload)
+        if "sim_round_seconds" in record:
+            elapsed += float(record["sim_round_seconds"])
+            clock[int(record["round"])] = elapsed
     return RunResult(
         path=str(path),
         scenario=metrics["scenario"],
@@ -223,4 +231,6 @@ def load_run(path: str | Path) -> RunResult:
         steps=int(metrics["costs"].get("total_steps", 0)),
         measured_steps=_measured_steps(path, metrics["costs"]),
         privacy=_privacy(metrics),
+        clock=clock,
+        timing=metrics.get("timing"),
     )

@@ -12,6 +12,8 @@ from typing import Any
 FIGURE_KINDS = ("rounds", "pareto", "cost", "compute")
 PRIVACY_FIGURE = "epsilon"
 """The figure kind of a study with DP runs only: its score against epsilon."""
+TIME_FIGURE = "time"
+"""A study whose runs have devices also gets ``<name>_time.png|.pdf``: score against simulated wall-clock."""
 SCHEDULE_FIGURE = "layer_schedule"
 TIER_SUFFIX = "-tiers"
 TIER_EXTS = ("md", "tex", "html")
@@ -71,6 +73,13 @@ class Table:
     private: bool = False
     """Whether some run of the study has client-level DP (``privacy``): the report then draws its score against
     epsilon too (``<name>_epsilon.png|.pdf``)."""
+    timed: bool = False
+    """Whether the study's tiers have devices (``federation.tiers[].device``): the report then adds simulated time
+    (:mod:`fedbt.report.deployment`) and the time figure."""
+    target: dict[str, float] | None = None
+    """The score whose simulated time to reach the table reports: ``{<curve metric>: value}`` (``heldout_mlm_loss``,
+    ``dev_accuracy``, ...) or ``{within_pct: x}``: within x % of the reference row's reported score of the same
+    seed."""
 
 
 @dataclass(frozen=True)
@@ -109,16 +118,21 @@ def output_files(
     tiered: Collection[str] = (),
     private: Collection[str] = (),
     series: Collection[str] = (),
+    timed: Collection[str] = (),
 ) -> dict[str, list[str]]:
     """The files ``fedbt report`` writes for these tables, by kind (``tables``, ``figures``); the tables named in
     ``tiered`` also get their per-tier table, ``<name>-tiers.md|.tex|.html``, those in ``private`` the figure
-    ``<name>_epsilon.png|.pdf``; each of ``series`` its table (``<name>.md|.tex|.json|.html``) and figures."""
+    ``<name>_epsilon.png|.pdf``, those in ``timed`` their time figure, ``<name>_time.png|.pdf``; each of ``series``
+    its table (``<name>.md|.tex|.json|.html``) and figures."""
     tables = [f"{out}/tables/{name}.{ext}" for name in table_names for ext in ("md", "tex", "json", "html")]
     tables += [f"{out}/tables/{name}{TIER_SUFFIX}.{ext}" for name in table_names if name in tiered for ext in TIER_EXTS]
     figures = [
         f"{out}/figures/{name}_{kind}.{ext}" for name in table_names for kind in FIGURE_KINDS for ext in ("png", "pdf")
     ]
     figures += [f"{out}/figures/{name}_{PRIVACY_FIGURE}.{ext}" for name in private for ext in ("png", "pdf")]
+    figures += [
+        f"{out}/figures/{name}_{TIME_FIGURE}.{ext}" for name in timed if name in table_names for ext in ("png", "pdf")
+    ]
     figures += [f"{out}/figures/{SCHEDULE_FIGURE}.{ext}" for ext in ("png", "pdf")]
     tables += [f"{out}/tables/{name}.{ext}" for name in series for ext in ("md", "tex", "json", "html")]
     figures += [

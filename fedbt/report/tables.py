@@ -16,6 +16,7 @@ from html import escape
 from typing import Any
 
 from fedbt import paper
+from fedbt.report.deployment import RowTiming, notes_text, row_timing
 from fedbt.report.privacy import RowPrivacy, epsilon_text, row_privacy
 from fedbt.report.privacy import notes as privacy_notes
 from fedbt.report.runs import RunResult
@@ -125,6 +126,8 @@ class TableRow:
     """The spec's sentence about this row (:attr:`fedbt.report.spec.Row.note`), carried into the caption."""
     privacy: RowPrivacy | None = None
     """The row's client-level differential privacy: epsilon spent, settings, update dimension (None: no DP)."""
+    timing: RowTiming | None = None
+    """Simulated device time (:mod:`fedbt.report.deployment`; None: the row's runs have no devices)."""
 
 
 def _mean(values: list[float]) -> float | None:
@@ -394,6 +397,11 @@ class TableData:
         """Whether the table has a per-tier table (its runs have tiers, or the spec says they will)."""
         return self.table.tiered or any(row.tiers for row in self.rows)
 
+    @property
+    def timed(self) -> bool:
+        """Whether the table shows simulated device time (its runs have devices, or the spec says they will)."""
+        return self.table.timed or any(row.timing for row in self.rows)
+
 
 def build_table(
     table: Table,
@@ -432,6 +440,7 @@ def build_table(
                 second=second,
                 note=row.note,
                 privacy=row_privacy(_runs(row, results)),
+                timing=row_timing(table, row, reference, tiers, results),
             )
         )
     devices = sorted({run.device.split(":")[0] for row in table.rows for run in _runs(row, results)})
@@ -508,10 +517,14 @@ def _header(data: TableData) -> list[str]:
     base = table.base_arch.removesuffix("-uncased")
     head = ["method", "FLOPs", "FLOP %", "analytic FLOP %", "CPU s" if data.device == "cpu" else "s", "s %"]
     head += ["upload MB", "upload %", f"{base} upload %"]
+    if data.timed:  # simulated device time instead of this machine's seconds (<= 15 columns)
+        head = [h for i, h in enumerate(head) if i not in (3, 4, 5)]
     if data.tiered:
         head.append("dropped %")
     if data.private:
         head += ["update dim", "epsilon"]
+    if data.timed:
+        head += ["sim s / round", "deadline miss %"]
     for column in table.columns:
         name = column.data
         if data.has_lr_grid:
@@ -524,6 +537,8 @@ def _header(data: TableData) -> list[str]:
                 head.append(f"p vs {table.second_reference} (Holm)")
         if table.paper:
             head.append("paper")
+        if data.timed and table.target:
+            head.append(f"{name}: sim min to target")
     return head
 
 
@@ -540,10 +555,15 @@ def _cells(data: TableData, row: TableRow, pm: str) -> list[str]:
         _num(costs.upload_pct, 1),
         _num(row.bert_base_upload_pct, 2),
     ]
+    timing = row.timing
+    if data.timed:
+        cells = [c for i, c in enumerate(cells) if i not in (3, 4, 5)]
     if data.tiered:
         cells.append(_num(row.dropped_pct, 1))
     if data.private:
         cells += [_num(row.privacy.update_dim if row.privacy else None, 0), epsilon_text(row.privacy)]
+    if data.timed:
+        cells += [_num(timing and timing.sim_round_seconds, 1), _num(timing and timing.deadline_miss_pct, 1)]
     for column in data.table.columns:
         if data.has_lr_grid:
             choice = row.lr.get(column.data)
@@ -558,7 +578,17 @@ def _cells(data: TableData, row: TableRow, pm: str) -> list[str]:
                 cells.append(_p(Cell(None, None, 0, p_adjusted=second.p_adjusted, no_test=second.no_test)))
         if data.table.paper:
             cells.append(_num(row.paper_scores[column.data], 4))
+        if data.timed and data.table.target:
+            cells.append(_target_cell(timing.time_to_target.get(column.data) if timing else None))
     return cells
+
+
+def _target_cell(target) -> str:
+    """Simulated minutes to the target (mean over the seeds that reached it), ``(k/n)`` when not all did."""
+    if target is None or target.mean is None:
+        return DASH
+    n = len(target.seconds)
+    return f"{target.mean / 60:.1f}" + ("" if target.reached == n else f" ({target.reached}/{n})")
 
 
 def _samples_text(data: TableData) -> str:
@@ -678,6 +708,8 @@ def notes(data: TableData) -> str:
     for row in rows:
         text += f" {row.note}" if row.note else ""
     text += privacy_notes([(row.variant, row.privacy) for row in rows])
+    if data.timed:
+        text += notes_text(table)
     for group in identical_plans(rows):
         text += (
             f" Warning: {', '.join(group)} trained and sent exactly the same tensors in every round (equal plan "
@@ -731,7 +763,12 @@ def _over_budget(tier: TierCosts) -> str:
     return ", ".join(over) or "no"
 
 
-def _tier_cells(row: TableRow, name: str, tier: TierCosts) -> list[str]:
+TIER_TIME_HEADER = ["sim s / client-round", "deadline miss %"]
+
+
+def _tier_cells(row: TableRow, name: str, tier: TierCosts, timed: bool = False) -> list[str]:
+    timing = row.timing.tiers.get(name, {}) if row.timing else {}
+    times = [_num(timing.get("sim_seconds_per_client_round"), 1), _num(timing.get("deadline_miss_pct"), 1)]
     return [
         row.variant,
         name,
@@ -744,7 +781,7 @@ def _tier_cells(row: TableRow, name: str, tier: TierCosts) -> list[str]:
         _num(tier.peak_memory_mb, 1),
         _num(tier.memory_budget_mb, 0),
         _over_budget(tier),
-    ]
+    ] + (times if timed else [])
 
 
 def tier_notes(data: TableData) -> str:
@@ -763,6 +800,14 @@ def tier_notes(data: TableData) -> str:
         f"(estimate, state, peak) that exceeded it, – without a budget; state and peak are – for a tier whose "
         f"clients never trained (all dropped). The scores and the share of dropped client-rounds are "
         f"in {data.table.name}."
+        + (
+            " sim s / client-round: the simulated seconds a participating client of the tier needed for a round on "
+            "its device (download + compute + upload, whether or not it made the deadline), mean over its client-"
+            "rounds and the row's runs; deadline miss %: the tier's client-rounds dropped for finishing after the "
+            "round's deadline."
+            if data.timed
+            else ""
+        )
     )
 
 
@@ -787,9 +832,10 @@ def tier_grid(data: TableData) -> Grid | None:
     """The study's per-tier table, one row per method and tier (None: the study has no tiers)."""
     if not data.tiered:
         return None
-    body = [_tier_cells(row, name, tier) for row in data.rows for name, tier in (row.tiers or {}).items()]
+    body = [_tier_cells(row, name, tier, data.timed) for row in data.rows for name, tier in (row.tiers or {}).items()]
     title = f"{data.table.title}: per resource tier"
-    return Grid(f"{data.table.name}{TIER_SUFFIX}", title, TIER_HEADER, body, tier_notes(data))
+    head = TIER_HEADER + (TIER_TIME_HEADER if data.timed else [])
+    return Grid(f"{data.table.name}{TIER_SUFFIX}", title, head, body, tier_notes(data))
 
 
 def grids(data: TableData) -> list[Grid]:
@@ -881,6 +927,7 @@ def to_json(data: TableData) -> dict[str, Any]:
                 **({"second_reference": {d: asdict(t) for d, t in row.second.items()}} if row.second else {}),
                 **({"note": row.note} if row.note else {}),
                 **(_privacy_json(row) if data.private else {}),
+                **(row.timing.as_json() if row.timing else {}),
             }
             for row in rows
         ],
