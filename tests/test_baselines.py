@@ -323,7 +323,9 @@ def test_distill_cli_builds_a_student(tmp_path, capsys):
 def test_distill_corpus_names():
     sentences = load_corpus("sst2", REPO / "data")
     assert len(sentences) > 4000 and all(len(s.split()) >= 5 for s in sentences)
-    with pytest.raises(ConfigError, match="known corpora: biology, cifar10, cifar10-central, cs, medicine, sst2"):
+    with pytest.raises(
+        ConfigError, match="known corpora: biology, cifar10, cifar10-4, cifar10-central, cs, medicine, sst2"
+    ):
         load_corpus("wiki", REPO / "data")
 
 

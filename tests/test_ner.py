@@ -106,7 +106,8 @@ def test_unknown_task_lists_the_ner_tasks_too():
     with pytest.raises(ConfigError) as info:
         get_task("conll2003")
     assert (
-        "known tasks: ag_news, bc5cdr, chemprot, cifar10, citation_intent, jnlpba, ncbi_disease, rct, scierc_ner, sciie"
+        "known tasks: ag_news, bc5cdr, chemprot, cifar10, cifar10-4, citation_intent, jnlpba, ncbi_disease, rct, "
+        "scierc_ner, sciie"
         in str(info.value)
     )
 

@@ -122,7 +122,7 @@ def test_config_readme_documents_every_schema_key():
         ("config.yaml", 69, 1),
         ("ablation.yaml", 102, 1),
         ("paper.yaml", 1835, 0),
-        ("vision.yaml", 10, 1),
+        ("vision.yaml", 44, 1),
         ("hetero.yaml", 87, 1),
         ("budget.yaml", 81, 1),
         ("privacy.yaml", 99, 1),

@@ -137,7 +137,7 @@ def test_variant_overrides_win_over_defaults():
 
 def test_starting_model_feeds_the_data_sets_that_name_it():
     plan = Plan(study_config("vision.yaml"))
-    job = next(j for j in plan.jobs.values() if j.data == "cifar10-iid")
+    job = next(j for j in plan.jobs.values() if j.data == "cifar10-4-dir")
     model = "results/vision/runs/_start/vit-cifar-central/model"
     assert f"model.source={model}" in plan.job_sets(job)
     assert plan.run_inputs(job) == ["results/vision/runs/_start/vit-cifar-central/metrics.json"]

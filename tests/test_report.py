@@ -197,7 +197,7 @@ def test_a_study_with_tiers_lists_its_per_tier_table_as_a_report_output():
     assert sorted(tier_tables) == sorted(
         f"results/hetero/tables/{study}-tiers.{ext}"
         for study in plan.config["studies"]
-        for ext in ("md", "tex", "html")
+        for ext in ("md", "tex", "json", "html")
     )
     captions = {path: (caption, sub) for path, caption, sub in plan.report_captions(outputs)}
     title = plan.config["studies"]["hetero-pretrain"]["title"]

@@ -233,7 +233,7 @@ def _tier(flops: float, upload: float, state: float, budget: float | None) -> di
 def test_a_study_with_tiers_gets_a_per_tier_table_beside_a_main_table_of_at_most_fifteen_columns(tmp_path):
     """The golden runs with tier costs added: the main table keeps method, cost and score columns (<= 15, with the
     dropped share); ``pretrain-tiers`` holds every tier's FLOPs, FLOP % of fedavg's same tier, upload, memory and
-    budget flags in Markdown, LaTeX and HTML, and the JSON keeps a ``tiers`` object per row."""
+    budget flags in Markdown, LaTeX, JSON and HTML, and the study's JSON keeps a ``tiers`` object per row."""
     from fedbt.report.build import build_report
     from fedbt.report.spec import from_dict
     from fedbt.report.tables import MAX_COLUMNS
@@ -260,7 +260,7 @@ def test_a_study_with_tiers_gets_a_per_tier_table_beside_a_main_table_of_at_most
     assert RUNS.is_dir()
     written = build_report(from_dict(spec), tmp_path / "out")
     out = tmp_path / "out/tables"
-    assert {out / f"pretrain-tiers.{ext}" for ext in ("md", "tex", "html")} <= set(written)
+    assert {out / f"pretrain-tiers.{ext}" for ext in ("md", "tex", "json", "html")} <= set(written)
     markdown = (out / "pretrain.md").read_text()
     header = next(line for line in markdown.splitlines() if line.startswith("| method"))
     assert header.count("|") - 1 <= MAX_COLUMNS and "weak" not in header and "| dropped % |" in header
@@ -279,6 +279,14 @@ def test_a_study_with_tiers_gets_a_per_tier_table_beside_a_main_table_of_at_most
     ]
     assert r"fedbt & weak & 2.00 G & 25.0 &" in (out / "pretrain-tiers.tex").read_text()
     assert "<td>state, peak</td>" in (out / "pretrain-tiers.html").read_text()
+    tier_rows = json.loads((out / "pretrain-tiers.json").read_text())["rows"]
+    assert [(r["variant"], r["tier"]) for r in tier_rows] == [
+        ("fedavg", "weak"),
+        ("fedavg", "strong"),
+        ("fedbt", "weak"),
+        ("fedbt", "strong"),
+    ]
+    assert tier_rows[2]["flops_pct"] == pytest.approx(25.0) and tier_rows[0]["state_exceeds_budget"] is True
     table_json = json.loads((out / "pretrain.json").read_text())
     rows = table_json["rows"]
     assert rows[1]["tiers"]["weak"]["flops_pct"] == pytest.approx(25.0)

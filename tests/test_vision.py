@@ -58,12 +58,25 @@ def test_cifar_task_and_corpora():
     assert spec.kind == "image_classification" and len(spec.labels) == 10
     task = load_task("cifar10", DATA)
     assert {s: len(task[s]) for s in task} == spec.split_sizes
-    assert set(IMAGE_CORPORA) == {"cifar10", "cifar10-central"}
+    assert set(IMAGE_CORPORA) == {"cifar10", "cifar10-4", "cifar10-central"}
     assert len(load_image_corpus("cifar10-central", DATA)) == 1000
 
 
+def test_cifar10_4_keeps_the_first_four_classes_dealt_as_cifar10():
+    full, four = load_image_splits("cifar10", DATA), load_image_splits("cifar10-4", DATA)
+    assert {k: len(v) for k, v in four.items()} == {"central": 400, "dev": 200, "train": 1400, "test": 400}
+    for part in four:
+        kept = full[part].labels < 4
+        assert np.array_equal(four[part].images, full[part].images[kept]), part
+        assert np.array_equal(four[part].labels, full[part].labels[kept]), part
+    spec = get_task("cifar10-4")
+    assert spec.labels == ("airplane", "automobile", "bird", "cat")
+    assert {s: len(split) for s, split in load_task("cifar10-4", DATA).items()} == spec.split_sizes
+    assert len(load_image_corpus("cifar10-4", DATA)) == 1400
+
+
 def test_image_data_errors_name_the_problem(tmp_path):
-    with pytest.raises(ConfigError, match="unknown image corpus 'mnist'; known: cifar10, cifar10-central"):
+    with pytest.raises(ConfigError, match="unknown image corpus 'mnist'; known: cifar10, cifar10-4, cifar10-central"):
         load_image_corpus("mnist", DATA)
     with pytest.raises(DataError, match="image data file not found"):
         load_image_splits("cifar10", tmp_path)

@@ -74,6 +74,13 @@ CORPORA: dict[str, CorpusSpec] = {
         ),
         CorpusSpec("cifar10", "cifar10", "CIFAR-10 subset, train part", kind="image", image_part=("cifar10", "train")),
         CorpusSpec(
+            "cifar10-4",
+            "cifar10",
+            "CIFAR-10 subset, first 4 classes, train part",
+            kind="image",
+            image_part=("cifar10-4", "train"),
+        ),
+        CorpusSpec(
             "cifar10-central",
             "cifar10",
             "CIFAR-10 subset, central part (starting models)",

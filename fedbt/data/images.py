@@ -7,13 +7,16 @@ into ``central`` (first 100 of each class: the held-out images the offline start
 classes are interleaved (the first image of each class, then the second of each, ...), so that any prefix, as
 ``max_examples`` takes, is class-balanced. Nothing is random, so every machine gets the same splits.
 
+``cifar10-4`` keeps the file's first four classes (airplane, automobile, bird, cat; labels 0-3), dealt the same
+way: a task a small ViT learns on a CPU within the vision study's time (chance 0.25).
+
 Image corpora (unlabelled pools for masked image modelling) are named parts of a data set:
-``cifar10`` (the ``train`` part) and ``cifar10-central`` (the ``central`` part).
+``cifar10`` and ``cifar10-4`` (their ``train`` parts) and ``cifar10-central`` (the ``central`` part).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
@@ -29,7 +32,10 @@ class ImageDataSpec:
     name: str
     folder: str
     file: str
+    file_classes: tuple[str, ...]
+    """The classes the file holds (label = index)."""
     classes: tuple[str, ...]
+    """The classes this data set keeps, relabelled 0, 1, ... in this order."""
     image_shape: tuple[int, int, int]
     train_per_class: int
     test_per_class: int
@@ -37,19 +43,26 @@ class ImageDataSpec:
     """How each class's train images are dealt, in order: (part name, images per class)."""
 
 
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10 = ImageDataSpec(
     name="cifar10",
     folder="cifar10",
     file="cifar10_subset_500x10_train_100x10_test.npz",
-    classes=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+    file_classes=CIFAR10_CLASSES,
+    classes=CIFAR10_CLASSES,
     image_shape=(32, 32, 3),
     train_per_class=500,
     test_per_class=100,
     parts=(("central", 100), ("dev", 50), ("train", 350)),
 )
-IMAGE_DATA = {CIFAR10.name: CIFAR10}
+CIFAR10_4 = replace(CIFAR10, name="cifar10-4", classes=CIFAR10_CLASSES[:4])
+IMAGE_DATA = {spec.name: spec for spec in (CIFAR10, CIFAR10_4)}
 
-IMAGE_CORPORA: dict[str, tuple[str, str]] = {"cifar10": ("cifar10", "train"), "cifar10-central": ("cifar10", "central")}
+IMAGE_CORPORA: dict[str, tuple[str, str]] = {
+    "cifar10": ("cifar10", "train"),
+    "cifar10-4": ("cifar10-4", "train"),
+    "cifar10-central": ("cifar10", "central"),
+}
 """Corpus name -> (data set, part): unlabelled image pools for masked image modelling."""
 
 
@@ -101,7 +114,7 @@ def _load(name: str, data_dir: str) -> dict[str, ImageSplit]:
         missing = {"x_train", "y_train", "x_test", "y_test"} - set(archive.files)
         _check(not missing, path, f"missing arrays {sorted(missing)}")
         arrays = {key: archive[key] for key in ("x_train", "y_train", "x_test", "y_test")}
-    num_classes = len(spec.classes)
+    num_classes = len(spec.file_classes)
     for split, per_class in (("train", spec.train_per_class), ("test", spec.test_per_class)):
         images, labels = arrays[f"x_{split}"], arrays[f"y_{split}"]
         _check(images.dtype == np.uint8, path, f"x_{split} has dtype {images.dtype}, expected uint8")
@@ -115,11 +128,24 @@ def _load(name: str, data_dir: str) -> dict[str, ImageSplit]:
         _check(not len(bad), path, f"y_{split}[{bad[0] if len(bad) else 0}] is not a class id 0..{num_classes - 1}")
         counts = np.bincount(labels, minlength=num_classes)
         _check(bool((counts == per_class).all()), path, f"y_{split} has {counts.tolist()} images per class")
-    parts = deal_parts(arrays["y_train"], spec.parts, num_classes)
+    for split in ("train", "test"):
+        arrays[f"x_{split}"], arrays[f"y_{split}"] = _keep_classes(spec, arrays[f"x_{split}"], arrays[f"y_{split}"])
+    parts = deal_parts(arrays["y_train"], spec.parts, len(spec.classes))
     splits = {part: ImageSplit(arrays["x_train"][idx], arrays["y_train"][idx]) for part, idx in parts.items()}
     test = interleave_classes(np.arange(len(arrays["y_test"])), arrays["y_test"])
     splits["test"] = ImageSplit(arrays["x_test"][test], arrays["y_test"][test])
     return splits
+
+
+def _keep_classes(spec: ImageDataSpec, images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The images of ``spec.classes`` only, in file order, relabelled by their position in ``spec.classes``."""
+    if spec.classes == spec.file_classes:
+        return images, labels
+    relabel = np.full(len(spec.file_classes), -1, dtype=np.int64)
+    for new, name in enumerate(spec.classes):
+        relabel[spec.file_classes.index(name)] = new
+    kept = relabel[labels] >= 0
+    return images[kept], relabel[labels[kept]]
 
 
 def load_image_splits(name: str, data_dir: str | Path = "data", key: str = "data.task") -> dict[str, ImageSplit]:

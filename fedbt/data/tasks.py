@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedbt.data.images import CIFAR10, load_image_splits
+from fedbt.data.images import CIFAR10, CIFAR10_4, load_image_splits
 from fedbt.data.ner import TaggedSentence, bio_labels, validate_bio
 from fedbt.data.sources import is_hub, looks_like_path, read_upstream, resolve_path, upstream_split
 from fedbt.errors import ConfigError, DataError
@@ -263,6 +263,18 @@ TASKS: dict[str, TaskSpec] = {
             domain="vision",
             description="CIFAR-10 subset, 10 classes, 32x32 (train/dev dealt from the shipped train images, "
             "see fedbt.data.images)",
+        ),
+        TaskSpec(
+            name="cifar10-4",
+            kind="image_classification",
+            location=CIFAR10_4.folder,
+            reader=IMAGE_READER,
+            labels=CIFAR10_4.classes,
+            metrics=_CLASSIFICATION,
+            split_sizes={"train": 1400, "dev": 200, "test": 400},
+            domain="vision",
+            description="CIFAR-10 subset, its first 4 classes (airplane, automobile, bird, cat), 32x32, dealt as "
+            "cifar10",
         ),
     )
 }

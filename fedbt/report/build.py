@@ -9,8 +9,17 @@ from pathlib import Path
 
 from fedbt.report import costs, figures, privacy, selection, series
 from fedbt.report.runs import RunResult, load_run
-from fedbt.report.spec import FIGURE_KINDS, PRIVACY_FIGURE, SCHEDULE_FIGURE, TIME_FIGURE, Row, Spec, Table
-from fedbt.report.tables import build_table, grids, html, identical_plans, latex, markdown, to_json
+from fedbt.report.spec import (
+    FIGURE_KINDS,
+    PRIVACY_FIGURE,
+    SCHEDULE_FIGURE,
+    TIER_SUFFIX,
+    TIME_FIGURE,
+    Row,
+    Spec,
+    Table,
+)
+from fedbt.report.tables import build_table, grids, html, identical_plans, latex, markdown, tier_json, to_json
 
 log = logging.getLogger(__name__)
 BERT_BASE_LAYERS = 12
@@ -45,7 +54,7 @@ def load_results(spec: Spec) -> dict[str, RunResult]:
 
 
 def build_report(spec: Spec, out: str | Path) -> list[Path]:
-    """Write ``out/tables/<table>.md|.tex|.json|.html`` (and ``<table>-tiers.md|.tex|.html`` for a study with
+    """Write ``out/tables/<table>.md|.tex|.json|.html`` (and ``<table>-tiers.md|.tex|.json|.html`` for a study with
     tiers) and ``out/figures/<table>_<kind>.png|.pdf`` for every table (``<table>_time`` too for a study with
     devices), and ``out/figures/layer_schedule.png|.pdf``; returns the written paths."""
     out = Path(out)
@@ -62,8 +71,13 @@ def build_report(spec: Spec, out: str | Path) -> list[Path]:
             for row in table.rows
         }
         data = build_table(table, results, ratios, lr_choices)
-        (out / "tables" / f"{table.name}.json").write_text(json.dumps(to_json(data), indent=1) + "\n")
+        study_json = to_json(data)
+        (out / "tables" / f"{table.name}.json").write_text(json.dumps(study_json, indent=1) + "\n")
         written.append(out / "tables" / f"{table.name}.json")
+        per_tier = tier_json(study_json)
+        if per_tier is not None:
+            (out / "tables" / f"{table.name}{TIER_SUFFIX}.json").write_text(json.dumps(per_tier, indent=1) + "\n")
+            written.append(out / "tables" / f"{table.name}{TIER_SUFFIX}.json")
         for grid in grids(data):
             for ext, render in (("md", markdown), ("tex", latex), ("html", html)):
                 (out / "tables" / f"{grid.name}.{ext}").write_text(render(grid))

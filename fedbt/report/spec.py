@@ -16,9 +16,9 @@ TIME_FIGURE = "time"
 """A study whose runs have devices also gets ``<name>_time.png|.pdf``: score against simulated wall-clock."""
 SCHEDULE_FIGURE = "layer_schedule"
 TIER_SUFFIX = "-tiers"
-TIER_EXTS = ("md", "tex", "html")
-"""The per-tier table of study ``<name>`` is ``<name>-tiers.md|.tex|.html`` (its numbers are in the study's JSON,
-per row: ``tiers``)."""
+TIER_EXTS = ("md", "tex", "json", "html")
+"""The per-tier table of study ``<name>`` is ``<name>-tiers.md|.tex|.json|.html`` (its numbers also in the study's
+JSON, per row: ``tiers``)."""
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def output_files(
     timed: Collection[str] = (),
 ) -> dict[str, list[str]]:
     """The files ``fedbt report`` writes for these tables, by kind (``tables``, ``figures``); the tables named in
-    ``tiered`` also get their per-tier table, ``<name>-tiers.md|.tex|.html``, those in ``private`` the figure
+    ``tiered`` also get their per-tier table, ``<name>-tiers.md|.tex|.json|.html``, those in ``private`` the figure
     ``<name>_epsilon.png|.pdf``, those in ``timed`` their time figure, ``<name>_time.png|.pdf``; each of ``series``
     its table (``<name>.md|.tex|.json|.html``) and figures."""
     tables = [f"{out}/tables/{name}.{ext}" for name in table_names for ext in ("md", "tex", "json", "html")]

@@ -838,6 +838,26 @@ def tier_grid(data: TableData) -> Grid | None:
     return Grid(f"{data.table.name}{TIER_SUFFIX}", title, head, body, tier_notes(data))
 
 
+def tier_json(study: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The per-tier table's numbers (``<table>-tiers.json``) from the study's JSON (:func:`to_json`): one row per
+    method and tier, its costs and timing as in the study's rows (None: the study has no tiers)."""
+    if "tier_notes" not in study:
+        return None
+    body = [
+        {
+            "variant": row["variant"],
+            "method": row["method"],
+            "tier": name,
+            **costs,
+            **row.get("tier_timing", {}).get(name, {}),
+        }
+        for row in study["rows"]
+        for name, costs in (row.get("tiers") or {}).items()
+    ]
+    title = f"{study['title']}: per resource tier"
+    return {"study": study["study"], "title": title, "rows": body, "notes": study["tier_notes"]}
+
+
 def grids(data: TableData) -> list[Grid]:
     """The tables a study writes: its own, then its per-tier table when it has tiers."""
     return [grid for grid in (main_grid(data), tier_grid(data)) if grid is not None]
