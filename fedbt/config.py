@@ -177,7 +177,7 @@ class LocalConfig:
     steps: int | float | None = None
     """Local steps per client-round (null: ``epochs``). A non-integer is a mean: the client-rounds run its floor or
     ceiling, dealt in order of round and client so that every prefix runs the mean within one step (the FLOP-matched
-    budgets of :mod:`fedbt.matching`)."""
+    budgets of :mod:`fedbt.matching`); below 1, a client-round dealt 0 steps sits the round out."""
     epochs: float = 1.0
     batch_size: int = 16
     lr: float = 5e-5
@@ -459,7 +459,7 @@ def validate(config: RunConfig) -> None:
     check_server_optimizer(config.server.optimizer)
     if config.privacy is not None:
         check_privacy(config.privacy, fed.aggregation)
-    _require(local.steps is None or local.steps >= 1, "local.steps", "must be >= 1 or null (use epochs)")
+    _require(local.steps is None or local.steps > 0, "local.steps", "must be > 0 or null (use epochs)")
     _require(local.epochs > 0, "local.epochs", f"got {local.epochs}, must be > 0")
     _require(local.batch_size >= 1, "local.batch_size", "must be >= 1")
     _require(local.lr > 0, "local.lr", "must be > 0")

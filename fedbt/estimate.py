@@ -325,6 +325,8 @@ def _sequences_processed(examples: int, local, scale: float, index: int) -> int:
         return 0
     batch, steps = local.batch_size, local.steps
     count = steps_for(examples, batch, local.epochs, steps, index)
+    if count == 0:  # dealt no steps of a mean below 1: the client sits the round out
+        return 0
     if steps is not None:
         count = max(1, round(count * scale))
     per_epoch = math.ceil(examples / batch)

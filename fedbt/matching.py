@@ -11,9 +11,10 @@ methods' costs does not depend on the sequence length beyond their attention ter
 data's real lengths too; the data itself is not read, so planning needs no token cache.
 
 The matched budget scales the run's own: a fixed ``local.steps`` becomes a (non-integer) mean per client-round,
-dealt over the client-rounds (:func:`fedbt.training.loop.dealt_steps`); a budget in ``local.epochs`` scales the
-epochs (every client-round of both runs then runs the same share of its data: the match weighs client-rounds
-equally, exact where clients hold equal data).
+dealt over the client-rounds (:func:`fedbt.training.loop.dealt_steps`; below 1 the client-rounds run 0 or 1 steps,
+and one dealt 0 sits the round out: no transfer, no compute, no weight, as a client not sampled); a budget in
+``local.epochs`` scales the epochs (every client-round of both runs then runs the same share of its data: the match
+weighs client-rounds equally, exact where clients hold equal data).
 """
 
 from __future__ import annotations
@@ -132,12 +133,12 @@ def matched_budget(reference: RunConfig, own: RunConfig, key: str = "match_flops
     budget_key = "local.steps" if own.local.steps is not None else "local.epochs"
     budget = own.local.steps if own.local.steps is not None else own.local.epochs
     value = round(budget * ratio, MATCH_DIGITS)
-    if budget_key == "local.steps" and value < 1:
+    if value <= 0:
         raise ConfigError(
             key,
-            f"{own.method.name} would run {value:g} local steps per client-round to match "
-            f"{reference.method.name}'s client FLOPs ({ratio:.3f} of its own at local.steps = {budget:g}); at least 1:"
-            " raise local.steps",
+            f"{own.method.name} would run {value:g} local {budget_key.split('.')[1]} per client-round to match "
+            f"{reference.method.name}'s client FLOPs ({ratio:.3g} of its own at {budget_key} = {budget:g}): "
+            f"raise {budget_key}",
         )
     return Match(budget_key, value, ratio)
 

@@ -107,8 +107,7 @@ def test_unknown_task_lists_the_ner_tasks_too():
         get_task("conll2003")
     assert (
         "known tasks: ag_news, bc5cdr, chemprot, cifar10, cifar10-4, citation_intent, jnlpba, ncbi_disease, rct, "
-        "scierc_ner, sciie"
-        in str(info.value)
+        "scierc_ner, sciie" in str(info.value)
     )
 
 

@@ -124,7 +124,7 @@ def test_config_readme_documents_every_schema_key():
         ("paper.yaml", 1835, 0),
         ("vision.yaml", 44, 1),
         ("hetero.yaml", 87, 1),
-        ("budget.yaml", 81, 1),
+        ("budget.yaml", 63, 1),
         ("privacy.yaml", 99, 1),
     ],
 )

@@ -703,12 +703,22 @@ class Simulator:
         return task
 
     def sits_out(self, task: ClientTask) -> bool:
-        """A client with no examples, whose plan trains nothing, or whose device is offline sits the round out."""
+        """A client with no examples, whose plan trains nothing, who is dealt no steps of a mean budget below 1, or
+        whose device is offline sits the round out."""
         return not self._takes_part(task.round_idx, task.client_id, task.plan)
 
     def _takes_part(self, round_idx: int, client_id: int, plan: ClientPlan) -> bool:
-        """The client has examples, its plan trains something and its device is available in the round."""
-        return bool(self.clients[client_id]) and bool(plan.trainable) and self._available(round_idx, client_id)
+        """The client has examples, its plan trains something, it is dealt steps and its device is available."""
+        has_data, trains = bool(self.clients[client_id]), bool(plan.trainable)
+        return has_data and trains and self._dealt_steps(round_idx, client_id) and self._available(round_idx, client_id)
+
+    def _dealt_steps(self, round_idx: int, client_id: int) -> bool:
+        """Whether the client-round is dealt any steps: always, but for a mean ``local.steps`` below 1 (a FLOP-matched
+        budget, :mod:`fedbt.matching`), whose client-rounds run 0 or 1 steps."""
+        steps = self.setup.local.steps
+        if steps is None or steps >= 1:
+            return True
+        return loop.dealt_steps(steps, round_idx * len(self.clients) + client_id) > 0
 
     def _available(self, round_idx: int, client_id: int) -> bool:
         return self.timing is None or self.timing.available(round_idx, client_id)
