@@ -49,10 +49,10 @@ def test_layout_is_spelled_in_one_place():
         ("config.yaml", 69),
         ("ablation.yaml", 102),
         ("hetero.yaml", 87),
-        ("privacy.yaml", 99),
+        ("privacy.yaml", 39),
         ("paper.yaml", 1835),
         ("test.yaml", 4),
-        ("budget.yaml", 81),
+        ("budget.yaml", 63),
     ],
 )
 def test_shared_jobs_run_once_in_the_first_study(name, runs):
