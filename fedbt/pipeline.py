@@ -770,7 +770,7 @@ class Plan:
         spec = self.config["studies"][study]
         vspec = self.config["variants"][variant]
         point = self.points(study, variant)[0]
-        budgets = []
+        budgets, below_one = [], False
         for data in spec["data"]:
             matched = {
                 seed: self.matched_budget(self._by_identity[(spec["scenario"], data, variant, seed, point)])
@@ -779,10 +779,18 @@ class Plan:
             (key,) = {k for budget in matched.values() for k in budget}
             values = sorted({f"{budget[key]:g}" for budget in matched.values()})
             budgets.append(f"{key} = {' / '.join(values)} ({data})")
+            below_one |= key == "local.steps" and any(budget[key] < 1 for budget in matched.values())
         unit = "a mean per client-round, dealt over the client-rounds" if "local.steps" in budgets[0] else "epochs"
+        idle = (
+            " Below 1 step a client-round dealt 0 sits the round out, so its FLOP % per trained client-round is"
+            " above the reference's while its cumulative FLOPs (the series table) match them."
+            if below_one
+            else ""
+        )
         return (
             f"{variant}: {vspec.get('method', variant)} at {', '.join(budgets)} ({unit}), the budget at which its "
             f"client FLOPs equal {vspec['match_flops']}'s (analytic, from both methods' plans: fedbt/matching.py)."
+            + idle
         )
 
     def tiered(self, study: str) -> bool:

@@ -181,6 +181,7 @@ def series_spec(tmp_path) -> dict:
         ("s12", "fedbt"): [6.6, 6.6, 6.9],
         ("s12", "fedavg-matched"): [6.8, 6.9, 7.0],
     }
+    flops = {"fedavg": 30, "fedbt": 12, "fedavg-matched": 12}  # cumulative client FLOPs of a run
     tables = []
     for point in ("s3", "s12"):
         rows = []
@@ -192,7 +193,12 @@ def series_spec(tmp_path) -> dict:
                     s,
                     [0.5],
                     loss=loss,
-                    costs={"total_measured_flops": 30 if variant == "fedavg" else 12},
+                    costs={"total_measured_flops": flops[variant]},
+                    extra={
+                        "rounds": [
+                            {"round": 0, "measured_flops": flops[variant], "upload_bytes": 4, "heldout_mlm_loss": loss}
+                        ]
+                    },
                 )
                 for s, loss in enumerate(losses[(point, variant)])
             ]
@@ -254,3 +260,9 @@ def test_the_budget_study_declares_its_series_outputs(budget_plan):
     assert "fedavg-matched: fedavg at local.steps = " in rows["fedavg-matched"]["note"]
     captions = dict((path, caption) for path, caption, _ in budget_plan.report_captions(outputs["figures"]))
     assert captions["results/budget/figures/budget_cost.png"] == "series_cost.rst"
+
+
+def test_the_caption_says_when_a_matched_row_sits_client_rounds_out(budget_plan):
+    assert "local.steps = 0.7781 (cs-s2)" in budget_plan.match_note("budget-s2", "fedavg-matched")
+    assert "sits the round out" in budget_plan.match_note("budget-s2", "fedavg-matched")
+    assert "sits the round out" not in budget_plan.match_note("budget-s8", "fedavg-matched")

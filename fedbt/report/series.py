@@ -5,8 +5,8 @@ At every point (a study and one of its data sets) each row is the study table's 
 dev (:mod:`fedbt.report.selection`). A gap ``a - b`` is the difference of two rows' scores over the federation
 seeds they share (the same seed deals the same partition and data order, so the runs pair up): its mean, the 95 %
 Student t interval of the per-seed differences, and the paired t-test's p-value (:mod:`fedbt.report.stats`),
-Holm-adjusted over the series' points for each gap and metric. Beside it: ``a``'s client FLOPs and upload per
-trained client-round in percent of ``b``'s (measured), so a gap at equal compute shows that it is one.
+Holm-adjusted over the series' points for each gap and metric. Beside it: ``a``'s cumulative client FLOPs and upload
+over the run in percent of ``b``'s (measured), so a gap at equal compute shows that it is one.
 
 Outputs: ``tables/<series>.json|.md|.tex|.html`` (one row per point and shown metric), ``figures/<series>_cost``
 (every row's headline curve of every point against the cumulative client FLOPs and uploaded bytes, mean over the
@@ -126,9 +126,15 @@ def _gap(point: Point, pair: tuple[str, str], metric: str, table: Table, results
         test=comparison.test if comparison else None,
         no_test=no_test,
         higher_is_better=higher_is_better(metric),
-        a_flops_pct_of_b=_pct([r.costs.measured_flops for r in a_runs], [r.costs.measured_flops for r in b_runs]),
-        a_upload_pct_of_b=_pct([r.costs.upload_mb for r in a_runs], [r.costs.upload_mb for r in b_runs]),
+        a_flops_pct_of_b=_pct([_spent(r)[0] for r in a_runs], [_spent(r)[0] for r in b_runs]),
+        a_upload_pct_of_b=_pct([_spent(r)[1] for r in a_runs], [_spent(r)[1] for r in b_runs]),
     )
+
+
+def _spent(run: RunResult) -> tuple[float, float]:
+    """A run's cumulative client FLOPs and uploaded bytes (the whole run's, not per client-round: a matched run
+    below one step a client-round sits some client-rounds out)."""
+    return run.spent[max(run.spent)] if run.spent else (0.0, 0.0)
 
 
 def metrics_of(table: Table, data: str, results: Mapping[str, RunResult]) -> list[str]:
@@ -206,7 +212,7 @@ def notes(series: Series, found: list[Gap]) -> str:
         f"same partition); p (Holm): the paired t-test (scipy) of a against b, Holm-adjusted over the series' "
         f"points for that gap and score (n<{MIN_N}: no test). Losses are better lower, task scores higher: a "
         f"negative loss gap means a has the lower loss, a positive task-score gap the higher score. FLOP % of "
-        f"b: a's measured client FLOPs per trained client-round in percent of b's (100: equal compute). JSON: "
+        f"b: a's cumulative measured client FLOPs in percent of b's (100: equal compute). JSON: "
         f"every gap with a_mean, b_mean, std, ci95, p_value, p_adjusted, a_upload_pct_of_b."
     )
 
