@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedbt.data.images import CIFAR10, CIFAR10_4, load_image_splits
+from fedbt.data.images import CIFAR10, CIFAR10_4, ImageDataSpec, load_image_splits
 from fedbt.data.ner import TaggedSentence, bio_labels, validate_bio
 from fedbt.data.sources import is_hub, looks_like_path, read_upstream, resolve_path, upstream_split
 from fedbt.errors import ConfigError, DataError
@@ -101,6 +101,24 @@ class TaskSpec:
 _JSONL = {split: f"{split}.jsonl" for split in SPLITS}
 _TXT = {split: f"{split}.txt" for split in SPLITS}
 _CLASSIFICATION = ("accuracy", "macro_f1")
+
+
+def _image_task(spec: ImageDataSpec, description: str) -> TaskSpec:
+    """The classification task of a shipped image data set: its ``train`` and ``dev`` parts and its test images."""
+    parts, classes = dict(spec.parts), len(spec.classes)
+    sizes = {"train": parts["train"] * classes, "dev": parts["dev"] * classes, "test": spec.test_per_class * classes}
+    return TaskSpec(
+        name=spec.name,
+        kind="image_classification",
+        location=spec.folder,
+        reader=IMAGE_READER,
+        labels=spec.classes,
+        metrics=_CLASSIFICATION,
+        split_sizes=sizes,
+        domain="vision",
+        description=description,
+    )
+
 
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
@@ -252,29 +270,13 @@ TASKS: dict[str, TaskSpec] = {
             description="SciERC scientific entities, 6 types (FedBFPT's BIO files, whole)",
             delimiter=" ",
         ),
-        TaskSpec(
-            name="cifar10",
-            kind="image_classification",
-            location=CIFAR10.folder,
-            reader=IMAGE_READER,
-            labels=CIFAR10.classes,
-            metrics=_CLASSIFICATION,
-            split_sizes={"train": 3500, "dev": 500, "test": 1000},
-            domain="vision",
-            description="CIFAR-10 subset, 10 classes, 32x32 (train/dev dealt from the shipped train images, "
-            "see fedbt.data.images)",
+        _image_task(
+            CIFAR10,
+            "CIFAR-10 subset, 10 classes, 32x32 (train/dev dealt from the shipped train images, see fedbt.data.images)",
         ),
-        TaskSpec(
-            name="cifar10-4",
-            kind="image_classification",
-            location=CIFAR10_4.folder,
-            reader=IMAGE_READER,
-            labels=CIFAR10_4.classes,
-            metrics=_CLASSIFICATION,
-            split_sizes={"train": 1400, "dev": 200, "test": 400},
-            domain="vision",
-            description="CIFAR-10 subset, its first 4 classes (airplane, automobile, bird, cat), 32x32, dealt as "
-            "cifar10",
+        _image_task(
+            CIFAR10_4,
+            "CIFAR-10 subset, its first 4 classes (airplane, automobile, bird, cat), 32x32, dealt as cifar10",
         ),
     )
 }
