@@ -266,3 +266,36 @@ def test_the_caption_says_when_a_matched_row_sits_client_rounds_out(budget_plan)
     assert "local.steps = 0.7781 (cs-s2)" in budget_plan.match_note("budget-s2", "fedavg-matched")
     assert "sits the round out" in budget_plan.match_note("budget-s2", "fedavg-matched")
     assert "sits the round out" not in budget_plan.match_note("budget-s8", "fedavg-matched")
+
+
+@pytest.fixture(scope="module")
+def rounds_plan() -> Plan:
+    return Plan(study_config("budget-rounds.yaml"))
+
+
+def test_the_rounds_study_is_budget_s32_run_for_10_rounds(budget_plan, rounds_plan):
+    """config/budget-rounds.yaml repeats budget.yaml's federation; only the rounds (and so FedBT's depth) differ."""
+    import dataclasses
+
+    longer, s32 = (
+        dataclasses.asdict(job_config(plan, study, "fedavg", seed=1))
+        for plan, study in ((rounds_plan, "budget-rounds"), (budget_plan, "budget-s32"))
+    )
+    assert (longer["federation"].pop("rounds"), s32["federation"].pop("rounds")) == (10, 5)
+    for section in ("model", "federation", "local"):
+        assert longer[section] == s32[section], section
+    for key in ("corpus", "max_examples", "heldout_examples", "dev_examples"):
+        assert longer["data"][key] == s32["data"][key], key
+
+
+def test_the_rounds_study_matches_fedavg_to_a_fedbt_that_can_reach_its_last_layer(rounds_plan):
+    fedbt = rounds_plan.planning_config(rounds_plan.job("budget-rounds", "cs-s32", "fedbt-L4-lr0.001", 0))
+    fedavg = job_config(rounds_plan, "budget-rounds", "fedavg")
+    matched = job_config(rounds_plan, "budget-rounds", "fedavg-matched")
+    from fedbt.matching import _method
+    from fedbt.methods.fedbt import progressive_schedule
+
+    assert progressive_schedule(10) == [0] * 5 + [1] * 3 + [2, 3]
+    assert {len(_method(fedbt).client_plan(r, c).layer_map) for r in range(10) for c in range(6)} == {4}
+    expected = 32 * fedbt_flops_by_hand(fedbt) / client_flops(fedavg)
+    assert matched.local.steps == pytest.approx(round(expected, 4))

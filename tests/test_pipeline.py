@@ -38,6 +38,7 @@ def load(name: str) -> dict:
         "test-vision.yaml",
         "hetero.yaml",
         "budget.yaml",
+        "budget-rounds.yaml",
         "privacy.yaml",
     ],
 )
@@ -125,6 +126,7 @@ def test_config_readme_documents_every_schema_key():
         ("vision.yaml", 45, 1),
         ("hetero.yaml", 87, 1),
         ("budget.yaml", 63, 1),
+        ("budget-rounds.yaml", 12, 1),
         ("privacy.yaml", 39, 1),
     ],
 )

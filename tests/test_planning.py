@@ -53,6 +53,7 @@ def test_layout_is_spelled_in_one_place():
         ("paper.yaml", 1835),
         ("test.yaml", 4),
         ("budget.yaml", 63),
+        ("budget-rounds.yaml", 12),
     ],
 )
 def test_shared_jobs_run_once_in_the_first_study(name, runs):
