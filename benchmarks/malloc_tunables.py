@@ -1,6 +1,6 @@
 """Benchmark (h): glibc's malloc on transparent huge pages for a training process.
 
-The pipeline starts every training job with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (workflow/rules/train.smk).
+The pipeline starts every job with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (``fedbt.pipeline.job_environment``).
 This runs the same short ``fedbt run`` (MiniLM FedAvg on the CS corpus, 6 clients, 8 local steps of 4 sentences,
 2 rounds, one thread) with and without it, alternating, and prints per setting the median wall seconds, user and
 kernel CPU seconds and minor page faults of the child process, the ratios, and whether the held-out losses are
@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-TUNABLES = "glibc.malloc.hugetlb=1"
+from fedbt.pipeline import MALLOC_TUNABLES as TUNABLES
 
 
 def run_once(out: Path, work: Path, args: argparse.Namespace, tunables: str | None) -> dict[str, float | list]:

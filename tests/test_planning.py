@@ -199,7 +199,10 @@ def test_values_round_trip_through_set_flags():
 
 
 def test_job_environment_puts_this_fedbt_first_and_claims_gpus_only_when_capped():
-    assert job_environment("/venv/bin", 0, "/usr/bin") == {"PATH": "/venv/bin:/usr/bin"}
+    assert job_environment("/venv/bin", 0, "/usr/bin") == {
+        "PATH": "/venv/bin:/usr/bin",
+        "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1",
+    }
     assert job_environment("/venv/bin", 4, "/usr/bin")["FEDBT_GPUS"] == "4"
 
 

@@ -1,13 +1,6 @@
 # Training jobs: the MLflow store (at start), the distilled students, the starting models and one `fedbt run`
 # per job. Each is one process with `threads` CPU threads; on Slurm, one sbatch job with RESOURCES.
 
-# A training process's environment: `threads` OpenMP / MKL threads, and glibc's malloc backing its large blocks
-# with transparent huge pages. Without it every step's 47 MB embedding gradient is a fresh mmap touched page by
-# page: benchmarks/malloc_tunables.py measures 26 % of a short run's CPU time in the kernel and 7.3 M page faults,
-# 11 % and 0.3 M with it, and 24 % less wall time; the results are identical (it does nothing where transparent
-# huge pages are off or on another C library).
-JOB_ENV = "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} GLIBC_TUNABLES=glibc.malloc.hugetlb=1"
-
 
 onstart:
     # Create the MLflow store, one experiment per scenario and each study's filter before any job starts, so
@@ -37,7 +30,7 @@ rule distill_student:
     conda:
         "../envs/fedbt.yaml"
     shell:
-        JOB_ENV + " fedbt distill {params.flags} --out {params.out} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} fedbt distill {params.flags} --out {params.out} > {log} 2>&1"
 
 
 rule starting_model:
@@ -59,7 +52,7 @@ rule starting_model:
     conda:
         "../envs/fedbt.yaml"
     shell:
-        JOB_ENV + " fedbt run --out {params.out} {params.sets} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} fedbt run --out {params.out} {params.sets} > {log} 2>&1"
 
 
 rule run:
@@ -88,4 +81,4 @@ rule run:
     conda:
         "../envs/fedbt.yaml"
     shell:
-        JOB_ENV + " fedbt run --out {params.out} {params.sets} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} fedbt run --out {params.out} {params.sets} > {log} 2>&1"
