@@ -170,6 +170,23 @@ def test_rows_with_identical_plans_are_flagged(tmp_path):
     ]
 
 
+def test_equal_plans_for_fewer_steps_are_not_flagged(tmp_path):
+    """FedAvg at a matched budget trains the same tensors as FedAvg, for fewer steps: not the same method."""
+    raw = spec_dict()
+    table = raw["tables"][0]
+    runs = []
+    for path in table["rows"][0]["runs"]["cs"]:
+        metrics = json.loads(Path(path).read_text())
+        metrics["costs"]["total_steps"] = metrics["costs"]["total_steps"] // 2
+        copy = tmp_path / "runs" / Path(path).parent.name / "metrics.json"
+        copy.parent.mkdir(parents=True)
+        copy.write_text(json.dumps(metrics))
+        runs.append(str(copy))
+    table["rows"].append(dict(table["rows"][0], variant="fedavg-fewer-steps", runs={"cs": runs}))
+    build_report(from_dict(raw), tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "tables" / "pretrain.json").read_text())["identical_plans"] == []
+
+
 def test_cost_figure_plots_each_run_against_its_cumulative_spend(report):
     from fedbt.report.runs import load_run
 

@@ -111,7 +111,8 @@ class TableRow:
     """data set -> metric -> cell."""
     paper_scores: dict[str, float | None]
     plan_sha256: str | None
-    """Digest of the plans of all the row's runs (by data set and seed): equal digests, equal training."""
+    """Digest of the plans and local steps of all the row's runs (by data set and seed): equal digests, equal
+    training."""
     lr: dict[str, LrChoice]
     """For a study with a grid (``lr_grid``, a variant's ``grid``): the grid point chosen on dev per data set
     (empty otherwise)."""
@@ -343,11 +344,12 @@ def _majority(table: Table, data: str, results: Mapping[str, RunResult]) -> dict
 
 
 def _plan(row: Row, results: Mapping[str, RunResult]) -> str | None:
-    """One digest of the plans of all the row's runs, by data set and seed (None if a run lacks one)."""
+    """One digest of the plans of all the row's runs and their local steps, by data set and seed (None if a run
+    lacks one): equal plans for fewer steps (FedAvg at a matched budget) are not the same training."""
     runs = _runs(row, results)
     if not runs or any(run.plan_sha256 is None for run in runs):
         return None
-    keyed = sorted(f"{run.data}/{run.seed}/{run.plan_sha256}" for run in runs)
+    keyed = sorted(f"{run.data}/{run.seed}/{run.steps}/{run.plan_sha256}" for run in runs)
     return hashlib.sha256("\n".join(keyed).encode()).hexdigest()
 
 
@@ -460,8 +462,8 @@ def build_table(
 
 
 def identical_plans(rows: list[TableRow]) -> list[list[str]]:
-    """Groups of rows whose runs trained and sent exactly the same tensors in every round (equal plan digests):
-    at this setting they are one method, whatever their names."""
+    """Groups of rows whose runs trained and sent exactly the same tensors for the same local steps in every round
+    (equal plan digests and steps): at this setting they are one method, whatever their names."""
     groups: dict[str, list[str]] = {}
     for row in rows:
         if row.plan_sha256:
@@ -712,8 +714,8 @@ def notes(data: TableData) -> str:
         text += notes_text(table)
     for group in identical_plans(rows):
         text += (
-            f" Warning: {', '.join(group)} trained and sent exactly the same tensors in every round (equal plan "
-            f"digests); at this setting they are the same method."
+            f" Warning: {', '.join(group)} trained and sent exactly the same tensors for the same local steps in every "
+            f"round (equal plan digests and steps); at this setting they are the same method."
         )
     return text
 
