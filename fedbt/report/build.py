@@ -83,7 +83,11 @@ def build_report(spec: Spec, out: str | Path) -> list[Path]:
                 (out / "tables" / f"{grid.name}.{ext}").write_text(render(grid))
                 written.append(out / "tables" / f"{grid.name}.{ext}")
         for group in identical_plans(data.rows):
-            log.warning("%s: %s trained and sent the same tensors for the same steps every round (equal plans)", table.name, group)
+            log.warning(
+                "%s: %s trained and sent the same tensors for the same steps every round (equal plans)",
+                table.name,
+                group,
+            )
         makers = {
             "rounds": figures.rounds_figure,
             "pareto": figures.pareto_figure,
