@@ -125,7 +125,7 @@ def test_config_readme_documents_every_schema_key():
         ("paper.yaml", 1835, 0),
         ("vision.yaml", 45, 1),
         ("hetero.yaml", 87, 1),
-        ("budget.yaml", 63, 1),
+        ("budget.yaml", 57, 1),
         ("budget-rounds.yaml", 12, 1),
         ("privacy.yaml", 39, 1),
     ],
