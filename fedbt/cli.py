@@ -8,6 +8,7 @@ Offline by default: the hub and datasets are set offline unless the environment 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -29,13 +30,22 @@ def _run(args: argparse.Namespace) -> int:
     from fedbt.config import load_config
     from fedbt.run import execute, prepare
 
-    overrides = list(args.set or [])
+    overrides, choice = list(args.set or []), None
+    if args.choose_from:  # a study with lr_from: the grid point another study's runs chose on dev
+        from fedbt.report.selection import choose_from
+
+        chosen_sets, choice = choose_from(args.choose_from)
+        overrides += chosen_sets
     if args.out:
         overrides.append(f"out_dir={args.out}")
     if args.no_track:
         overrides.append("tracking.enabled=false")
     prepared = prepare(load_config(args.config, overrides))
     metrics = execute(prepared, fresh=args.fresh)
+    if choice is not None:  # beside metrics.json, so that the report can check it against the study's choice
+        from fedbt.report.selection import CHOICE_FILE
+
+        (prepared.out_dir / CHOICE_FILE).write_text(json.dumps(dataclasses.asdict(choice), indent=1) + "\n")
     summary = {"run_dir": str(prepared.out_dir), **metrics["final"]}
     print(json.dumps(summary, indent=1))
     return 0
@@ -70,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     run.add_argument("--fresh", action="store_true", help="discard an earlier checkpoint in the run directory")
     run.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    run.add_argument(
+        "--choose-from",
+        metavar="JSON",
+        help="run at the grid point with the best mean dev score among finished runs: "
+        '{"study": S, "points": {LABEL: {"sets": [KEY=VALUE, ...], "runs": [metrics.json, ...]}}} (lr_from studies)',
+    )
     run.set_defaults(handler=_run)
 
     methods = sub.add_parser("methods", help="list the registered federated methods")

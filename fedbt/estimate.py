@@ -84,10 +84,10 @@ def _sets(layer: Mapping[str, Any]) -> list[str]:
 def study_jobs(study: Mapping[str, Any]) -> list[tuple[str, str, str, int, RunConfig]]:
     """``(study, data set, variant label, seed, run config)`` of every job of a study config, each once (in the
     first study that lists it), at every grid point (:func:`fedbt.pipeline.grid_points`; the label names the
-    point as the run directory does, ``fedprox-lr0.0003-mu0.01``), with the overrides the pipeline gives it (a
-    starting model or a distilled student that the pipeline would build first is replaced by the architecture it
-    has)."""
-    from fedbt.pipeline import grid_points, point_label
+    point as the run directory does, ``fedprox-lr0.0003-mu0.01``, ``fedavg-tuned-in-budget-s8``), with the
+    overrides the pipeline gives it (a starting model or a distilled student that the pipeline would build first
+    is replaced by the architecture it has)."""
+    from fedbt.pipeline import Job, grid_points, lr_source
 
     jobs, seen = [], set()
     for name, spec in study["studies"].items():
@@ -95,12 +95,11 @@ def study_jobs(study: Mapping[str, Any]) -> list[tuple[str, str, str, int, RunCo
             for variant in spec["variants"]:
                 for seed in spec["seeds"]:
                     for point in grid_points(study, name, variant):
-                        identity = (spec["scenario"], data, variant, seed, point)
+                        identity = (spec["scenario"], data, variant, seed, point, lr_source(study, name, variant))
                         if identity in seen:
                             continue
                         seen.add(identity)
-                        label = f"{variant}-{point_label(point)}" if point else variant
-                        jobs.append((name, data, label, seed, _matched(study, name, identity)))
+                        jobs.append((name, data, Job(name, *identity).label, seed, _matched(study, name, identity)))
     return jobs
 
 
@@ -110,14 +109,14 @@ def _matched(study: Mapping[str, Any], name: str, identity: tuple) -> RunConfig:
     from fedbt.matching import matched_budget
     from fedbt.pipeline import grid_points
 
-    scenario, data, variant, seed, point = identity
-    config = _job_config(study, *identity)
+    scenario, data, variant, seed, point, _ = identity  # lr_from: the learning rate does not change the FLOPs
+    config = _job_config(study, scenario, data, variant, seed, point)
     reference = (study["variants"].get(variant) or {}).get("match_flops")
     if reference is None:
         return config
     ref_point = grid_points(study, name, reference)[0]
     match = matched_budget(_job_config(study, scenario, data, reference, seed, ref_point), config)
-    return _job_config(study, *identity, extra=match.override())
+    return _job_config(study, scenario, data, variant, seed, point, extra=match.override())
 
 
 def _job_config(

@@ -167,11 +167,21 @@ def grid_points(config: dict[str, Any], study: str, variant: str) -> list[Point]
         if grid:
             raise ConfigError(f"variants.{variant}.grid", "a variant with tuned: false runs untuned, without a grid")
         return [()]
+    if config["studies"][study].get("lr_from") is not None:  # its jobs take the other study's choice
+        return [()]
     lrs = study_lr_grid(config, study)
     if lrs and "local.lr" in grid:
         raise ConfigError(f"variants.{variant}.grid.local.lr", f"studies.{study}.lr_grid sets the learning rate")
     axes = ({"local.lr": lrs} if lrs else {}) | grid
     return [tuple(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
+
+
+def lr_source(config: dict[str, Any], study: str, variant: str) -> str | None:
+    """The study whose dev choice a variant's jobs in ``study`` run at (``studies.<study>.lr_from``; None without
+    one, or for a variant with ``tuned: false``); checked by :meth:`Plan.tuned_in`."""
+    if not (config["variants"][variant] or {}).get("tuned", True):
+        return None
+    return config["studies"][study].get("lr_from")
 
 
 TOKEN_KEYS = (
@@ -192,7 +202,8 @@ TOKEN_KEYS = (
 @dataclass(frozen=True)
 class Job:
     """One ``fedbt run`` of the pipeline: ``study`` is the first study listing it (its run directory's); ``point``
-    is its grid point (:func:`grid_points`; ``()`` without a grid)."""
+    is its grid point (:func:`grid_points`; ``()`` without a grid); ``tuned_in`` the study whose grid point it runs
+    at, chosen when it starts (a study with ``lr_from``; :meth:`Plan.tuned_in`)."""
 
     study: str
     scenario: str
@@ -200,14 +211,18 @@ class Job:
     variant: str
     seed: int
     point: Point = ()
+    tuned_in: str | None = None
 
     @property
-    def identity(self) -> tuple[str, str, str, int, Point]:
-        return (self.scenario, self.data, self.variant, self.seed, self.point)
+    def identity(self) -> tuple[str, str, str, int, Point, str | None]:
+        return (self.scenario, self.data, self.variant, self.seed, self.point, self.tuned_in)
 
     @property
     def label(self) -> str:
-        """The variant folder of its run directory: the variant, with ``-<point label>`` for a grid job."""
+        """The variant folder of its run directory: the variant, with ``-<point label>`` for a grid job and
+        ``-tuned-in-<study>`` for a job of an ``lr_from`` study."""
+        if self.tuned_in:
+            return f"{self.variant}-tuned-in-{self.tuned_in}"
         return f"{self.variant}-{point_label(self.point)}" if self.point else self.variant
 
 
@@ -387,9 +402,10 @@ class Plan:
                 self.start_of(data)
                 for j, variant in enumerate(spec["variants"]):
                     self.variant(variant, f"studies.{study}.variants[{j}]")
+                    tuned_in = self.tuned_in(study, variant)
                     for seed in spec["seeds"]:
                         for point in self.points(study, variant):
-                            identity = (spec["scenario"], data, variant, seed, point)
+                            identity = (spec["scenario"], data, variant, seed, point, tuned_in)
                             job = Job(owner.setdefault(identity, study), *identity)
                             jobs[self.layout.run_dir(job.study, data, job.label, seed)] = job
             for key in ("reference", "second_reference"):
@@ -416,6 +432,60 @@ class Plan:
         on dev)."""
         self.variant(variant, f"variants.{variant}")
         return grid_points(self.config, study, variant)
+
+    def tuned_in(self, study: str, variant: str) -> str | None:
+        """The study (``studies.<study>.lr_from``) whose dev choice of grid point a tuned variant's jobs run at
+        (None: the study has no ``lr_from``, or the variant runs untuned), checked: another study, with a grid and
+        no ``lr_from`` of its own, of the same scenario, listing the variant with a grid."""
+        studies, source = self.config["studies"], lr_source(self.config, study, variant)
+        if source is None:
+            return None
+        key = f"studies.{study}.lr_from"
+        others = [s for s in studies if s != study]
+        if studies[study].get("lr_grid") is not None:
+            raise ConfigError(key, "a study takes its learning rates from lr_grid or from another study, not both")
+        if source not in others:
+            raise ConfigError(key, f"unknown study {source!r}; allowed: {', '.join(others)}")
+        if studies[source].get("lr_from") is not None:
+            raise ConfigError(key, f"studies.{source} takes its own choice from another study; name one with a grid")
+        if studies[source]["scenario"] != studies[study]["scenario"]:
+            raise ConfigError(key, f"studies.{source} is a {studies[source]['scenario']} study")
+        if variant not in studies[source]["variants"] or self.points(source, variant) == [()]:
+            raise ConfigError(key, f"studies.{source} does not choose a grid point for {variant!r} (listed in {study})")
+        return source
+
+    def source_data(self, study: str, data: str) -> str:
+        """The data set of ``lr_from``'s study whose choice a data set of ``study`` takes: its only one, or the
+        same data set."""
+        source = self.config["studies"][study]["lr_from"]
+        candidates = self.config["studies"][source]["data"]
+        if len(candidates) == 1 or data in candidates:
+            return candidates[0] if len(candidates) == 1 else data
+        raise ConfigError(
+            f"studies.{study}.lr_from",
+            f"studies.{source} has several data sets and not {data!r}; allowed: a study with one data set, or with "
+            f"each of this study's",
+        )
+
+    def choice_candidates(self, job: Job) -> dict[str, Any] | None:
+        """For a job of an ``lr_from`` study: what ``fedbt run --choose-from`` chooses among, the other study's
+        grid points of its variant (each point's ``--set`` s and its runs on the mapped data set); else None."""
+        if job.tuned_in is None:
+            return None
+        source, data = job.tuned_in, self.source_data(job.study, job.data)
+        points = {
+            point_label(point): {
+                "sets": as_sets([dict(point)]),
+                "runs": self.cell_runs(source, job.variant, point)[data],
+            }
+            for point in self.points(source, job.variant)
+        }
+        return {"study": source, "points": points}
+
+    def choose_flag(self, job: Job) -> str:
+        """The ``--choose-from`` flag of a job of an ``lr_from`` study (empty for other jobs)."""
+        candidates = self.choice_candidates(job)
+        return "" if candidates is None else f"--choose-from {shlex.quote(json.dumps(candidates))}"
 
     def grid_study(self, study: str) -> bool:
         """Whether some row of the study has a grid (its table then shows each row's chosen point)."""
@@ -543,8 +613,7 @@ class Plan:
         if job.identity not in self._matched:
             from fedbt.matching import matched_budget
 
-            point = self.points(job.study, reference)[0]
-            ref_job = self._by_identity[(job.scenario, job.data, reference, job.seed, point)]
+            ref_job = self._job_of(job.study, job.data, reference, job.seed, self.points(job.study, reference)[0])
             key = f"variants.{job.variant}.match_flops"
             try:
                 match = matched_budget(self.planning_config(ref_job), self.planning_config(job, matched=False), key)
@@ -578,14 +647,17 @@ class Plan:
         return as_sets([self._data_layer(), overrides, identity, self.tracking_layer])
 
     def run_inputs(self, job: Job) -> list[str]:
-        """The files a job needs first: its distilled student, its starting model and its token caches."""
+        """The files a job needs first: its distilled student, its starting model, its token caches and, in an
+        ``lr_from`` study, the other study's runs it chooses its grid point from."""
         student = self.variant(job.variant, f"variants.{job.variant}").get("student")
         start = self.start_of(job.data)
         stamp = self.token_stamp(job)
+        candidates = self.choice_candidates(job)
         return (
             ([self.layout.student_flag(student)] if student else [])
             + ([self.layout.start_metrics(start)] if start else [])
             + ([stamp] if stamp else [])
+            + ([run for point in candidates["points"].values() for run in point["runs"]] if candidates else [])
         )
 
     # ------------------------------------------------------------------------------ token caches
@@ -677,20 +749,29 @@ class Plan:
             experiments.setdefault(self.experiment(start["overrides"].get("scenario", "pretrain")), [])
         return experiments
 
+    def _job_of(self, study: str, data: str, variant: str, seed: int, point: Point) -> Job:
+        """The job that study ``study``'s cell (data set, variant) reads for a seed at a grid point."""
+        scenario = self.config["studies"][study]["scenario"]
+        return self._by_identity[(scenario, data, variant, seed, point, self.tuned_in(study, variant))]
+
     def cell_runs(self, study: str, variant: str, point: Point = ()) -> dict[str, list[str]]:
         """Per data set, the ``metrics.json`` of each seed that study ``study``'s table reads for a variant at
         grid point ``point``."""
         spec = self.config["studies"][study]
 
         def metrics(data: str, seed: int) -> str:
-            job = self._by_identity[(spec["scenario"], data, variant, seed, point)]
+            job = self._job_of(study, data, variant, seed, point)
             return self.layout.run_metrics(job.study, data, job.label, seed)
 
         return {d: [metrics(d, s) for s in spec["seeds"]] for d in spec["data"]}
 
     def not_tuned(self, study: str, variant: str) -> str | None:
-        """Why a row of a study with a grid runs at one setting (None: it has a grid, or the study has none)."""
-        if not self.grid_study(study) or self.points(study, variant) != [()]:
+        """Why a row of a study with a grid (or ``lr_from``) runs at one setting (None: it has a grid or takes
+        another study's choice, or the study has neither)."""
+        lr_from = self.config["studies"][study].get("lr_from")
+        if self.points(study, variant) != [()] or self.tuned_in(study, variant):
+            return None
+        if not self.grid_study(study) and lr_from is None:
             return None
         if not (self.config["variants"][variant] or {}).get("tuned", True):
             return f"variants.{variant}.tuned is false: it trains nothing a grid could change, so it runs once"
@@ -723,6 +804,9 @@ class Plan:
                     row["not_tuned"] = self.not_tuned(study, variant)
                 if vspec.get("match_flops"):
                     row["note"] = self.match_note(study, variant)
+                if self.tuned_in(study, variant):
+                    data_map = {data: self.source_data(study, data) for data in spec["data"]}
+                    row["tuned_in"] = {"study": self.tuned_in(study, variant), "data": data_map}
                 rows.append(row | {"paper_row": paper_row, "bert_base": bert_base})
             tables.append(
                 {
@@ -781,8 +865,7 @@ class Plan:
         budgets, below_one = [], False
         for data in spec["data"]:
             matched = {
-                seed: self.matched_budget(self._by_identity[(spec["scenario"], data, variant, seed, point)])
-                for seed in spec["seeds"]
+                seed: self.matched_budget(self._job_of(study, data, variant, seed, point)) for seed in spec["seeds"]
             }
             (key,) = {k for budget in matched.values() for k in budget}
             values = sorted({f"{budget[key]:g}" for budget in matched.values()})

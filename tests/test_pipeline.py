@@ -125,7 +125,7 @@ def test_config_readme_documents_every_schema_key():
         ("paper.yaml", 1835, 0),
         ("vision.yaml", 45, 1),
         ("hetero.yaml", 87, 1),
-        ("budget.yaml", 57, 1),
+        ("budget.yaml", 48, 1),
         ("budget-rounds.yaml", 12, 1),
         ("privacy.yaml", 39, 1),
     ],
@@ -212,3 +212,30 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     plan = snakemake(tmp_path, tmp_path / "changed.yaml", "-n", "--quiet", "rules")
     assert planned_rules(plan) == {"all": 1, "report": 1, "run": 1}
     assert "pretrain/cs/fedbt/seed0" in snakemake(tmp_path, tmp_path / "changed.yaml", "-n").stdout
+
+
+@pytest.mark.e2e
+def test_an_lr_from_study_runs_at_the_point_the_other_study_chose_on_dev(tmp_path):
+    """A study with ``lr_from`` waits for the other study's grid and runs each method once, at its dev choice."""
+    import json
+
+    config = load("test.yaml")
+    config["scenarios"]["pretrain"] |= {"data.dev_examples": 8, "evaluation.task": None}
+    config["data"]["cs"] = {"scenario": "pretrain", "overrides": {"data.corpus": "cs"}}
+    pretrain = {"scenario": "pretrain", "data": ["cs"], "variants": ["fedavg"], "seeds": [0]}
+    config["studies"] = {
+        "grid": pretrain | {"title": "On a grid", "lr_grid": [1.0e-3, 3.0e-1]},
+        "again": pretrain | {"title": "At the grid's choice", "seeds": [1], "lr_from": "grid"},
+    }
+    config["tracking"] = {"enabled": False}
+    (tmp_path / "lr_from.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, tmp_path / "lr_from.yaml", "--cores", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    tables = tmp_path / "results" / "tables"
+    chosen = json.loads((tables / "grid.json").read_text())["rows"][0]["lr"]["cs"]
+    assert chosen["chosen"] in ("lr0.001", "lr0.3") and chosen["dev"]["lr0.001"] != chosen["dev"]["lr0.3"]
+    run = tmp_path / "results" / "runs" / "again" / "cs" / "fedavg-tuned-in-grid" / "seed1"
+    assert json.loads((run / "grid_choice.json").read_text())["chosen"] == chosen["chosen"]
+    assert yaml.safe_load((run / "config.yaml").read_text())["local"]["lr"] == float(chosen["chosen"][2:])
+    shown = json.loads((tables / "again.json").read_text())["rows"][0]["lr"]["cs"]
+    assert shown == chosen | {"study": "grid"}

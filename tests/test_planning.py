@@ -52,7 +52,7 @@ def test_layout_is_spelled_in_one_place():
         ("privacy.yaml", 39),
         ("paper.yaml", 1835),
         ("test.yaml", 4),
-        ("budget.yaml", 57),
+        ("budget.yaml", 48),
         ("budget-rounds.yaml", 12),
     ],
 )
@@ -290,6 +290,67 @@ def test_the_report_spec_carries_every_grid_point_and_why_a_row_is_untuned():
     assert rows["fedbt"]["lr_runs"]["lr0.0001-local_layers2-weight_decay0"]["cs"] == [
         plan.layout.run_metrics("pretrain", "cs", "fedbt-lr0.0001-local_layers2-weight_decay0", 0)
     ]
+
+
+def lr_from_config() -> dict:
+    """test.yaml's pretrain study with an lr_grid and fedbt's own grid, and a study ``again`` on the same data that
+    runs each method once, at the point the pretrain study chooses for it on dev."""
+    config = pretrain_grid_config()
+    config["variants"]["fedbt"]["grid"] = {"method.options.local_layers": [1, 2]}
+    config["studies"]["pretrain"]["seeds"] = [0, 1]
+    config["studies"]["again"] = {
+        "scenario": "pretrain",
+        "title": "Again, at the pretrain study's choice",
+        "data": ["cs"],
+        "variants": ["none", "fedavg", "fedbt"],
+        "seeds": [5],
+        "lr_from": "pretrain",
+    }
+    return config
+
+
+def test_an_lr_from_study_runs_each_method_once_choosing_from_the_other_studys_runs():
+    plan = Plan(lr_from_config())
+    jobs = {job.label: job for job in plan.jobs.values() if job.study == "again"}
+    assert sorted(jobs) == ["fedavg-tuned-in-pretrain", "fedbt-tuned-in-pretrain", "none"]  # none: untuned
+    job = jobs["fedbt-tuned-in-pretrain"]
+    assert (job.point, job.tuned_in, job.seed) == ((), "pretrain", 5)
+    candidates = plan.choice_candidates(job)
+    assert candidates["study"] == "pretrain"
+    assert sorted(candidates["points"]) == [f"lr{lr}-local_layers{k}" for lr in (0.0001, 0.0003) for k in (1, 2)]
+    point = candidates["points"]["lr0.0003-local_layers2"]
+    assert point["sets"] == ["local.lr=0.0003", "method.options.local_layers=2"]
+    label = "fedbt-lr0.0003-local_layers2"
+    assert point["runs"] == [plan.layout.run_metrics("pretrain", "cs", label, seed) for seed in (0, 1)]
+    assert set(plan.run_inputs(job)) >= {run for p in candidates["points"].values() for run in p["runs"]}
+    assert plan.choose_flag(job).startswith("--choose-from '{") and plan.choose_flag(jobs["none"]) == ""
+    assert load_config(None, plan.job_sets(job)).name == "cs-fedbt-tuned-in-pretrain-seed5"
+
+
+def test_an_lr_from_study_gives_the_report_the_study_and_data_its_choice_comes_from():
+    table = next(t for t in Plan(lr_from_config()).report_spec()["tables"] if t["name"] == "again")
+    rows = {row["variant"]: row for row in table["rows"]}
+    assert rows["fedbt"]["tuned_in"] == {"study": "pretrain", "data": {"cs": "cs"}}
+    assert "lr_runs" not in rows["fedbt"] and "not_tuned" not in rows["fedbt"]
+    assert "tuned_in" not in rows["none"] and "tuned is false" in rows["none"]["not_tuned"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c["studies"]["again"].update(lr_from="pretrian"), "unknown study 'pretrian'; allowed: pretrain"),
+        (lambda c: c["studies"]["again"].update(lr_grid=[1e-3]), "not both"),
+        (lambda c: c["studies"]["again"].update(lr_from="shared"), "does not choose a grid point for 'fedavg'"),
+        (lambda c: c["studies"]["again"].update(lr_from="finetune"), "is a finetune study"),
+        (lambda c: c["studies"].update(third=c["studies"]["again"] | {"lr_from": "again"}), "takes its own choice"),
+    ],
+)
+def test_a_bad_lr_from_fails_at_planning_naming_the_key(change, message):
+    config = lr_from_config()
+    change(config)
+    with pytest.raises(ConfigError, match=message) as error:
+        Plan(config)
+    assert error.value.key.endswith(".lr_from")
 
 
 def test_study_scopes_follow_variant_grids():

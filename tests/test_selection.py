@@ -141,9 +141,79 @@ def test_the_table_json_carries_the_chosen_point_and_every_candidate_for_every_r
     ]
     table, choices = choose_learning_rates(Table("t", "T", "pretrain", [Column("cs", "cs")], rows), results)
     shown = {r["variant"]: r["lr"]["cs"] for r in to_json(build_table(table, results, {}, choices))["rows"]}
-    assert shown["fedavg"] == {"chosen": "lr0.001", "dev": {"lr0.0003": 5.0, "lr0.001": 4.0}, "reason": None}
+    assert shown["fedavg"] == {
+        "chosen": "lr0.001",
+        "dev": {"lr0.0003": 5.0, "lr0.001": 4.0},
+        "reason": None,
+        "study": None,
+    }
     assert shown["fedprox"]["chosen"] == "lr0.001-mu0.1" and shown["fedprox"]["dev"]["lr0.001-mu0.01"] == 4.2
-    assert shown["none"] == {"chosen": None, "dev": {}, "reason": "variants.none.tuned is false"}
+    assert shown["none"] == {"chosen": None, "dev": {}, "reason": "variants.none.tuned is false", "study": None}
+
+
+def write_pretrain_run(path, dev: float, test: float) -> str:
+    """A finished pre-training run directory whose final dev-slice loss is ``dev``; returns its metrics.json."""
+    scores = {"heldout_mlm_loss": test, "dev_heldout_mlm_loss": dev}
+    rounds = [{"round": 1, **scores, "measured_flops": 1, "upload_bytes": 1}]
+    costs = {"total_measured_flops": 1, "total_analytic_flops": 1, "total_client_seconds": 1, "total_upload_bytes": 1}
+    metrics = {"scenario": "pretrain", "seed": 0, "method": "fedavg", "data": "cs", "rounds": rounds, "costs": costs}
+    path.mkdir(parents=True)
+    (path / "metrics.json").write_text(json.dumps(metrics))
+    return str(path / "metrics.json")
+
+
+def candidates(tmp_path, devs: dict[str, list[float | None]]) -> dict:
+    """``fedbt run --choose-from``'s JSON over points (label -> dev loss per seed; None: the run is unfinished)."""
+    points = {}
+    for label, losses in devs.items():
+        runs = [str(tmp_path / label / f"s{seed}" / "metrics.json") for seed in range(len(losses))]
+        for seed, loss in enumerate(losses):
+            if loss is not None:
+                write_pretrain_run(tmp_path / label / f"s{seed}", loss, test=1.0)
+        points[label] = {"sets": [f"local.lr={label.removeprefix('lr')}"], "runs": runs}
+    return {"study": "budget-s8", "points": points}
+
+
+def test_a_run_of_an_lr_from_study_takes_the_best_mean_dev_point_of_the_other_study(tmp_path):
+    from fedbt.report.selection import choose_from
+
+    raw = candidates(tmp_path, {"lr0.0003": [4.0, 5.0], "lr0.001": [4.4, 4.5], "lr0.003": [3.0, None]})
+    sets, choice = choose_from(json.dumps(raw))
+    assert sets == ["local.lr=0.001"], "the lowest mean dev loss among points whose every seed has finished"
+    assert choice == LrChoice("lr0.001", {"lr0.0003": 4.5, "lr0.001": 4.45, "lr0.003": None}, None, "budget-s8")
+
+
+def test_a_run_of_an_lr_from_study_fails_clearly_without_a_choice(tmp_path):
+    from fedbt.errors import FedBTError
+    from fedbt.report.selection import choose_from
+
+    with pytest.raises(FedBTError, match="no grid point of studies.budget-s8 has finished runs"):
+        choose_from(json.dumps(candidates(tmp_path, {"lr0.0003": [None]})))
+    with pytest.raises(FedBTError, match="--choose-from: expected"):
+        choose_from('{"study": "budget-s8"}')
+
+
+def test_a_table_tuned_in_another_study_shows_that_studys_choice_and_checks_its_runs(tmp_path, caplog):
+    from fedbt.report.build import choose_all
+    from fedbt.report.spec import Column, Spec, Table
+    from fedbt.report.tables import build_table, notes, to_json
+
+    source = {p: write_pretrain_run(tmp_path / "s8" / p, dev, 4.0) for p, dev in (("lr0.0003", 4.0), ("lr0.001", 3.0))}
+    ran = write_pretrain_run(tmp_path / "s32" / "fedavg", 2.5, 3.5)
+    (tmp_path / "s32" / "fedavg" / "grid_choice.json").write_text(json.dumps({"chosen": "lr0.0003"}))
+    rows = {
+        "s8": [Row("fedavg", "fedavg", {}, {}, lr_runs={p: {"cs-s8": [path]} for p, path in source.items()})],
+        "s32": [Row("fedavg", "fedavg", {}, {"cs-s32": [ran]}, tuned_in={"study": "s8", "data": {"cs-s32": "cs-s8"}})],
+    }
+    spec = Spec([Table(name, name, "pretrain", [Column(f"cs-{name}", "cs")], rows[name]) for name in ("s8", "s32")], [])
+    results = {path: load_run(path) for path in [*source.values(), ran]}
+    tables, choices = choose_all(spec, results)
+    choice = choices["s32"]["fedavg"]["cs-s32"]
+    assert (choice.chosen, choice.study, choice.dev) == ("lr0.001", "s8", {"lr0.0003": 4.0, "lr0.001": 3.0})
+    assert "ran at lr0.0003 but studies.s8 now chooses lr0.001" in caplog.text, "a run that chose otherwise is named"
+    data = build_table(tables["s32"], results, {}, choices["s32"])
+    assert to_json(data)["rows"][0]["lr"]["cs-s32"]["study"] == "s8"
+    assert "chosen for it on dev in studies.s8 (lr_from" in notes(data)
 
 
 @pytest.mark.parametrize(

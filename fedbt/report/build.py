@@ -38,6 +38,39 @@ def choose_learning_rates(table: Table, results: dict[str, RunResult]) -> tuple[
     return dataclasses.replace(table, rows=[row for row, _ in chosen]), choices
 
 
+def choose_all(spec: Spec, results: dict[str, RunResult]) -> tuple[dict[str, Table], dict[str, dict]]:
+    """Every table with its rows' chosen runs, and the choices (table -> variant -> data set -> choice): a row's
+    own on dev (:func:`choose_learning_rates`) or, for a row tuned in another study, that study's
+    (:func:`fedbt.report.selection.transferred`), checked against the choice its runs recorded."""
+    tables, choices = {}, {}
+    for table in spec.tables:
+        tables[table.name], choices[table.name] = choose_learning_rates(table, results)
+    for table in spec.tables:
+        for row in (row for row in table.rows if row.tuned_in):
+            choices[table.name][row.variant] = selection.transferred(row, choices)
+            _check_recorded(table.name, row, choices[table.name][row.variant])
+    return tables, choices
+
+
+def _check_recorded(table: str, row: Row, choices: dict[str, selection.LrChoice]) -> None:
+    """Warn where a run of a row tuned in another study ran at another point than that study now chooses (its
+    ``grid_choice.json``, written by ``fedbt run --choose-from``): the study's runs changed after it started."""
+    for data, paths in row.runs.items():
+        for path in paths:
+            record = Path(path).parent / selection.CHOICE_FILE
+            ran = json.loads(record.read_text())["chosen"] if record.is_file() else None
+            if ran is not None and ran != choices[data].chosen:
+                log.warning(
+                    "%s: %s ran at %s but studies.%s now chooses %s for %s: rerun it",
+                    table,
+                    path,
+                    ran,
+                    row.tuned_in["study"],
+                    choices[data].chosen,
+                    row.variant,
+                )
+
+
 def load_results(spec: Spec) -> dict[str, RunResult]:
     """Every run the spec names that has finished (missing ones are reported and left out)."""
     results = {}
@@ -62,10 +95,9 @@ def build_report(spec: Spec, out: str | Path) -> list[Path]:
     results = load_results(spec)
     written: list[Path] = []
     schedules = {}
-    chosen: dict[str, Table] = {}
+    chosen, all_choices = choose_all(spec, results)
     for table in spec.tables:
-        table, lr_choices = choose_learning_rates(table, results)
-        chosen[table.name] = table
+        table, lr_choices = chosen[table.name], all_choices[table.name]
         ratios = {
             row.variant: costs.upload_pct(row.bert_base, table.scenario, table.base_arch, table.base_tiers)
             for row in table.rows

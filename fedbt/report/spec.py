@@ -49,6 +49,9 @@ class Row:
     own in a study whose other rows have one); None otherwise."""
     note: str | None = None
     """A sentence the table's caption carries about this row (e.g. the budget a FLOP-matched variant ran at)."""
+    tuned_in: dict[str, Any] | None = None
+    """For a row of a study with ``lr_from``: ``{"study": <the study its runs took their grid point from>,
+    "data": {<data set of this table>: <the data set of that study the point was chosen on>}}``."""
 
 
 @dataclass(frozen=True)

@@ -682,7 +682,7 @@ def notes(data: TableData) -> str:
         " lr0.0003-mu0.01) with the best mean dev score over the seeds for that method and data set (fine-tuning:"
         " the highest dev score at each run's selected round; pre-training: the lowest final loss on the dev slice"
         " of held-out sentences); test never takes part in the choice, every column of the row is that of the"
-        " chosen runs, and a row without a choice says why in the JSON."
+        " chosen runs, and a row without a choice says why in the JSON." + _transferred_text(data)
         if data.has_lr_grid
         else ""
     )
@@ -912,14 +912,26 @@ def to_latex(data: TableData) -> str:
     return latex(main_grid(data))
 
 
+def _transferred_text(data: TableData) -> str:
+    """The caption's sentence on rows that ran at a point chosen in another study (``lr_from``), if any."""
+    studies = sorted({c.study for row in data.rows for c in row.lr.values() if c.study})
+    if not studies:
+        return ""
+    return (
+        f" This table runs no grid of its own: each tuned row ran at the point chosen for it on dev in "
+        f"{', '.join(f'studies.{s}' for s in studies)} (lr_from; its runs chose it when they started, from that "
+        f"study's runs; JSON: lr.<data>.study)."
+    )
+
+
 def to_json(data: TableData) -> dict[str, Any]:
     """The table for scripts: ``{"study", "reference", "rows": [{"variant", "method", "flops_per_client_round",
     "flops_pct", "analytic_flops_pct", "seconds_pct", "upload_pct", "steps", "measured_steps",
     "bert_base_upload_pct", "dropped_pct", "scores": {data: {metric: {"mean", "std", "n", "ci95",
     "p_vs_reference", "p_adjusted", "test", "higher_is_better", "diverged", "no_test"}}}, "lr": {data: {"chosen",
-    "dev", "reason"}}, "tiers": {tier: {"flops_pct", "state_mb", "memory_estimate_mb", ...}}, ...}], "majority":
-    {data: {metric: value}}, "tier_notes", ...}``; ``n`` counts federation seeds. The per-tier table's numbers are
-    the rows' ``tiers`` (and its caption ``tier_notes``), present when the study has tiers."""
+    "dev", "reason", "study"}}, "tiers": {tier: {"flops_pct", "state_mb", "memory_estimate_mb", ...}}, ...}],
+    "majority": {data: {metric: value}}, "tier_notes", ...}``; ``n`` counts federation seeds. The per-tier table's
+    numbers are the rows' ``tiers`` (and its caption ``tier_notes``), present when the study has tiers."""
     table, rows, metrics = data.table, data.rows, data.metrics
     return {
         "study": table.name,

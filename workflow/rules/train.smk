@@ -56,7 +56,8 @@ rule starting_model:
 
 
 rule run:
-    """One federated run; its output is metrics.json (a killed run resumes from its checkpoint on rerun)."""
+    """One federated run; its output is metrics.json (a killed run resumes from its checkpoint on rerun). In a study
+    with lr_from it waits for the other study's runs and starts at the grid point they chose on dev."""
     input:
         lambda wc: PLAN.run_inputs(PLAN.job(wc.study, wc.data, wc.variant, wc.seed)),
     output:
@@ -68,6 +69,7 @@ rule run:
         seed=r"\d+",
     params:
         sets=lambda wc: set_flags(PLAN.job_sets(PLAN.job(wc.study, wc.data, wc.variant, wc.seed))),
+        choose=lambda wc: PLAN.choose_flag(PLAN.job(wc.study, wc.data, wc.variant, wc.seed)),
         out=lambda wc, output: str(Path(output[0]).parent),
     threads: config.get("threads", 1)
     resources:
@@ -81,4 +83,5 @@ rule run:
     conda:
         "../envs/fedbt.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} fedbt run --out {params.out} {params.sets} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} fedbt run --out {params.out} {params.sets} {params.choose}"
+        " > {log} 2>&1"
