@@ -40,7 +40,10 @@ def _run(args: argparse.Namespace) -> int:
         overrides.append(f"out_dir={args.out}")
     if args.no_track:
         overrides.append("tracking.enabled=false")
-    prepared = prepare(load_config(args.config, overrides))
+    config = load_config(args.config, overrides)
+    if choice is not None:  # MLflow shows where the run's grid point was chosen, and which
+        config.tracking.tags |= {"tuned_in": choice.study, "tuned_point": choice.chosen}
+    prepared = prepare(config)
     metrics = execute(prepared, fresh=args.fresh)
     if choice is not None:  # beside metrics.json, so that the report can check it against the study's choice
         from fedbt.report.selection import CHOICE_FILE

@@ -227,7 +227,6 @@ def test_an_lr_from_study_runs_at_the_point_the_other_study_chose_on_dev(tmp_pat
         "grid": pretrain | {"title": "On a grid", "lr_grid": [1.0e-3, 3.0e-1]},
         "again": pretrain | {"title": "At the grid's choice", "seeds": [1], "lr_from": "grid"},
     }
-    config["tracking"] = {"enabled": False}
     (tmp_path / "lr_from.yaml").write_text(yaml.safe_dump(config))
     result = snakemake(tmp_path, tmp_path / "lr_from.yaml", "--cores", "2")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -239,3 +238,11 @@ def test_an_lr_from_study_runs_at_the_point_the_other_study_chose_on_dev(tmp_pat
     assert yaml.safe_load((run / "config.yaml").read_text())["local"]["lr"] == float(chosen["chosen"][2:])
     shown = json.loads((tables / "again.json").read_text())["rows"][0]["lr"]["cs"]
     assert shown == chosen | {"study": "grid"}
+    with sqlite3.connect(tmp_path / "results" / "mlflow.db") as db:
+        tags = dict(
+            db.execute(
+                "select key, value from tags where run_uuid in (select run_uuid from tags"
+                " where key = 'tuned_in' and value = 'grid')"
+            )
+        )
+    assert tags["tuned_point"] == chosen["chosen"] and tags["study.again"] == "yes"
