@@ -3,15 +3,16 @@ with its ``--set`` overrides, the starting models and distilled students they ne
 job (for MLflow) and the report specification. Bookkeeping only, no Snakemake and no training: the rules in
 ``workflow/rules/`` call this module and stay thin.
 
-A job is identified by (scenario, data set, variant, seed, grid point). A study's ``lr_grid`` (``local.lr``)
-times a variant's ``grid`` (any run-config override key -> candidate values) is the product of points its
-jobs run at, one job each, named by the point (``fedavg-lr0.0003``, ``fedprox-lr0.0003-mu0.01``); every seed
+A job is identified by (scenario, data set, variant, seed, grid point, ``lr_from`` study). A study's ``lr_grid``
+(``local.lr``) times a variant's ``grid`` (any run-config override key -> candidate values) is the product of points
+its jobs run at, one job each, named by the point (``fedavg-lr0.0003``, ``fedprox-lr0.0003-mu0.01``); every seed
 runs every point, and the report chooses one per row and data set on the mean dev score over the seeds
-(:mod:`fedbt.report.selection`). A job runs once, in the directory of the first study that lists it
-(:meth:`Layout.run_dir`), and every study whose table needs it reads that run. Every job's run
-config is loaded by fedbt's own config loader while planning, so a bad key fails before any job starts,
-named (``job results/runs/...: config key 'federation.rouns': unknown key; ...``), and its method is built with
-its options on a weight-free model (:func:`check_method`), so a bad option fails too, named where the study
+(:mod:`fedbt.report.selection`); a study with ``lr_from: <study>`` runs no grid, each of its jobs waiting for that
+study's runs of its variant and starting at the point they chose (:meth:`Plan.tuned_in`). A job runs once, in the
+directory of the first study that lists it (:meth:`Layout.run_dir`), and every study whose table needs it reads that
+run. Every job's run config is loaded by fedbt's own config loader while planning, so a bad key fails before any job
+starts, named (``job results/runs/...: config key 'federation.rouns': unknown key; ...``), and its method is built
+with its options on a weight-free model (:func:`check_method`), so a bad option fails too, named where the study
 config sets it (``config key 'variants.fedbt.options.bogus': method fedbt: unknown key; allowed keys here: ...``).
 """
 
