@@ -83,12 +83,14 @@ def artifact_root(uri: str) -> str | None:
 
 
 def _retry(action: Callable[[], T], attempts: int = 8) -> T:
-    """Retry on sqlite's 'database is locked' when parallel jobs write the same store."""
+    """Retry when parallel jobs write the same store: sqlite's 'database is locked', and a row another job inserted
+    first ('UNIQUE constraint failed', e.g. two runs logging the same dataset: the retry finds and reuses it)."""
     for attempt in range(attempts):
         try:
             return action()
-        except Exception as error:  # mlflow wraps sqlalchemy's OperationalError in its own exceptions
-            if "locked" not in str(error).lower() or attempt == attempts - 1:
+        except Exception as error:  # mlflow wraps sqlalchemy's errors in its own exceptions
+            transient = any(text in str(error).lower() for text in ("locked", "unique constraint failed"))
+            if not transient or attempt == attempts - 1:
                 raise
             time.sleep(0.2 * 2**attempt)
     raise AssertionError("unreachable")
