@@ -109,6 +109,7 @@ bench: $(FLOWER_STAMP)
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/flower_runtime.py
 	$(BIN)/python benchmarks/malloc_tunables.py
+	$(BIN)/python benchmarks/optimizer_kernel.py
 
 # config/README.md's key table, regenerated from workflow/schemas/config.schema.yaml (a test checks it is current).
 config-docs: $(STAMP)

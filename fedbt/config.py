@@ -203,6 +203,11 @@ class LocalConfig:
     """Batch examples of similar length together (transformers' ``group_by_length``): less padding."""
     compile: bool = False
     """``torch.compile`` the local models (CUDA; off by default)."""
+    fused_optimizer: bool = False
+    """AdamW's fused kernel on CPU as well (CUDA always uses it): one pass per parameter group instead of a loop of
+    per-tensor ops, about a quarter of a MiniLM FedAvg step saved (``benchmarks/optimizer_kernel.py``). The same
+    update up to float rounding, so a run is not bit-identical to one without it (off: the committed studies'
+    results)."""
 
 
 @dataclass

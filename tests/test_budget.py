@@ -276,7 +276,9 @@ def rounds_plan() -> Plan:
 
 
 def test_the_rounds_study_is_budget_s32_run_for_10_rounds(budget_plan, rounds_plan):
-    """config/budget-rounds.yaml repeats budget.yaml's federation; only the rounds (and so FedBT's depth) differ."""
+    """config/budget-rounds.yaml repeats budget.yaml's federation; only the rounds (and so FedBT's depth) differ,
+    and the AdamW kernel: budget.yaml's fused one came after budget-rounds' committed results (the same update up to
+    float rounding)."""
     import dataclasses
 
     longer, s32 = (
@@ -284,6 +286,7 @@ def test_the_rounds_study_is_budget_s32_run_for_10_rounds(budget_plan, rounds_pl
         for plan, study in ((rounds_plan, "budget-rounds"), (budget_plan, "budget-s32"))
     )
     assert (longer["federation"].pop("rounds"), s32["federation"].pop("rounds")) == (10, 5)
+    assert (longer["local"].pop("fused_optimizer"), s32["local"].pop("fused_optimizer")) == (False, True)
     for section in ("model", "federation", "local"):
         assert longer[section] == s32[section], section
     for key in ("corpus", "max_examples", "heldout_examples", "dev_examples"):

@@ -46,6 +46,21 @@ def test_same_seed_same_metrics(tiny_config, tmp_path):
     assert _comparable(other) != _comparable(first)
 
 
+def test_fused_optimizer_runs_the_same_training_up_to_float_rounding(tiny_config, tmp_path, monkeypatch):
+    import fedbt.training.loop as loop
+
+    kernels = []
+    original = loop.adamw
+    monkeypatch.setattr(loop, "adamw", lambda *a: kernels.append(original(*a).defaults["fused"]) or original(*a))
+    default = execute(prepare(tiny_config()))
+    fused = execute(prepare(tiny_config(f"out_dir={tmp_path / 'fused'}", "local.fused_optimizer=true")))
+    assert set(kernels[:9]) == {None} and set(kernels[9:]) == {True} and len(kernels) == 18  # 3 rounds x 3 clients
+    same = ("upload_bytes", "download_bytes", "analytic_flops", "measured_flops")
+    for plain, kernel in zip(default["rounds"], fused["rounds"], strict=True):
+        assert {k: plain[k] for k in same} == {k: kernel[k] for k in same}
+        assert kernel["heldout_mlm_loss"] == pytest.approx(plain["heldout_mlm_loss"], rel=1e-4)
+
+
 def test_killed_run_resumes_with_identical_results(tiny_config, tmp_path, monkeypatch):
     reference = execute(prepare(tiny_config(f"out_dir={tmp_path / 'reference'}")))
 

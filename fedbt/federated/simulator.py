@@ -215,7 +215,9 @@ class LocalTrainer:
         fresh = {n: g for n, g in name_map.items() if not self._is_stale(n, plan)}
         steps = self._steps(task.round_idx, task.client_id, len(examples))
         context = self._context(task, model, fresh, received, steps)
-        optimizer = method.local_optimizer(model, local) or loop.adamw(model, local.lr, local.weight_decay)
+        optimizer = method.local_optimizer(model, local) or loop.adamw(
+            model, local.lr, local.weight_decay, local.fused_optimizer
+        )
         torch.manual_seed(derive_seed(setup.seed, DROPOUT, task.round_idx, task.client_id))
         result = loop.train(
             model,

@@ -126,14 +126,16 @@ def decays(name: str, param: torch.Tensor) -> bool:
     return param.ndim >= 2 and name.rsplit(".", 1)[-1] not in NO_DECAY_TOKENS
 
 
-def adamw(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters, weight decay on those :func:`decays` picks; fused on CUDA."""
+def adamw(model: nn.Module, lr: float, weight_decay: float, fused_on_cpu: bool = False) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters, weight decay on those :func:`decays` picks; fused on CUDA, and on CPU
+    with ``fused_on_cpu`` (else PyTorch's per-tensor loop there)."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
             (decay if decays(name, param) else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = all(p.is_cuda for p in decay + no_decay) and bool(decay + no_decay)
+    trainable = decay + no_decay
+    fused = bool(trainable) and (fused_on_cpu or all(p.is_cuda for p in trainable))
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, fused=fused or None)
 
 
