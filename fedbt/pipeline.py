@@ -460,8 +460,10 @@ class Plan:
         same data set."""
         source = self.config["studies"][study]["lr_from"]
         candidates = self.config["studies"][source]["data"]
-        if len(candidates) == 1 or data in candidates:
-            return candidates[0] if len(candidates) == 1 else data
+        if len(candidates) == 1:
+            return candidates[0]
+        if data in candidates:
+            return data
         raise ConfigError(
             f"studies.{study}.lr_from",
             f"studies.{source} has several data sets and not {data!r}; allowed: a study with one data set, or with "
@@ -805,9 +807,9 @@ class Plan:
                     row["not_tuned"] = self.not_tuned(study, variant)
                 if vspec.get("match_flops"):
                     row["note"] = self.match_note(study, variant)
-                if self.tuned_in(study, variant):
+                if tuned_in := self.tuned_in(study, variant):
                     data_map = {data: self.source_data(study, data) for data in spec["data"]}
-                    row["tuned_in"] = {"study": self.tuned_in(study, variant), "data": data_map}
+                    row["tuned_in"] = {"study": tuned_in, "data": data_map}
                 rows.append(row | {"paper_row": paper_row, "bert_base": bert_base})
             tables.append(
                 {
