@@ -15,7 +15,7 @@ export DO_NOT_TRACK := true
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install install-flower test test-fast test-flower lint format smoke minilm reproduce ablation vision hetero budget budget-rounds privacy bench clean
-.PHONY: config-docs check-ui test-slurm test-flower-oldest
+.PHONY: config-docs check-ui test-slurm test-flower-oldest test-heavy
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,10 +36,15 @@ install-flower: $(FLOWER_STAMP)
 # (tests/test_pipeline.py) and the check that config/README.md matches the schema.
 test: $(FLOWER_STAMP)
 	$(BIN)/ruff check fedbt baselines tests benchmarks
-	$(BIN)/pytest -n 2 --dist loadgroup --durations=10
+	$(BIN)/pytest -n 2 --dist loadgroup -m "not heavy" --durations=10
+
+# The slowest integration checks, kept out of make test's time (.ci/run runs them after it): the paper study's
+# 1,835-job plan (snakemake --dry-run, and its shared jobs), a Flower deployment of a SuperLink and two SuperNodes.
+test-heavy: $(FLOWER_STAMP)
+	$(BIN)/pytest -n 2 --dist loadgroup -m heavy --durations=5
 
 test-fast: $(STAMP)
-	$(BIN)/pytest -n 2 -m "not e2e and not flower"
+	$(BIN)/pytest -n 2 -m "not e2e and not flower and not heavy"
 
 test-flower: $(FLOWER_STAMP)
 	$(BIN)/pytest -n 2 --dist loadgroup -m flower

@@ -306,6 +306,7 @@ def test_a_crashed_flower_run_resumes(simulation, tmp_path):
 # ---------------------------------------------------------------------------------------- deployment
 
 
+@pytest.mark.heavy  # a SuperLink and two SuperNodes as processes: about 4 minutes
 def test_deployment_with_two_supernodes(tmp_path):
     settings = run_settings(tmp_path, "federation.clients=2", "method.name=fedbt")
     with LocalFederation("deployment", 2, tmp_path / "flower", cwd=REPO, env=THREADS) as federation:

@@ -50,7 +50,7 @@ def test_layout_is_spelled_in_one_place():
         ("ablation.yaml", 102),
         ("hetero.yaml", 87),
         ("privacy.yaml", 39),
-        ("paper.yaml", 1835),
+        pytest.param("paper.yaml", 1835, marks=pytest.mark.heavy),  # about 80 s
         ("test.yaml", 4),
         ("budget.yaml", 48),
         ("budget-rounds.yaml", 12),
