@@ -51,7 +51,13 @@ def test_fused_optimizer_runs_the_same_training_up_to_float_rounding(tiny_config
 
     kernels = []
     original = loop.adamw
-    monkeypatch.setattr(loop, "adamw", lambda *a: kernels.append(original(*a).defaults["fused"]) or original(*a))
+
+    def recording_adamw(*args):
+        optimizer = original(*args)
+        kernels.append(optimizer.defaults["fused"])
+        return optimizer
+
+    monkeypatch.setattr(loop, "adamw", recording_adamw)
     default = execute(prepare(tiny_config()))
     fused = execute(prepare(tiny_config(f"out_dir={tmp_path / 'fused'}", "local.fused_optimizer=true")))
     assert set(kernels[:9]) == {None} and set(kernels[9:]) == {True} and len(kernels) == 18  # 3 rounds x 3 clients
